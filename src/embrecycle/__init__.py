@@ -1,0 +1,58 @@
+"""embrecycle: embedding recycling for transformer encoders.
+
+Run the frozen lower layers of an encoder once over a corpus, store layer k's
+states, and train and serve task models that run only layers k+1..N.
+"""
+
+from ._version import __version__
+from .cache import (
+    BuildConfig,
+    BuildSummary,
+    Cache,
+    CachedBatch,
+    CachedDocument,
+    CacheSettings,
+    build_cache,
+    open_cache,
+)
+from .encoder import LoadedEncoder, load_encoder
+from .errors import (
+    CacheCorruptedError,
+    CacheError,
+    CacheLockedError,
+    CacheMismatchError,
+    CacheMissError,
+    ConfigError,
+    EmbRecycleError,
+    InputDataError,
+    ModelLoadError,
+    UnsupportedModelError,
+)
+from .families import supported_model_types
+from .split import SplitEncoder
+
+__all__ = [
+    "BuildConfig",
+    "BuildSummary",
+    "Cache",
+    "CacheCorruptedError",
+    "CacheError",
+    "CacheLockedError",
+    "CacheMismatchError",
+    "CacheMissError",
+    "CacheSettings",
+    "CachedBatch",
+    "CachedDocument",
+    "ConfigError",
+    "EmbRecycleError",
+    "InputDataError",
+    "LoadedEncoder",
+    "ModelLoadError",
+    "SplitEncoder",
+    "UnsupportedModelError",
+    "__version__",
+    "build_cache",
+    "load_encoder",
+    "open_cache",
+    "supported_model_types",
+]

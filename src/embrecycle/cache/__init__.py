@@ -1,0 +1,19 @@
+"""The recycling cache: per-document layer-k states, content-addressed and crash-safe."""
+
+from .builder import BuildConfig, BuildSummary, build_cache, cache_settings_for
+from .settings import CacheSettings
+from .store import Cache, CachedBatch, CachedDocument, VerifyReport, document_key, open_cache
+
+__all__ = [
+    "BuildConfig",
+    "BuildSummary",
+    "Cache",
+    "CacheSettings",
+    "CachedBatch",
+    "CachedDocument",
+    "VerifyReport",
+    "build_cache",
+    "cache_settings_for",
+    "document_key",
+    "open_cache",
+]

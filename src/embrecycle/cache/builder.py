@@ -1,0 +1,284 @@
+"""Build or extend a cache: run embeddings + layers 1..k once per document and store the states.
+
+The workflow, top to bottom:
+
+1. load the encoder (or take a loaded one) and derive the cache settings;
+2. open or create the cache (settings must match an existing one);
+3. key every document by content; skip empty ones, duplicates and those already cached;
+4. plan length-sorted batches and save the plan next to the shard, so that a
+   resumed build recomputes exactly the same batches (byte-identical states);
+5. run the lower layers batch by batch in eval mode under ``torch.inference_mode()``
+   and append each batch to the shard (crash-safe, see ``shard.py``);
+6. drop the plan and refresh the manifest's statistics.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from ..config import check_positive
+from ..encoder import LoadedEncoder, load_encoder
+from ..errors import ConfigError
+from ..tokenization import Encoded, encode_documents, is_empty
+from .format import STORAGE_DTYPES
+from .settings import TRUNCATION_MODES, CacheSettings
+from .shard import Entry, ShardWriter, shard_paths
+from .store import Cache, Document
+
+__all__ = ["BuildConfig", "BuildSummary", "build_cache", "cache_settings_for"]
+
+
+@dataclass
+class BuildConfig:
+    """Settings of a cache build.
+
+    Attributes:
+        model: Model name (hub id) or local directory.
+        layer: Number of layers run before caching (``0..N``).
+        max_length: Maximum tokens per document; ``None`` uses the model's limit (at most 512).
+        truncation: ``"truncate"`` longer documents (counted in the summary) or ``"error"``.
+        dtype: Storage dtype: ``float16`` (default), ``bfloat16`` or ``float32``.
+        batch_size: Documents per forward pass.
+        revision: Hub revision of the model.
+        attn_implementation: ``"sdpa"`` or ``"eager"``; default: the fastest the family has.
+        shard: Shard name to write (for several writers on one cache); default: a free local shard.
+        fsync: Flush each batch to stable storage.
+    """
+
+    model: str
+    layer: int
+    max_length: int | None = None
+    truncation: str = "truncate"
+    dtype: str = "float16"
+    batch_size: int = 32
+    revision: str | None = None
+    attn_implementation: str | None = None
+    shard: str | None = None
+    fsync: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive(batch_size=self.batch_size, **({"max_length": self.max_length} if self.max_length else {}))
+        if self.dtype not in STORAGE_DTYPES:
+            raise ConfigError(f"dtype={self.dtype!r}: choose one of {sorted(STORAGE_DTYPES)}.")
+        if self.truncation not in TRUNCATION_MODES:
+            raise ConfigError(f"truncation={self.truncation!r}: choose one of {list(TRUNCATION_MODES)}.")
+
+
+@dataclass
+class BuildSummary:
+    """What a build did."""
+
+    documents: int = 0
+    computed: int = 0
+    reused: int = 0
+    skipped_empty: int = 0
+    duplicates: int = 0
+    truncated: int = 0
+    tokens_computed: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.computed / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_computed / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        bpt = self.bytes_written / self.tokens_computed if self.tokens_computed else 0.0
+        return (
+            f"documents: {self.documents} in input, {self.computed} computed, {self.reused} reused, "
+            f"{self.skipped_empty} skipped (empty), {self.duplicates} duplicates, {self.truncated} truncated\n"
+            f"written: {self.bytes_written / 1e6:.1f} MB for {self.tokens_computed} tokens ({bpt:.0f} bytes/token) "
+            f"in {self.seconds:.1f} s ({self.docs_per_s:.1f} docs/s, {self.tokens_per_s:.0f} tokens/s)\n"
+            f"cache: {self.cache.get('documents', 0)} documents, {self.cache.get('tokens', 0)} tokens, "
+            f"{self.cache.get('bytes', 0) / 1e6:.1f} MB on disk ({self.cache.get('bytes_per_token', 0)} bytes/token)"
+        )
+
+
+def default_max_length(encoder: LoadedEncoder) -> int:
+    limit = int(getattr(encoder.split.config, "max_position_embeddings", 512))
+    if encoder.split.config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+        limit -= 2  # positions start after the padding index
+    tok_limit = getattr(encoder.tokenizer, "model_max_length", limit) or limit
+    return max(2, min(512, limit, int(tok_limit)))
+
+
+def cache_settings_for(encoder: LoadedEncoder, config: BuildConfig) -> CacheSettings:
+    """The settings a cache built by ``encoder`` under ``config`` has."""
+    split = encoder.split
+    return CacheSettings(
+        model=encoder.model_name,
+        model_revision=encoder.revision,
+        model_type=split.config.model_type,
+        lower_fingerprint=encoder.lower_fingerprint(),
+        layer=split.layer,
+        num_layers=split.num_layers,
+        hidden_size=split.hidden_size,
+        tokenizer=encoder.model_name,
+        tokenizer_fingerprint=encoder.tokenizer_fingerprint(),
+        max_length=config.max_length or default_max_length(encoder),
+        truncation=config.truncation,
+        dtype=config.dtype,
+    )
+
+
+def build_cache(
+    documents: Sequence[Document],
+    out: str | os.PathLike[str],
+    config: BuildConfig,
+    encoder: LoadedEncoder | None = None,
+    sources: Sequence[str] | None = None,
+    progress: bool = True,
+) -> BuildSummary:
+    """Compute and store the layer-k states of every document not yet in the cache at ``out``.
+
+    Empty documents (blank text, no words) are skipped and counted, not stored.
+
+    Args:
+        documents: Texts, or lists of words for pre-tokenized input.
+        out: Cache directory (created if absent).
+        config: Build settings.
+        encoder: An already loaded encoder (must match ``config.model`` and ``config.layer``).
+        sources: ``file:line`` of each document, for error messages.
+        progress: Show a progress bar.
+    """
+    start = time.perf_counter()
+    if encoder is None:
+        encoder = load_encoder(config.model, config.layer, config.revision, config.attn_implementation)
+    elif encoder.layer != config.layer:
+        raise ConfigError(f"the given encoder is split at layer {encoder.layer}, the config asks for {config.layer}.")
+    settings = cache_settings_for(encoder, config)
+    cache = Cache.create(out, settings)
+    summary = BuildSummary(documents=len(documents))
+
+    todo: dict[bytes, int] = {}  # key -> position in `documents`
+    for i, doc in enumerate(documents):
+        if is_empty(doc):
+            summary.skipped_empty += 1
+            continue
+        key = cache.key(doc)
+        if key in todo:
+            summary.duplicates += 1
+        elif cache.index_of(key) is not None:
+            summary.reused += 1
+        else:
+            todo[key] = i
+
+    writer = cache.writer(config.shard, fsync=config.fsync)
+    try:
+        if todo:
+            batches, encoded = _plan(cache, writer.name, documents, todo, settings, config, sources, encoder.tokenizer)
+            _run(cache, writer, encoder, batches, encoded, settings, summary, progress)
+        shard_paths(cache.root, writer.name)["plan.npz"].unlink(missing_ok=True)
+    finally:
+        writer.close()
+    cache.update_manifest_stats()
+    summary.bytes_written = writer.bytes_written
+    summary.cache = cache.stats()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _plan(
+    cache: Cache,
+    shard: str,
+    documents: Sequence[Document],
+    todo: dict[bytes, int],
+    settings: CacheSettings,
+    config: BuildConfig,
+    sources: Sequence[str] | None,
+    tokenizer: PreTrainedTokenizerBase,
+) -> tuple[list[list[bytes]], dict[bytes, Encoded]]:
+    """Batches of keys to compute: the unfinished batches of an interrupted build first, then new ones.
+
+    A batch of a saved plan is kept as it was (and recomputed whole) when all its
+    documents are in this input, so that a resumed build gives the same bytes.
+    """
+    plan_path = shard_paths(cache.root, shard)["plan.npz"]
+    input_keys = {cache.key(d): i for i, d in enumerate(documents) if not is_empty(d)}
+    kept: list[list[bytes]] = []
+    planned: set[bytes] = set()
+    if plan_path.exists():
+        with np.load(plan_path, allow_pickle=False) as saved:
+            keys, bounds = saved["keys"], saved["bounds"]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            batch = [k.tobytes() for k in keys[a:b]]
+            if any(k in todo for k in batch) and all(k in input_keys for k in batch):
+                kept.append(batch)
+                planned.update(batch)
+    need = list(dict.fromkeys([*planned, *todo]))
+    docs = [documents[input_keys[k]] for k in need]
+    srcs = [sources[input_keys[k]] for k in need] if sources else None
+    encoded = dict(zip(need, encode_documents(tokenizer, docs, settings.max_length,
+                                              settings.truncation, srcs), strict=True))  # fmt: skip
+    fresh = sorted((k for k in todo if k not in planned), key=lambda k: (len(encoded[k].input_ids), k))
+    batches = kept + [fresh[i : i + config.batch_size] for i in range(0, len(fresh), config.batch_size)]
+    flat = [k for b in batches for k in b]
+    bounds = np.cumsum([0] + [len(b) for b in batches])
+    tmp = plan_path.with_name(plan_path.name + ".tmp.npz")
+    np.savez(tmp, keys=np.frombuffer(b"".join(flat), dtype="V32"), bounds=bounds)
+    os.replace(tmp, plan_path)
+    return batches, encoded
+
+
+def _run(
+    cache: Cache,
+    writer: ShardWriter,
+    encoder: LoadedEncoder,
+    batches: list[list[bytes]],
+    encoded: dict[bytes, Encoded],
+    settings: CacheSettings,
+    summary: BuildSummary,
+    progress: bool,
+) -> None:
+    split = encoder.split
+    split.eval()
+    device = next(split.parameters()).device
+    pad_id = encoder.tokenizer.pad_token_id or 0
+    total = sum(len(b) for b in batches)
+    bar = tqdm(total=total, unit="doc", desc=f"cache layer {settings.layer}", disable=not progress)
+    t0 = time.perf_counter()
+    tokens = 0
+    for batch in batches:
+        encs = [encoded[k] for k in batch]
+        lens = [len(e.input_ids) for e in encs]
+        ids = torch.full((len(encs), max(lens)), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, e in enumerate(encs):
+            ids[j, : lens[j]] = torch.tensor(e.input_ids)
+            mask[j, : lens[j]] = 1
+        with torch.inference_mode():
+            hidden = split.lower(ids.to(device), mask.to(device)).to("cpu")
+        stored = _to_storage(hidden, settings.dtype)
+        entries = [
+            Entry(k, stored[j, : lens[j]], e.token_table(), e.truncated)
+            for j, (k, e) in enumerate(zip(batch, encs, strict=True))
+            if cache.index_of(k) is None  # a kept batch may hold documents written before the crash
+        ]
+        writer.append(entries)
+        summary.computed += len(entries)
+        summary.truncated += sum(e.truncated for e in entries)
+        n_tok = sum(len(e.hidden) for e in entries)
+        summary.tokens_computed += n_tok
+        tokens += n_tok
+        bar.update(len(batch))
+        bar.set_postfix(tokens_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f}")
+    bar.close()
+
+
+def _to_storage(hidden: torch.Tensor, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return hidden.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return hidden.to(torch.float16 if dtype == "float16" else torch.float32).numpy()

@@ -1,0 +1,221 @@
+"""Reading and appending one shard (``.hidden`` + ``.tokens`` + ``.index``).
+
+Crash safety comes from ordering: a batch's rows are written and flushed
+before its index records, and a writer that opens a shard first cuts the data
+files back to the end of the last valid record. So a kill at any moment loses
+at most the batch being written, and a reader never sees a record whose data
+is incomplete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CacheCorruptedError, CacheLockedError
+from .format import (
+    FLAG_TRUNCATED,
+    HEADER_SIZE,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    STORAGE_DTYPES,
+    TOKEN_FIELDS,
+    make_header,
+    parse_header,
+    seal_records,
+    valid_records,
+)
+
+SHARD_DIR = "shards"
+
+
+@dataclass
+class Entry:
+    """One document's states, ready to be written.
+
+    Attributes:
+        key: 32-byte document key.
+        hidden: ``(n_tokens, hidden_size)`` array in the storage dtype.
+        tokens: ``(n_tokens, 4)`` int32: input id, word id, char start, char end.
+        truncated: Whether the document was cut to ``max_length``.
+    """
+
+    key: bytes
+    hidden: np.ndarray
+    tokens: np.ndarray
+    truncated: bool = False
+
+
+def shard_paths(root: Path, name: str) -> dict[str, Path]:
+    base = root / SHARD_DIR / name
+    return {ext: base.with_name(f"{name}.{ext}") for ext in ("hidden", "tokens", "index", "lock", "plan.npz")}
+
+
+def list_shards(root: Path) -> list[str]:
+    d = root / SHARD_DIR
+    if not d.is_dir():
+        return []
+    return sorted(p.name[: -len(".index")] for p in d.glob("*.index"))
+
+
+def scan_index(path: Path, hidden_size: int, dtype: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """All records of an index file, which of them pass their checksum, and the torn tail size in bytes.
+
+    Raises:
+        CacheCorruptedError: the header is bad or belongs to another cache.
+    """
+    raw = path.read_bytes()
+    try:
+        _, hs, dt = parse_header(raw[:HEADER_SIZE])
+    except ValueError as e:
+        raise CacheCorruptedError(f"{path}: {e}. Delete this shard's files and re-run `cache build`.") from e
+    if (hs, dt) != (hidden_size, dtype):
+        raise CacheCorruptedError(
+            f"{path}: shard holds hidden_size={hs}, dtype={dt!r} but the manifest says "
+            f"hidden_size={hidden_size}, dtype={dtype!r}; this shard belongs to another cache."
+        )
+    body = raw[HEADER_SIZE:]
+    n = len(body) // RECORD_SIZE
+    records = np.frombuffer(body[: n * RECORD_SIZE], dtype=RECORD_DTYPE).copy()
+    return records, valid_records(records), len(body) - n * RECORD_SIZE
+
+
+def read_index(path: Path, hidden_size: int, dtype: str) -> tuple[np.ndarray, int]:
+    """The valid records of an index file, and how many torn trailing bytes were ignored.
+
+    Only the last record may fail its checksum (a write killed mid-record);
+    a bad record before it means the file was damaged.
+
+    Raises:
+        CacheCorruptedError: bad header, or a bad record before the last one.
+    """
+    records, ok, torn = scan_index(path, hidden_size, dtype)
+    n = len(records)
+    if n and not ok[:-1].all():
+        bad = int(np.flatnonzero(~ok[:-1])[0])
+        raise CacheCorruptedError(
+            f"{path}: index record {bad} of {n} fails its checksum (the file was modified or damaged). "
+            "Run `embrecycle cache verify --repair` to drop the damaged entries, then re-run `cache build`."
+        )
+    if n and not ok[-1]:
+        records, torn = records[:-1], torn + RECORD_SIZE
+    return records, torn
+
+
+class ShardWriter:
+    """The single writer of one shard; holds an exclusive lock on it.
+
+    Args:
+        root: Cache directory.
+        name: Shard name (file stem under ``shards/``).
+        hidden_size: Width of a row.
+        dtype: Storage dtype name.
+        fsync: Flush to stable storage after each batch (survives power loss,
+            not only a killed process).
+    """
+
+    def __init__(self, root: Path, name: str, hidden_size: int, dtype: str, fsync: bool = True) -> None:
+        self.paths = shard_paths(root, name)
+        self.name = name
+        self.hidden_size = hidden_size
+        self.dtype = dtype
+        self.fsync = fsync
+        self.row_bytes = hidden_size * STORAGE_DTYPES[dtype].itemsize
+        self.paths["index"].parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.paths["lock"], "a+b")  # noqa: SIM115 - held for the writer's life
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise CacheLockedError(f"shard {name!r} is being written by another process") from None
+        self._recover()
+        self._hidden = open(self.paths["hidden"], "r+b")  # noqa: SIM115
+        self._tokens = open(self.paths["tokens"], "r+b")  # noqa: SIM115
+        self._index = open(self.paths["index"], "r+b")  # noqa: SIM115
+        self._index.seek(0, os.SEEK_END)
+        self.bytes_written = 0
+
+    def _recover(self) -> None:
+        """Cut every file back to the last complete, checksummed record."""
+        idx = self.paths["index"]
+        if not idx.exists() or idx.stat().st_size < HEADER_SIZE:
+            idx.write_bytes(make_header(self.hidden_size, self.dtype))
+            records = np.empty(0, RECORD_DTYPE)
+        else:
+            records, torn = read_index(idx, self.hidden_size, self.dtype)
+            if torn:
+                os.truncate(idx, HEADER_SIZE + len(records) * RECORD_SIZE)
+        self.next_row = int((records["row"] + records["n_tokens"]).max()) if len(records) else 0
+        for kind, width in (("hidden", self.row_bytes), ("tokens", TOKEN_FIELDS * 4)):
+            p = self.paths[kind]
+            if not p.exists():
+                p.touch()
+            size = p.stat().st_size
+            if size < self.next_row * width:
+                raise CacheCorruptedError(
+                    f"{p} is truncated: {size} bytes, but its index needs {self.next_row * width}. "
+                    "Run `embrecycle cache verify --repair`, then re-run `cache build`."
+                )
+            if size > self.next_row * width:
+                os.truncate(p, self.next_row * width)  # rows of a batch killed before its index write
+
+    def append(self, entries: list[Entry]) -> int:
+        """Append a batch of documents; returns the bytes written."""
+        if not entries:
+            return 0
+        records = np.zeros(len(entries), RECORD_DTYPE)
+        hidden_parts, token_parts = [], []
+        row = self.next_row
+        for i, e in enumerate(entries):
+            n = e.hidden.shape[0]
+            h = np.ascontiguousarray(e.hidden, dtype=STORAGE_DTYPES[self.dtype])
+            t = np.ascontiguousarray(e.tokens, dtype="<i4")
+            if h.shape != (n, self.hidden_size) or t.shape != (n, TOKEN_FIELDS):
+                raise ValueError(f"entry {i}: hidden {h.shape} / tokens {t.shape} do not fit this shard")
+            hb, tb = h.tobytes(), t.tobytes()
+            records[i]["key"] = np.void(e.key)
+            records[i]["row"] = row
+            records[i]["n_tokens"] = n
+            records[i]["hidden_crc"] = zlib.crc32(hb)
+            records[i]["tokens_crc"] = zlib.crc32(tb)
+            records[i]["flags"] = FLAG_TRUNCATED if e.truncated else 0
+            hidden_parts.append(hb)
+            token_parts.append(tb)
+            row += n
+        seal_records(records)
+        self._hidden.seek(self.next_row * self.row_bytes)
+        self._tokens.seek(self.next_row * TOKEN_FIELDS * 4)
+        for f, parts in ((self._hidden, hidden_parts), (self._tokens, token_parts)):
+            for part in parts:
+                f.write(part)
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+        # Only now do the records become visible.
+        self._index.write(records.tobytes())
+        self._index.flush()
+        if self.fsync:
+            os.fsync(self._index.fileno())
+        written = sum(map(len, hidden_parts)) + sum(map(len, token_parts)) + records.nbytes
+        self.next_row = row
+        self.bytes_written += written
+        return written
+
+    def close(self) -> None:
+        for f in (self._hidden, self._tokens, self._index):
+            if not f.closed:
+                f.close()
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,376 @@
+"""The cache directory: open it, look documents up, read padded batches, verify it."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CacheCorruptedError, CacheLockedError, CacheMissError
+from .format import FLAG_TRUNCATED, HEADER_SIZE, STORAGE_DTYPES, TOKEN_FIELDS
+from .settings import MANIFEST_NAME, CacheSettings, atomic_write_json, new_manifest, read_manifest
+from .shard import ShardWriter, list_shards, read_index, scan_index, shard_paths
+
+Document = str | Sequence[str]
+"""A document: a text, or a list of words (pre-tokenized input such as CoNLL)."""
+
+__all__ = ["Cache", "CachedBatch", "CachedDocument", "Document", "VerifyReport", "document_key", "open_cache"]
+
+
+def document_key(settings_fingerprint: str, doc: Document) -> bytes:
+    """Content key of a document under given cache settings (32 bytes, sha256)."""
+    h = hashlib.sha256(b"embrecycle/doc/v1\0")
+    h.update(settings_fingerprint.encode())
+    if isinstance(doc, str):
+        h.update(b"\0text\0" + doc.encode("utf-8", "surrogatepass"))
+    else:
+        h.update(b"\0words\0" + json.dumps(list(doc), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return h.digest()
+
+
+@dataclass
+class CachedDocument:
+    """One document's stored states.
+
+    Attributes:
+        hidden: ``(n_tokens, hidden_size)`` float32 states of layer k.
+        input_ids: ``(n_tokens,)`` token ids.
+        word_ids: ``(n_tokens,)`` word index of each token (-1 for special tokens).
+        offsets: ``(n_tokens, 2)`` character span of each token in its text (or word).
+        truncated: Whether the document was cut to ``max_length``.
+    """
+
+    hidden: np.ndarray
+    input_ids: np.ndarray
+    word_ids: np.ndarray
+    offsets: np.ndarray
+    truncated: bool
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self.input_ids
+
+
+@dataclass
+class CachedBatch:
+    """Documents re-padded on the right into one batch.
+
+    Attributes:
+        hidden: ``(batch, seq, hidden)`` states (zeros at padding).
+        attention_mask: ``(batch, seq)`` 1 for real tokens.
+        input_ids: ``(batch, seq)`` token ids (0 at padding).
+        word_ids: ``(batch, seq)`` word index per token, -1 for special tokens and padding.
+        indices: ``(batch,)`` entry indices in the cache.
+    """
+
+    hidden: torch.Tensor
+    attention_mask: torch.Tensor
+    input_ids: torch.Tensor
+    word_ids: torch.Tensor
+    indices: np.ndarray
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :meth:`Cache.verify`."""
+
+    documents_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    repaired_entries: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Cache:
+    """A cache directory opened for reading (and, through :meth:`writer`, appending).
+
+    Use :func:`open_cache` or :meth:`Cache.create`; do not call the constructor.
+
+    Args:
+        root: Cache directory.
+        manifest: Its parsed manifest.
+        verify_reads: Check each document's checksum when it is read.
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any], verify_reads: bool = True) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.settings = CacheSettings.from_dict(manifest["settings"])
+        self.verify_reads = verify_reads
+        self.fingerprint = self.settings.fingerprint()
+        self._storage = STORAGE_DTYPES[self.settings.dtype]
+        self._row_bytes = self.settings.hidden_size * self._storage.itemsize
+        self.refresh()
+
+    # ---- construction ---------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], expected: CacheSettings | None = None, **kw: Any) -> Cache:
+        """Open an existing cache; with ``expected``, fail unless its settings match."""
+        root = Path(path)
+        manifest = read_manifest(root)
+        cache = cls(root, manifest, **kw)
+        if expected is not None:
+            cache.settings.check_matches(expected, str(root))
+        return cache
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], settings: CacheSettings, **kw: Any) -> Cache:
+        """Open the cache at ``path`` with ``settings``, creating it if absent."""
+        root = Path(path)
+        if (root / MANIFEST_NAME).exists():
+            return cls.open(root, expected=settings, **kw)
+        if root.exists() and any(root.iterdir()):
+            raise FileExistsError(f"{root} exists, is not empty and holds no cache manifest: choose another --out.")
+        atomic_write_json(root / MANIFEST_NAME, new_manifest(settings))
+        return cls(root, read_manifest(root), **kw)
+
+    # ---- index ------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-read every shard index (picks up documents appended since opening)."""
+        s = self.settings
+        self.shards = list_shards(self.root)
+        keys, shard_ids, rows, ntoks, hcrc, tcrc, flags = [], [], [], [], [], [], []
+        for sid, name in enumerate(self.shards):
+            rec, _ = read_index(shard_paths(self.root, name)["index"], s.hidden_size, s.dtype)
+            keys.append(rec["key"])
+            shard_ids.append(np.full(len(rec), sid, np.int32))
+            rows.append(rec["row"].astype(np.int64))
+            ntoks.append(rec["n_tokens"].astype(np.int64))
+            hcrc.append(rec["hidden_crc"])
+            tcrc.append(rec["tokens_crc"])
+            flags.append(rec["flags"])
+        cat = (lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dt))  # noqa: E731
+        all_keys = cat(keys, "V32")
+        # First occurrence wins: a document written twice (two writers) is stored once logically.
+        self._lookup: dict[bytes, int] = {}
+        order = []
+        for i, k in enumerate(all_keys.tolist()):
+            if k not in self._lookup:
+                self._lookup[k] = len(order)
+                order.append(i)
+        sel = np.asarray(order, dtype=np.int64)
+        self.keys = all_keys[sel]
+        self.shard_ids = cat(shard_ids, np.int32)[sel]
+        self.rows = cat(rows, np.int64)[sel]
+        self.lengths = cat(ntoks, np.int64)[sel]
+        self._hidden_crc = cat(hcrc, np.uint32)[sel]
+        self._tokens_crc = cat(tcrc, np.uint32)[sel]
+        self._flags = cat(flags, np.uint32)[sel]
+        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def key(self, doc: Document) -> bytes:
+        """The content key of ``doc`` in this cache."""
+        return document_key(self.fingerprint, doc)
+
+    def __contains__(self, doc: object) -> bool:
+        return isinstance(doc, str | list | tuple) and self.key(doc) in self._lookup  # type: ignore[arg-type]
+
+    def index_of(self, key: bytes) -> int | None:
+        """Entry index of a key, or None."""
+        return self._lookup.get(key)
+
+    # ---- reads --------------------------------------------------------------
+    def _maps_for(self, sid: int) -> tuple[np.ndarray, np.ndarray]:
+        if sid not in self._maps:
+            paths = shard_paths(self.root, self.shards[sid])
+            hs = self.settings.hidden_size
+            self._maps[sid] = (
+                _memmap(paths["hidden"], self._storage, hs),
+                _memmap(paths["tokens"], np.dtype("<i4"), TOKEN_FIELDS),
+            )
+        return self._maps[sid]
+
+    def _rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw stored rows of entry ``i``: ``(hidden in storage dtype, tokens int32)``, checked."""
+        sid, row, n = int(self.shard_ids[i]), int(self.rows[i]), int(self.lengths[i])
+        hidden_mm, tokens_mm = self._maps_for(sid)
+        h, t = hidden_mm[row : row + n], tokens_mm[row : row + n]
+        where = f"document {self.keys[i].tobytes().hex()[:16]} in shard {self.shards[sid]!r} of {self.root}"
+        if h.shape[0] != n or t.shape[0] != n:
+            raise CacheCorruptedError(
+                f"{where}: the shard's data file is truncated. "
+                "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
+            )
+        if self.verify_reads and (
+            zlib.crc32(h) != int(self._hidden_crc[i]) or zlib.crc32(t) != int(self._tokens_crc[i])
+        ):
+            raise CacheCorruptedError(
+                f"{where}: checksum mismatch, the stored states are corrupted. "
+                "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
+            )
+        return h, t
+
+    def read(self, i: int) -> CachedDocument:
+        """Entry ``i`` as float32 arrays."""
+        h, t = self._rows(i)
+        return CachedDocument(
+            hidden=_to_float32(np.array(h), self.settings.dtype),
+            input_ids=np.array(t[:, 0]),
+            word_ids=np.array(t[:, 1]),
+            offsets=np.array(t[:, 2:4]),
+            truncated=bool(int(self._flags[i]) & FLAG_TRUNCATED),
+        )
+
+    def get(self, doc: Document) -> CachedDocument:
+        """The stored states of ``doc``.
+
+        Raises:
+            CacheMissError: the document is not in the cache.
+        """
+        i = self._lookup.get(self.key(doc))
+        if i is None:
+            shown = doc if isinstance(doc, str) else " ".join(doc)
+            raise CacheMissError(f"document not in cache {self.root}: {shown[:80]!r}")
+        return self.read(i)
+
+    def read_batch(self, indices: Sequence[int] | np.ndarray, dtype: torch.dtype = torch.float32) -> CachedBatch:
+        """Entries ``indices`` re-padded on the right into one batch."""
+        idx = np.asarray(indices, dtype=np.int64)
+        lens = self.lengths[idx]
+        b, lmax, hs = len(idx), int(lens.max()) if len(idx) else 0, self.settings.hidden_size
+        hidden = np.zeros((b, lmax, hs), self._storage)
+        toks = np.zeros((b, lmax, TOKEN_FIELDS), np.int32)
+        toks[:, :, 1] = -1
+        for j, i in enumerate(idx):
+            h, t = self._rows(int(i))
+            hidden[j, : len(h)] = h
+            toks[j, : len(t)] = t
+        mask = torch.from_numpy(np.arange(lmax)[None, :] < lens[:, None]).long()
+        return CachedBatch(
+            hidden=_tensor(hidden, self.settings.dtype).to(dtype),
+            attention_mask=mask,
+            input_ids=torch.from_numpy(toks[:, :, 0]).long(),
+            word_ids=torch.from_numpy(toks[:, :, 1]).long(),
+            indices=idx,
+        )
+
+    # ---- writing ------------------------------------------------------------
+    def writer(self, name: str | None = None, fsync: bool = True) -> ShardWriter:
+        """A writer on shard ``name``, or on the first local shard no other process holds."""
+        s = self.settings
+        if name is not None:
+            return ShardWriter(self.root, name, s.hidden_size, s.dtype, fsync=fsync)
+        for n in range(10_000):
+            try:
+                return ShardWriter(self.root, f"local-{n:05d}", s.hidden_size, s.dtype, fsync=fsync)
+            except CacheLockedError:
+                continue
+        raise CacheLockedError(f"no free shard name in {self.root}")
+
+    def stats(self) -> dict[str, Any]:
+        """Documents, tokens and bytes on disk (all shard files)."""
+        size = 0
+        for name in self.shards:
+            for kind in ("hidden", "tokens", "index"):
+                p = shard_paths(self.root, name)[kind]
+                size += p.stat().st_size if p.exists() else 0
+        tokens = int(self.lengths.sum())
+        return {
+            "documents": len(self),
+            "tokens": tokens,
+            "bytes": size,
+            "bytes_per_token": round(size / tokens, 1) if tokens else 0.0,
+            "truncated_documents": int((self._flags & FLAG_TRUNCATED != 0).sum()),
+            "shards": len(self.shards),
+        }
+
+    def update_manifest_stats(self) -> None:
+        """Refresh and write the manifest's ``stats`` (under a lock: several writers may finish at once)."""
+        with open(self.root / ".manifest.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.refresh()
+            manifest = read_manifest(self.root)
+            manifest["stats"] = {**self.stats(), "updated": datetime.now(UTC).isoformat(timespec="seconds")}
+            atomic_write_json(self.root / MANIFEST_NAME, manifest)
+            self.manifest = manifest
+
+    # ---- integrity ----------------------------------------------------------
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """Check every record's checksum, every file's length and every document's data.
+
+        With ``repair``, damaged entries are dropped from their shard's index so
+        that the next ``cache build`` recomputes them.
+        """
+        s, report = self.settings, VerifyReport()
+        for name in list_shards(self.root):
+            paths = shard_paths(self.root, name)
+            try:
+                records, ok, torn = scan_index(paths["index"], s.hidden_size, s.dtype)
+            except CacheCorruptedError as e:
+                report.problems.append(str(e))
+                continue
+            if torn:
+                report.problems.append(f"shard {name!r}: index ends with {torn} bytes of an unfinished write")
+            hidden_mm = _memmap(paths["hidden"], self._storage, s.hidden_size)
+            tokens_mm = _memmap(paths["tokens"], np.dtype("<i4"), TOKEN_FIELDS)
+            good = ok.copy()
+            for j, rec in enumerate(records):
+                report.documents_checked += 1
+                key = rec["key"].tobytes().hex()[:16]
+                if not ok[j]:
+                    report.problems.append(f"shard {name!r}: index record {j} fails its checksum")
+                    continue
+                row, n = int(rec["row"]), int(rec["n_tokens"])
+                h, t = hidden_mm[row : row + n], tokens_mm[row : row + n]
+                if len(h) != n or len(t) != n:
+                    report.problems.append(f"shard {name!r}: document {key} is cut off (data file truncated)")
+                    good[j] = False
+                elif zlib.crc32(h) != int(rec["hidden_crc"]) or zlib.crc32(t) != int(rec["tokens_crc"]):
+                    report.problems.append(f"shard {name!r}: document {key} fails its data checksum")
+                    good[j] = False
+            if repair and (not good.all() or torn):
+                keep = records[good]
+                tmp = paths["index"].with_suffix(".index.tmp")
+                with open(paths["index"], "rb") as f:
+                    header = f.read(HEADER_SIZE)
+                tmp.write_bytes(header + keep.tobytes())
+                os.replace(tmp, paths["index"])
+                report.repaired_entries += int((~good).sum())
+        if repair:
+            self.refresh()
+        return report
+
+
+def _memmap(path: Path, dtype: np.dtype, width: int) -> np.ndarray:
+    rows = path.stat().st_size // (dtype.itemsize * width) if path.exists() else 0
+    if rows == 0:
+        return np.zeros((0, width), dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(rows, width))
+
+
+def _tensor(arr: np.ndarray, dtype: str) -> torch.Tensor:
+    t = torch.from_numpy(arr)
+    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
+
+
+def _to_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
+    return _tensor(arr, dtype).float().numpy()
+
+
+def open_cache(path: str | os.PathLike[str], verify_reads: bool = True) -> Cache:
+    """Open the cache directory at ``path`` for reading.
+
+    Example:
+        >>> cache = open_cache("caches/sci-cite-minilm-L3")  # doctest: +SKIP
+        >>> doc = cache.get("We use the method of ...")      # doctest: +SKIP
+        >>> doc.hidden.shape                                  # doctest: +SKIP
+        (14, 384)
+    """
+    return Cache.open(path, verify_reads=verify_reads)
+
+

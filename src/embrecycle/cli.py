@@ -1,0 +1,128 @@
+"""The ``embrecycle`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._version import __version__
+from .errors import EmbRecycleError
+
+app = typer.Typer(help="Embedding recycling for transformer encoders.", no_args_is_help=True, add_completion=False)
+cache_app = typer.Typer(help="Build, inspect and check layer-k caches.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _fail(e: Exception) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(2)
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@cache_app.command("build")
+def cache_build(
+    model: Annotated[str, typer.Option(help="Model name (hub id) or local directory.")],
+    layer: Annotated[int, typer.Option(help="Layers run before caching (0..N; 0 = embeddings).")],
+    data: Annotated[Path, typer.Option(help="Input file: .jsonl, .csv, .tsv, .txt or .conll.")],
+    out: Annotated[Path, typer.Option(help="Cache directory (created, or extended if it exists).")],
+    text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV input.")] = "text",
+    data_format: Annotated[str | None, typer.Option("--format", help="Input format if not given by extension.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Max tokens per document (default: model limit, <= 512).")] = None,
+    truncation: Annotated[str, typer.Option(help="'truncate' long documents, or 'error'.")] = "truncate",
+    dtype: Annotated[str, typer.Option(help="Storage dtype: float16, bfloat16, float32.")] = "float16",
+    batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 32,
+    revision: Annotated[str | None, typer.Option(help="Hub revision of the model.")] = None,
+    shard: Annotated[str | None, typer.Option(help="Shard name, for several writers on one cache.")] = None,
+    no_fsync: Annotated[bool, typer.Option("--no-fsync", help="Skip fsync after each batch.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Compute and store layer-k states of every document not yet cached."""
+    from .cache import BuildConfig, build_cache
+    from .data import read_examples
+
+    try:
+        config = BuildConfig(model=model, layer=layer, max_length=max_length, truncation=truncation, dtype=dtype,
+                             batch_size=batch_size, revision=revision, shard=shard, fsync=not no_fsync)  # fmt: skip
+        examples = read_examples(data, data_format, text_field=text_field, label_field=None)
+        summary = build_cache([e.doc for e in examples], out, config, sources=[e.source for e in examples],
+                              progress=not quiet)  # fmt: skip
+    except (EmbRecycleError, OSError) as e:
+        _fail(e)
+    typer.echo(str(summary))
+
+
+@cache_app.command("info")
+def cache_info(
+    path: Annotated[Path, typer.Argument(help="Cache directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest and statistics as JSON.")] = False,
+) -> None:
+    """Describe a cache: what made it and how big it is."""
+    from .cache import open_cache
+
+    try:
+        cache = open_cache(path)
+    except (EmbRecycleError, OSError) as e:
+        _fail(e)
+    info = {**cache.manifest, "stats": cache.stats()}
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    s, st = cache.settings, info["stats"]
+    typer.echo(f"cache {path} (format v{cache.manifest['format_version']}, embrecycle {cache.manifest['library_version']})")
+    typer.echo(f"  model       {s.model} ({s.model_type}, {s.num_layers} layers, hidden {s.hidden_size})")
+    typer.echo(f"  layer       {s.layer} of {s.num_layers}")
+    typer.echo(f"  dtype       {s.dtype}, max_length {s.max_length}, truncation {s.truncation}")
+    typer.echo(f"  weights     {s.lower_fingerprint[:16]}  tokenizer {s.tokenizer_fingerprint[:16]}")
+    typer.echo(f"  documents   {st['documents']} ({st['truncated_documents']} truncated), tokens {st['tokens']}")
+    typer.echo(f"  size        {st['bytes'] / 1e6:.1f} MB in {st['shards']} shard(s), {st['bytes_per_token']} bytes/token")
+
+
+@cache_app.command("verify")
+def cache_verify(
+    path: Annotated[Path, typer.Argument(help="Cache directory.")],
+    repair: Annotated[bool, typer.Option(help="Drop damaged entries so the next build recomputes them.")] = False,
+) -> None:
+    """Check every checksum and file length; exit 1 if anything is damaged."""
+    from .cache import open_cache
+
+    try:
+        cache = open_cache(path)
+    except (EmbRecycleError, OSError) as e:
+        _fail(e)
+    report = cache.verify(repair=repair)
+    for problem in report.problems:
+        typer.echo(f"problem: {problem}", err=True)
+    if report.ok:
+        typer.echo(f"ok: {report.documents_checked} documents verified in {len(cache.shards)} shard(s)")
+        return
+    msg = f"{len(report.problems)} problem(s) in {report.documents_checked} documents"
+    if repair:
+        msg += f"; dropped {report.repaired_entries} damaged entries: re-run `cache build` to recompute them"
+    typer.echo(msg, err=True)
+    raise typer.Exit(0 if repair else 1)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

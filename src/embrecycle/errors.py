@@ -1,0 +1,50 @@
+"""One exception hierarchy for every error the library raises on purpose.
+
+Each class also subclasses the built-in it resembles, so ``except ValueError``
+keeps working for callers that do not know about embrecycle.
+"""
+
+from __future__ import annotations
+
+
+class EmbRecycleError(Exception):
+    """Base class of every embrecycle error."""
+
+
+class ConfigError(EmbRecycleError, ValueError):
+    """A setting has a bad value, or an unknown key was given."""
+
+
+class UnsupportedModelError(EmbRecycleError, ValueError):
+    """The encoder's architecture has no split adapter."""
+
+
+class ModelLoadError(EmbRecycleError, OSError):
+    """A model or tokenizer could not be loaded from the given name or path."""
+
+
+class InputDataError(EmbRecycleError, ValueError):
+    """An input file is unreadable, malformed, or lacks a required field."""
+
+
+class CacheError(EmbRecycleError):
+    """Base class of cache errors."""
+
+
+class CacheMismatchError(CacheError, ValueError):
+    """A cache was opened with settings that differ from the ones it was built with."""
+
+
+class CacheCorruptedError(CacheError, OSError):
+    """A cache file is truncated, has a bad checksum or an unreadable manifest."""
+
+
+class CacheLockedError(CacheError, RuntimeError):
+    """Another process holds the cache's write lock."""
+
+
+class CacheMissError(CacheError, KeyError):
+    """A document is not in the cache."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "document not in cache"
