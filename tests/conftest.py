@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny random encoders saved as real model directories (loaded with from_pretrained)."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, BertConfig, BertTokenizer
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+WORDS = (
+    "the a of and to in is was for on with as by that this we our results method methods model data "
+    "study used using show shows protein chemical disease patients cells drug effect effects background"
+).split()
+
+
+def _vocab() -> list[str]:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list(string.ascii_lowercase + string.digits + ".,;:()-'\"!?")
+    return specials + WORDS + chars + ["##" + c for c in string.ascii_lowercase + string.digits]
+
+
+def save_tiny_bert(path: Path, seed: int = 0, layers: int = 4) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = _vocab()
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
+    tok.save_pretrained(path)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    AutoModel.from_config(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 4-layer, 32-wide BERT with a small WordPiece vocabulary, saved with save_pretrained."""
+    return str(save_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
+
+
+@pytest.fixture(scope="session")
+def other_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Same architecture and tokenizer as ``tiny_bert_dir``, different weights."""
+    return str(save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-other"), seed=1))
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    import random
+
+    rng = random.Random(0)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))) + "." for _ in range(60)]
+
+
+def require_shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared datasets not found at {SHARED_DATA} (they live beside the repo in CI)")
+    return SHARED_DATA
