@@ -11,10 +11,44 @@ from transformers import AutoModel, BertConfig, BertTokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-WORDS = (
-    "the a of and to in is was for on with as by that this we our results method methods model data "
-    "study used using show shows protein chemical disease patients cells drug effect effects background"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "that",
+    "this",
+    "we",
+    "our",
+    "results",
+    "method",
+    "methods",
+    "model",
+    "data",
+    "study",
+    "used",
+    "using",
+    "show",
+    "shows",
+    "protein",
+    "chemical",
+    "disease",
+    "patients",
+    "cells",
+    "drug",
+    "effect",
+    "effects",
+    "background",
+]
 
 
 def _vocab() -> list[str]:

@@ -204,7 +204,7 @@ def test_manifest_describes_the_cache(tiny_bert_dir: str, texts: list[str], tmp_
 
 
 def test_not_a_cache(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json is missing"):
         open_cache(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(CacheCorruptedError):

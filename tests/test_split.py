@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import tiny_configs
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification, GPT2Config
 
 from embrecycle import ConfigError, SplitEncoder, UnsupportedModelError, supported_model_types
+from tiny_models import tiny_configs
 
 CONFIGS = tiny_configs()
 EAGER_ONLY = {"deberta-v2", "deberta-v3", "mpnet"}

@@ -13,8 +13,16 @@ from transformers import (
 )
 
 VOCAB = 99
-COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37,
-              max_position_embeddings=128, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=128,
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+)
 
 
 def tiny_configs() -> dict[str, AutoConfig]:
@@ -22,13 +30,29 @@ def tiny_configs() -> dict[str, AutoConfig]:
         "bert": BertConfig(**COMMON),
         "roberta": RobertaConfig(**COMMON, pad_token_id=1),
         "electra": ElectraConfig(**{**COMMON, "embedding_size": 16}),
-        "distilbert": DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=4, n_heads=4, hidden_dim=37,
-                                       max_position_embeddings=128),
-        "deberta-v2": DebertaV2Config(**COMMON, relative_attention=True, pos_att_type=["p2c", "c2p"],
-                                      position_buckets=16, max_relative_positions=32, norm_rel_ebd="layer_norm",
-                                      conv_kernel_size=3, share_att_key=True, type_vocab_size=0),
-        "deberta-v3": DebertaV2Config(**COMMON, relative_attention=True, pos_att_type=["p2c", "c2p"],
-                                      position_buckets=16, max_relative_positions=32, norm_rel_ebd="layer_norm",
-                                      share_att_key=True, type_vocab_size=0),
+        "distilbert": DistilBertConfig(
+            vocab_size=VOCAB, dim=32, n_layers=4, n_heads=4, hidden_dim=37, max_position_embeddings=128
+        ),
+        "deberta-v2": DebertaV2Config(
+            **COMMON,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_buckets=16,
+            max_relative_positions=32,
+            norm_rel_ebd="layer_norm",
+            conv_kernel_size=3,
+            share_att_key=True,
+            type_vocab_size=0,
+        ),
+        "deberta-v3": DebertaV2Config(
+            **COMMON,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_buckets=16,
+            max_relative_positions=32,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            type_vocab_size=0,
+        ),
         "mpnet": MPNetConfig(**COMMON),
     }

@@ -28,7 +28,9 @@ def _main(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if version:
         typer.echo(__version__)
         raise typer.Exit()
@@ -42,7 +44,9 @@ def cache_build(
     out: Annotated[Path, typer.Option(help="Cache directory (created, or extended if it exists).")],
     text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV input.")] = "text",
     data_format: Annotated[str | None, typer.Option("--format", help="Input format if not given by extension.")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Max tokens per document (default: model limit, <= 512).")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Max tokens per document (default: model limit, <= 512).")
+    ] = None,
     truncation: Annotated[str, typer.Option(help="'truncate' long documents, or 'error'.")] = "truncate",
     dtype: Annotated[str, typer.Option(help="Storage dtype: float16, bfloat16, float32.")] = "float16",
     batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 32,
@@ -83,13 +87,17 @@ def cache_info(
         typer.echo(json.dumps(info, indent=2))
         return
     s, st = cache.settings, info["stats"]
-    typer.echo(f"cache {path} (format v{cache.manifest['format_version']}, embrecycle {cache.manifest['library_version']})")
+    typer.echo(
+        f"cache {path} (format v{cache.manifest['format_version']}, embrecycle {cache.manifest['library_version']})"
+    )
     typer.echo(f"  model       {s.model} ({s.model_type}, {s.num_layers} layers, hidden {s.hidden_size})")
     typer.echo(f"  layer       {s.layer} of {s.num_layers}")
     typer.echo(f"  dtype       {s.dtype}, max_length {s.max_length}, truncation {s.truncation}")
     typer.echo(f"  weights     {s.lower_fingerprint[:16]}  tokenizer {s.tokenizer_fingerprint[:16]}")
     typer.echo(f"  documents   {st['documents']} ({st['truncated_documents']} truncated), tokens {st['tokens']}")
-    typer.echo(f"  size        {st['bytes'] / 1e6:.1f} MB in {st['shards']} shard(s), {st['bytes_per_token']} bytes/token")
+    typer.echo(
+        f"  size        {st['bytes'] / 1e6:.1f} MB in {st['shards']} shard(s), {st['bytes_per_token']} bytes/token"
+    )
 
 
 @cache_app.command("verify")

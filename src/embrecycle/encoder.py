@@ -118,9 +118,6 @@ def module_fingerprint(modules: dict[str, nn.Module]) -> str:
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """sha256 of the tokenizer's full definition (vocabulary, normaliser, pre-tokenizer, post-processor)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        payload = backend.to_str()
-    else:
-        payload = json.dumps(sorted(tokenizer.get_vocab().items()))
+    payload = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps({"class": type(tokenizer).__name__, "special": tokenizer.special_tokens_map}, sort_keys=True)
     return hashlib.sha256((payload + extra).encode()).hexdigest()

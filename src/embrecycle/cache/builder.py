@@ -14,6 +14,7 @@ The workflow, top to bottom:
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Sequence
@@ -213,7 +214,7 @@ def _plan(
     if plan_path.exists():
         with np.load(plan_path, allow_pickle=False) as saved:
             keys, bounds = saved["keys"], saved["bounds"]
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        for a, b in itertools.pairwise(bounds):
             batch = [k.tobytes() for k in keys[a:b]]
             if any(k in todo for k in batch) and all(k in input_keys for k in batch):
                 kept.append(batch)

@@ -151,7 +151,7 @@ class Cache:
             hcrc.append(rec["hidden_crc"])
             tcrc.append(rec["tokens_crc"])
             flags.append(rec["flags"])
-        cat = (lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dt))  # noqa: E731
+        cat = lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dt)  # noqa: E731
         all_keys = cat(keys, "V32")
         # First occurrence wins: a document written twice (two writers) is stored once logically.
         self._lookup: dict[bytes, int] = {}
@@ -372,5 +372,3 @@ def open_cache(path: str | os.PathLike[str], verify_reads: bool = True) -> Cache
         (14, 384)
     """
     return Cache.open(path, verify_reads=verify_reads)
-
-

@@ -97,11 +97,10 @@ def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     """Entities of an IOB2 sentence as ``(type, start_word, end_word_exclusive)``."""
     spans: list[tuple[str, int, int]] = []
     cur: list = []
-    for i, tag in enumerate(list(tags) + ["O"]):
+    for i, tag in enumerate([*list(tags), "O"]):
         if cur and not (tag.startswith("I-") and tag[2:] == cur[0]):
             spans.append((cur[0], cur[1], i))
             cur = []
         if tag.startswith("B-") or (tag.startswith("I-") and not cur):
             cur = [tag[2:], i]
     return spans
-

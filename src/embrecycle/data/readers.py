@@ -51,8 +51,7 @@ def detect_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     ext = Path(path).suffix.lower()
     if ext not in _EXTENSIONS:
         raise InputDataError(
-            f"cannot tell the format of {path} from its extension {ext!r}; pass --format "
-            f"(one of {list(FORMATS)})."
+            f"cannot tell the format of {path} from its extension {ext!r}; pass --format (one of {list(FORMATS)})."
         )
     return _EXTENSIONS[ext]
 
