@@ -29,6 +29,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .families import supported_model_types
+from .predict import Predictions, TaskModel, load
 from .split import SplitEncoder
 
 __all__ = [
@@ -48,10 +49,13 @@ __all__ = [
     "InputDataError",
     "LoadedEncoder",
     "ModelLoadError",
+    "Predictions",
     "SplitEncoder",
+    "TaskModel",
     "UnsupportedModelError",
     "__version__",
     "build_cache",
+    "load",
     "load_encoder",
     "open_cache",
     "supported_model_types",

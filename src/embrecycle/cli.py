@@ -125,6 +125,110 @@ def cache_verify(
     raise typer.Exit(0 if repair else 1)
 
 
+@app.command("train")
+def train_cmd(
+    task: Annotated[str, typer.Option(help="classification or ner.")],
+    model: Annotated[str, typer.Option(help="Base model name (hub id) or local directory.")],
+    layer: Annotated[int, typer.Option(help="Cut k: layers 1..k come from the cache.")],
+    train: Annotated[Path, typer.Option(help="Training file (.jsonl/.csv/.tsv, or .conll for ner).")],
+    dev: Annotated[Path, typer.Option(help="Development file, evaluated during training.")],
+    out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    cache: Annotated[Path | None, typer.Option(help="Cache directory (default: derived from the settings).")] = None,
+    upper: Annotated[str, typer.Option(help="What is trained above the cut: full or head.")] = "full",
+    baseline: Annotated[str | None, typer.Option(help="full-finetune: train the whole model from text.")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
+    seed: Annotated[int, typer.Option(help="Random seed (head init, shuffling).")] = 42,
+    max_length: Annotated[int | None, typer.Option(help="Max tokens per document.")] = None,
+    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps for linear warmup.")] = 0.1,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: every epoch).")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping: evaluations without improvement.")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Use at most N training examples (seeded).")] = None,
+    dev_limit: Annotated[int | None, typer.Option(help="Use at most N dev examples (seeded).")] = None,
+    text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV.")] = "text",
+    label_field: Annotated[str, typer.Option(help="Label field of JSON lines / CSV.")] = "label",
+    cache_dtype: Annotated[str, typer.Option(help="Cache storage dtype.")] = "float16",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a classifier or NER tagger on recycled layer-k states (or fully fine-tune, as a baseline)."""
+    from .training import TrainConfig
+    from .training import train as run_training
+
+    try:
+        config = TrainConfig(
+            task=task, model=model, layer=layer, train=str(train), dev=str(dev), out=str(out),
+            cache=str(cache) if cache else None, upper=upper, baseline=baseline, epochs=epochs, lr=lr,
+            batch_size=batch_size, seed=seed, max_length=max_length, warmup_ratio=warmup_ratio,
+            weight_decay=weight_decay, eval_every=eval_every, patience=patience, train_limit=train_limit,
+            dev_limit=dev_limit, text_field=text_field, label_field=label_field, cache_dtype=cache_dtype,
+        )  # fmt: skip
+        result = run_training(config, progress=not quiet)
+    except (EmbRecycleError, OSError) as e:
+        _fail(e)
+    typer.echo(result.summary())
+
+
+@app.command("predict")
+def predict_cmd(
+    run: Annotated[Path, typer.Option(help="Run directory from `embrecycle train`.")],
+    data: Annotated[Path, typer.Option(help="Documents to label.")],
+    out: Annotated[Path, typer.Option(help="Predictions, one JSON object per line.")],
+    cache: Annotated[Path | None, typer.Option(help="Cache to look documents up in (default: the run's).")] = None,
+    update_cache: Annotated[bool, typer.Option(help="Store the states of documents that missed the cache.")] = False,
+    text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV.")] = "text",
+    data_format: Annotated[str | None, typer.Option("--format", help="Input format if not by extension.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 64,
+) -> None:
+    """Predict labels (or tags) for documents; cached documents skip the lower layers."""
+    from .predict import load
+
+    try:
+        model = load(run)
+        examples = model.read(data, data_format, text_field=text_field, label_field=None)
+        preds = model.predict([e.doc for e in examples], cache=cache, update_cache=update_cache,
+                              batch_size=batch_size)  # fmt: skip
+    except (EmbRecycleError, OSError) as e:
+        _fail(e)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for e, p in zip(examples, preds, strict=True):
+            f.write(json.dumps({"source": e.source, **(p or {"skipped": "empty document"})}) + "\n")
+    typer.echo(
+        f"{len(preds)} documents -> {out}: {preds.hits} cache hits, {preds.misses} misses"
+        + (f" ({preds.added_to_cache} added to the cache)" if update_cache else "")
+        + (f", {preds.skipped_empty} empty skipped" if preds.skipped_empty else "")
+    )
+    for note in preds.notes:
+        typer.echo(f"note: {note}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Annotated[Path, typer.Option(help="Run directory from `embrecycle train`.")],
+    data: Annotated[Path, typer.Option(help="Labelled documents.")],
+    cache: Annotated[Path | None, typer.Option(help="Cache to look documents up in (default: the run's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV.")] = "text",
+    label_field: Annotated[str, typer.Option(help="Label field of JSON lines / CSV.")] = "label",
+    data_format: Annotated[str | None, typer.Option("--format", help="Input format if not by extension.")] = None,
+) -> None:
+    """Score a run on a labelled file: accuracy and macro-F1, or entity precision/recall/F1."""
+    from .predict import load
+
+    try:
+        model = load(run)
+        metrics = model.evaluate(model.read(data, data_format, text_field, label_field), cache=cache)
+    except (EmbRecycleError, OSError) as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+    else:
+        for k, v in metrics.items():
+            typer.echo(f"{k:>14}  {v:.4f}" if isinstance(v, float) else f"{k:>14}  {v}")
+
+
 def main() -> None:
     try:
         app()

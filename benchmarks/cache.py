@@ -1,0 +1,715 @@
+"""Cache benchmark: build overhead, bytes per token, and read cost versus a training step.
+
+Run it with ``make bench-cache`` or ``.venv/bin/python benchmarks/cache.py`` (``--quick`` for a
+smoke run of well under a minute, ``--help`` for the options). It needs the offline models
+(``make install``) and the sci-cite data in ``../shared/data`` next to the repository.
+
+For MiniLM-L6 (cache layer 3) and MPNet-base (cache layer 6), in one process, on the first
+``--docs`` distinct documents of ``sci-cite/train.jsonl``:
+
+1. **Build overhead.** ``build_cache`` (fsync on, the default, and fsync off; model loaded
+   beforehand and passed as ``encoder=``) against a plain baseline that tokenizes the same
+   documents, sorts them by length, batches them identically and runs embeddings + layers 1..k
+   (``SplitEncoder.lower``) under ``torch.inference_mode()``, discarding the output. The three
+   variants alternate over ``--repeats`` rounds (fresh cache directory each time); the best
+   time of each is compared. Non-forward costs (weight fingerprint, tokenization with offsets,
+   document keys, crc32) are also timed on their own.
+2. **Storage.** Bytes per token on disk (``Cache.stats()``) against the raw float16 states
+   (``hidden_size * 2`` bytes per token).
+3. **Read cost.** ``Cache.read_batch`` of seeded random batches of 32 documents (checksums
+   verified or not, warm page cache; and verified with the shard files evicted from the page
+   cache first), against one training step of the upper layers on the same batches: forward
+   ``SplitEncoder.upper``, mean-pool, linear head, cross-entropy on random labels, backward,
+   AdamW step (train mode, lower layers frozen).
+
+Results go to ``<out>/cache.json`` (one row per measurement, plus the machine) and
+``<out>/cache.md`` (the report, whose tables are also printed). Absolute times only compare
+within one run: the machine this runs on may be shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+from torch.nn import functional as F
+
+from embrecycle import BuildConfig, LoadedEncoder, build_cache, load_encoder, open_cache
+from embrecycle.cache.builder import default_max_length
+from embrecycle.cache.store import Cache
+from embrecycle.offline_models import minilm_l6_path, mpnet_base_path
+from embrecycle.tokenization import encode_documents
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA = REPO_ROOT.parent / "shared" / "data" / "sci-cite" / "train.jsonl"
+BATCH_SIZE = 32
+TARGET_PCT = 5.0
+NUM_LABELS = 3  # sci-cite: background, method, result
+QUICK_DOCS = {"minilm": 64, "mpnet": 16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to benchmark."""
+
+    key: str
+    name: str
+    path: Callable[[], str]
+    layer: int
+    default_docs: int
+
+
+MODELS = (
+    ModelSpec("minilm", "MiniLM-L6", minilm_l6_path, 3, 600),
+    ModelSpec("mpnet", "MPNet-base", mpnet_base_path, 6, 300),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one benchmark run."""
+
+    repeats: int
+    read_batches: int
+    cold_batches: int
+    steps: int
+    warmup_steps: int
+    seed: int
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+
+
+def load_documents(path: Path, n: int) -> list[str]:
+    """The first ``n`` distinct non-blank texts of a JSON-lines file (so that every one is computed)."""
+    docs: list[str] = []
+    seen: set[str] = set()
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            text = json.loads(line)["text"]
+            if text.strip() and text not in seen:
+                seen.add(text)
+                docs.append(text)
+                if len(docs) == n:
+                    break
+    return docs
+
+
+def machine_info(work_dir: Path) -> dict[str, Any]:
+    """Where the numbers come from."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu or "unknown",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "work_dir": str(work_dir),
+        "work_dir_filesystem": filesystem_of(work_dir),
+        "load_average_at_start": list(os.getloadavg()),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def filesystem_of(path: Path) -> str:
+    """Filesystem type of the mount holding ``path`` (best effort, Linux only)."""
+    best, fs = "", "unknown"
+    try:
+        target = str(path.resolve())
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and target.startswith(parts[1]) and len(parts[1]) > len(best):
+                best, fs = parts[1], parts[2]
+    except OSError:
+        pass
+    return fs
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Seconds ``fn`` takes (after a garbage collection), and its result."""
+    gc.collect()
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+class OtherCpu:
+    """Cores' worth of CPU that other processes (and the hypervisor) took while the block ran.
+
+    From ``/proc/stat`` (all busy time, steal included) minus this process's own CPU time;
+    ``cores`` stays NaN where ``/proc/stat`` is unavailable. A sign of a noisy measurement.
+    """
+
+    cores: float = float("nan")
+
+    def __enter__(self) -> OtherCpu:
+        self._start = (_machine_busy_s(), _own_cpu_s(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy0, own0, wall0 = self._start
+        busy1, own1, wall1 = _machine_busy_s(), _own_cpu_s(), time.perf_counter()
+        if busy0 is not None and busy1 is not None and wall1 > wall0:
+            self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
+
+
+def _machine_busy_s() -> float | None:
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def pct(part: float, whole: float) -> float:
+    return 100.0 * part / whole if whole else float("nan")
+
+
+def evict_page_cache(root: Path) -> None:
+    """Ask the kernel to drop the cached pages of every file under ``root`` (no root rights needed)."""
+    for p in root.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+# ---- 1. build overhead -----------------------------------------------------------------------------------------
+
+
+def plain_forward(encoder: LoadedEncoder, docs: Sequence[str], max_length: int, limit: int | None = None) -> int:
+    """Tokenize, sort by length, batch like the builder and run the lower layers; returns the tokens run."""
+    tok, split = encoder.tokenizer, encoder.split
+    split.eval()
+    ids_list: list[list[int]] = tok(list(docs), truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(ids_list)), key=lambda i: len(ids_list[i]))
+    batches = [order[i : i + BATCH_SIZE] for i in range(0, len(order), BATCH_SIZE)][:limit]
+    pad_id = tok.pad_token_id or 0
+    tokens = 0
+    for batch in batches:
+        lens = [len(ids_list[i]) for i in batch]
+        ids = torch.full((len(batch), max(lens)), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, i in enumerate(batch):
+            ids[j, : lens[j]] = torch.tensor(ids_list[i])
+            mask[j, : lens[j]] = 1
+        with torch.inference_mode():
+            split.lower(ids, mask)
+        tokens += sum(lens)
+    return tokens
+
+
+def bench_build(
+    spec: ModelSpec, encoder: LoadedEncoder, docs: list[str], work: Path, settings: Settings
+) -> tuple[list[dict[str, Any]], Path]:
+    """Alternate plain / build (fsync) / build (no fsync); returns the rows and the last fsync-built cache."""
+    config = BuildConfig(model=encoder.model_name, layer=spec.layer, batch_size=BATCH_SIZE)
+    max_length = default_max_length(encoder)
+    plain_forward(encoder, docs, max_length, limit=2)  # warm-up: first-call allocations, kernel selection
+
+    def run(variant: str, run_dir: Path) -> tuple[float, int]:
+        if variant == "plain":
+            return timed(lambda: plain_forward(encoder, docs, max_length))
+        cfg = dataclasses.replace(config, fsync=variant == "build_fsync")
+        seconds, summary = timed(lambda: build_cache(docs, run_dir, cfg, encoder=encoder, progress=False))
+        if summary.computed != len(docs):
+            raise RuntimeError(f"{spec.name}: the build computed {summary.computed} of {len(docs)} documents")
+        return seconds, summary.tokens_computed
+
+    variants = ["plain", "build_fsync", "build_nofsync"]
+    rows: list[dict[str, Any]] = []
+    keep: Path | None = None
+    for r in range(settings.repeats):
+        for variant in variants[r % 3 :] + variants[: r % 3]:  # rotate the order every round
+            run_dir = work / f"{spec.key}-{variant}-{r}"
+            with OtherCpu() as others:
+                seconds, tokens = run(variant, run_dir)
+            rows.append(
+                _speed_row(spec, "build_run", variant, seconds, len(docs), tokens, run=r + 1, other_cores=others.cores)
+            )
+            print(f"  {variant:<14} round {r + 1}: {seconds:6.2f} s (others used {others.cores:.2f} cores)", flush=True)
+            if variant == "build_fsync":
+                if keep is not None:
+                    _rmtree(keep)
+                keep = run_dir
+            elif variant == "build_nofsync":
+                _rmtree(run_dir)
+    assert keep is not None
+    runs = {v: [row for row in rows if row["variant"] == v] for v in variants}
+    best = {v: min(runs[v], key=lambda row: row["seconds"]) for v in variants}
+    median = {v: statistics.median(row["seconds"] for row in runs[v]) for v in variants}
+    if best["plain"]["tokens"] != best["build_fsync"]["tokens"]:
+        raise RuntimeError(f"{spec.name}: plain and build ran different token counts")
+    for v in variants:
+        row = _speed_row(spec, "build_best", v, best[v]["seconds"], len(docs), best[v]["tokens"])
+        row["median_seconds"] = median[v]
+        row["runs_seconds"] = [r["seconds"] for r in runs[v]]
+        row["runs_other_cores"] = [r["other_cores"] for r in runs[v]]
+        if v != "plain":
+            row["overhead_pct"] = pct(best[v]["seconds"] - best["plain"]["seconds"], best["plain"]["seconds"])
+            row["median_overhead_pct"] = pct(median[v] - median["plain"], median["plain"])
+        rows.append(row)
+    return rows, keep
+
+
+def _speed_row(
+    spec: ModelSpec, measurement: str, variant: str, seconds: float, docs: int, tokens: int, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "model": spec.name,
+        "layer": spec.layer,
+        "measurement": measurement,
+        "variant": variant,
+        **extra,
+        "seconds": seconds,
+        "docs": docs,
+        "tokens": tokens,
+        "docs_per_s": docs / seconds,
+        "tokens_per_s": tokens / seconds,
+    }
+
+
+def bench_build_parts(spec: ModelSpec, encoder: LoadedEncoder, docs: list[str], cache_dir: Path) -> dict[str, Any]:
+    """Seconds of the build's non-forward steps, each timed on its own (one pass over ``docs``)."""
+    cache = open_cache(cache_dir)
+    max_length = cache.settings.max_length
+    fingerprint_s, _ = timed(encoder.lower_fingerprint)
+    keys_s, _ = timed(lambda: [cache.key(d) for d in docs])
+    encode_s, _ = timed(lambda: encode_documents(encoder.tokenizer, docs, max_length))
+    plain_tok_s, _ = timed(lambda: encoder.tokenizer(docs, truncation=True, max_length=max_length))
+    data = b"".join(p.read_bytes() for p in sorted((cache_dir / "shards").glob("*.hidden")))
+    crc_s, _ = timed(lambda: zlib.crc32(data))
+    return {
+        "model": spec.name,
+        "layer": spec.layer,
+        "measurement": "build_parts",
+        "lower_fingerprint_s": fingerprint_s,
+        "document_keys_s": keys_s,
+        "encode_documents_s": encode_s,
+        "plain_tokenize_s": plain_tok_s,
+        "crc32_hidden_s": crc_s,
+        "docs": len(docs),
+    }
+
+
+# ---- 2. storage ------------------------------------------------------------------------------------------------
+
+
+def bench_storage(spec: ModelSpec, cache_dir: Path) -> dict[str, Any]:
+    cache = open_cache(cache_dir)
+    stats = cache.stats()
+    by_kind = {
+        kind: sum(p.stat().st_size for p in (cache_dir / "shards").glob(f"*.{kind}"))
+        for kind in ("hidden", "tokens", "index")
+    }
+    raw_per_token = cache.settings.hidden_size * 2
+    per_token = stats["bytes"] / stats["tokens"]
+    return {
+        "model": spec.name,
+        "layer": spec.layer,
+        "measurement": "storage",
+        "dtype": cache.settings.dtype,
+        "hidden_size": cache.settings.hidden_size,
+        "documents": stats["documents"],
+        "tokens": stats["tokens"],
+        "bytes": stats["bytes"],
+        "bytes_hidden": by_kind["hidden"],
+        "bytes_tokens": by_kind["tokens"],
+        "bytes_index": by_kind["index"],
+        "bytes_per_token": per_token,
+        "stats_bytes_per_token": stats["bytes_per_token"],
+        "raw_bytes_per_token": raw_per_token,
+        "overhead_pct": pct(per_token - raw_per_token, raw_per_token),
+    }
+
+
+# ---- 3. read cost vs a training step ---------------------------------------------------------------------------
+
+
+def bench_read_vs_step(
+    spec: ModelSpec, encoder: LoadedEncoder, cache_dir: Path, settings: Settings
+) -> list[dict[str, Any]]:
+    verified, unverified = open_cache(cache_dir, verify_reads=True), open_cache(cache_dir, verify_reads=False)
+    rng = np.random.default_rng(settings.seed)
+    size = min(BATCH_SIZE, len(verified))
+    batches = [rng.choice(len(verified), size=size, replace=False) for _ in range(settings.read_batches)]
+    for cache in (verified, unverified):
+        cache.read_batch(batches[0])  # warm-up: opens the memory maps
+
+    read_ms: dict[str, list[float]] = {"verify": [], "no_verify": []}
+    for i, idx in enumerate(batches):  # interleaved, alternating which goes first
+        pair: list[tuple[str, Cache]] = [("verify", verified), ("no_verify", unverified)]
+        for name, cache in pair if i % 2 == 0 else pair[::-1]:
+            start = time.perf_counter()
+            cache.read_batch(idx)
+            read_ms[name].append(1e3 * (time.perf_counter() - start))
+    cold: list[float] = []
+    cold_cache = open_cache(cache_dir, verify_reads=True)
+    for idx in batches[: settings.cold_batches]:
+        evict_page_cache(cache_dir)
+        start = time.perf_counter()
+        cold_cache.read_batch(idx)
+        cold.append(1e3 * (time.perf_counter() - start))
+    read_ms["verify_cold"] = cold
+
+    step_batches = batches[: settings.warmup_steps + settings.steps]
+    with OtherCpu() as step_others:
+        step_ms, step_tokens = train_steps(encoder, verified, step_batches, settings)
+    step_mean = statistics.fmean(step_ms)
+    rows: list[dict[str, Any]] = []
+    for name, times in read_ms.items():
+        mean = statistics.fmean(times)
+        rows.append(
+            {
+                "model": spec.name,
+                "layer": spec.layer,
+                "measurement": "read_batch",
+                "variant": name,
+                "batches": len(times),
+                "batch_size": size,
+                "mean_ms": mean,
+                "median_ms": statistics.median(times),
+                "pct_of_step": pct(mean, step_mean),
+            }
+        )
+    rows.append(
+        {
+            "model": spec.name,
+            "layer": spec.layer,
+            "measurement": "train_step",
+            "variant": f"upper layers {spec.layer + 1}..{encoder.split.num_layers} + linear head, AdamW",
+            "batches": len(step_ms),
+            "warmup_batches": settings.warmup_steps,
+            "batch_size": size,
+            "mean_tokens_padded": step_tokens,
+            "mean_ms": step_mean,
+            "median_ms": statistics.median(step_ms),
+            "other_cores": step_others.cores,
+            # The same batches' read cost, for a like-for-like ratio.
+            "read_ms_same_batches": statistics.fmean(read_ms["verify"][: len(step_batches)][settings.warmup_steps :]),
+        }
+    )
+    return rows
+
+
+def train_steps(
+    encoder: LoadedEncoder, cache: Cache, batches: list[np.ndarray], settings: Settings
+) -> tuple[list[float], float]:
+    """Milliseconds of each training step after the warm-up ones, and the mean padded batch size in tokens."""
+    torch.manual_seed(settings.seed)
+    split = encoder.split
+    split.train()
+    split.requires_grad_(False)
+    upper = [p for layer in split.upper_layers() for p in layer.parameters()]
+    for p in upper:
+        p.requires_grad_(True)
+    head = nn.Linear(split.hidden_size, NUM_LABELS)
+    head.train()
+    optimizer = torch.optim.AdamW([*upper, *head.parameters()], lr=2e-5)
+    times: list[float] = []
+    padded: list[int] = []
+    for i, idx in enumerate(batches):
+        batch = cache.read_batch(idx)
+        labels = torch.randint(0, NUM_LABELS, (len(idx),))
+        gc.collect()
+        start = time.perf_counter()
+        hidden = split.upper(batch.hidden, batch.attention_mask)
+        mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        loss = F.cross_entropy(head(pooled), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - start
+        if i >= settings.warmup_steps:
+            times.append(1e3 * elapsed)
+            padded.append(int(batch.attention_mask.numel()))
+    split.requires_grad_(False)
+    split.eval()
+    return times, statistics.fmean(padded)
+
+
+# ---- report ----------------------------------------------------------------------------------------------------
+
+
+def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
+    return next(r for r in rows if all(r.get(k) == v for k, v in match.items()))
+
+
+def _ok(value: float, target: float) -> str:
+    return "yes" if value < target else "**no**"
+
+
+def model_summary(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    plain = _find(rows, model=model, measurement="build_best", variant="plain")
+    fsync = _find(rows, model=model, measurement="build_best", variant="build_fsync")
+    nofsync = _find(rows, model=model, measurement="build_best", variant="build_nofsync")
+    storage = _find(rows, model=model, measurement="storage")
+    verify = _find(rows, model=model, measurement="read_batch", variant="verify")
+    step = _find(rows, model=model, measurement="train_step")
+    return {
+        "build_overhead_pct": fsync["overhead_pct"],
+        "build_overhead_nofsync_pct": nofsync["overhead_pct"],
+        "plain_tokens_per_s": plain["tokens_per_s"],
+        "build_tokens_per_s": fsync["tokens_per_s"],
+        "bytes_per_token": storage["bytes_per_token"],
+        "raw_bytes_per_token": storage["raw_bytes_per_token"],
+        "storage_bytes_overhead_pct": storage["overhead_pct"],
+        "read_ms": verify["mean_ms"],
+        "step_ms": step["mean_ms"],
+        "read_pct_of_step": verify["pct_of_step"],
+        "build_overhead_target_met": fsync["overhead_pct"] < TARGET_PCT,
+        "read_target_met": verify["pct_of_step"] < TARGET_PCT,
+    }
+
+
+def model_table(rows: list[dict[str, Any]], spec: ModelSpec, num_layers: int) -> str:
+    name = spec.name
+    best = {
+        v: _find(rows, model=name, measurement="build_best", variant=v)
+        for v in ("plain", "build_fsync", "build_nofsync")
+    }
+    parts = _find(rows, model=name, measurement="build_parts")
+    storage = _find(rows, model=name, measurement="storage")
+    reads = {v: _find(rows, model=name, measurement="read_batch", variant=v) for v in ("verify", "no_verify")}
+    cold = _find(rows, model=name, measurement="read_batch", variant="verify_cold")
+    step = _find(rows, model=name, measurement="train_step")
+    docs, tokens = best["plain"]["docs"], best["plain"]["tokens"]
+    labels = {
+        "plain": f"Plain forward, layers 1..{spec.layer} (baseline)",
+        "build_fsync": "`build_cache`, fsync on (default)",
+        "build_nofsync": "`build_cache`, fsync off",
+    }
+    lines = [
+        f"### {name} ({num_layers} layers, cache layer k={spec.layer})",
+        "",
+        f"Build: {docs} documents, {tokens} tokens, batch size {BATCH_SIZE}; best of "
+        f"{len(best['plain']['runs_seconds'])} alternating rounds (all rounds in the last column, with the CPU "
+        "other processes took meanwhile, in cores: well above 0 means that round was slowed down).",
+        "",
+        "| Build | Best s | Docs/s | Tokens/s | Overhead vs plain | Median overhead | Rounds: s (others' cores) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for v, row in best.items():
+        over = f"{row['overhead_pct']:+.1f}%" if "overhead_pct" in row else "—"
+        med = f"{row['median_overhead_pct']:+.1f}%" if "median_overhead_pct" in row else "—"
+        rounds = " / ".join(
+            f"{s:.2f} ({c:.2f})" for s, c in zip(row["runs_seconds"], row["runs_other_cores"], strict=True)
+        )
+        lines.append(
+            f"| {labels[v]} | {row['seconds']:.2f} | {row['docs_per_s']:.1f} | {row['tokens_per_s']:.0f} "
+            f"| {over} | {med} | {rounds} |"
+        )
+    plain_s = best["plain"]["seconds"]
+    lines += [
+        "",
+        "Non-forward build steps, timed alone on the same documents (share of the plain forward time):",
+        "",
+        "| Step | ms | % of plain |",
+        "|---|---:|---:|",
+    ]
+    for label, key in (
+        ("Lower-weights fingerprint (sha256, once per build)", "lower_fingerprint_s"),
+        ("Document keys (sha256 per document)", "document_keys_s"),
+        ("`encode_documents` (offsets, word ids)", "encode_documents_s"),
+        ("Plain tokenizer call (baseline's tokenization)", "plain_tokenize_s"),
+        ("crc32 of all stored states", "crc32_hidden_s"),
+    ):
+        lines.append(f"| {label} | {1e3 * parts[key]:.1f} | {pct(parts[key], plain_s):.1f}% |")
+    lines += [
+        "",
+        "| Storage | Value |",
+        "|---|---:|",
+        f"| Bytes per token on disk | {storage['bytes_per_token']:.1f} |",
+        f"| Raw states ({storage['hidden_size']} × 2 bytes, float16) | {storage['raw_bytes_per_token']} |",
+        f"| Overhead over raw states | {storage['overhead_pct']:+.1f}% |",
+        f"| Total on disk ({storage['documents']} docs, {storage['tokens']} tokens) | "
+        f"{storage['bytes'] / 1e6:.2f} MB |",
+        f"| of which .hidden / .tokens / .index | {storage['bytes_hidden'] / 1e6:.2f} / "
+        f"{storage['bytes_tokens'] / 1e6:.2f} / {storage['bytes_index'] / 1e6:.3f} MB |",
+        "",
+        f"Reads vs training step: random batches of {step['batch_size']} documents (seeded); "
+        f"{reads['verify']['batches']} batches read, {step['batches']} steps timed after {step['warmup_batches']} "
+        f"warm-up (mean padded batch {step['mean_tokens_padded']:.0f} tokens; other processes took "
+        f"{step['other_cores']:.2f} cores during the steps).",
+        "",
+        "| Per batch | Mean ms | Median ms | % of a step |",
+        "|---|---:|---:|---:|",
+        f"| `read_batch`, verify_reads=True (warm page cache) | {reads['verify']['mean_ms']:.2f} "
+        f"| {reads['verify']['median_ms']:.2f} | {reads['verify']['pct_of_step']:.2f}% |",
+        f"| `read_batch`, verify_reads=False (warm page cache) | {reads['no_verify']['mean_ms']:.2f} "
+        f"| {reads['no_verify']['median_ms']:.2f} | {reads['no_verify']['pct_of_step']:.2f}% |",
+        f"| `read_batch`, verify_reads=True, files evicted from page cache ({cold['batches']} batches) "
+        f"| {cold['mean_ms']:.2f} | {cold['median_ms']:.2f} | {cold['pct_of_step']:.2f}% |",
+        f"| Training step, layers {spec.layer + 1}..{num_layers} + head (forward, backward, AdamW) "
+        f"| {step['mean_ms']:.1f} | {step['median_ms']:.1f} | 100% |",
+    ]
+    return "\n".join(lines)
+
+
+def targets_table(rows: list[dict[str, Any]], specs: Sequence[ModelSpec]) -> str:
+    lines = [
+        f"| Model | Build time overhead (fsync on) < {TARGET_PCT:.0f}% | Read (verified) < {TARGET_PCT:.0f}% of a step "
+        f"| Bytes overhead over raw float16 < {TARGET_PCT:.0f}% |",
+        "|---|---|---|---|",
+    ]
+    for spec in specs:
+        s = model_summary(rows, spec.name)
+        lines.append(
+            f"| {spec.name} | {s['build_overhead_pct']:+.1f}% ({_ok(s['build_overhead_pct'], TARGET_PCT)}) "
+            f"| {s['read_pct_of_step']:.2f}% ({_ok(s['read_pct_of_step'], TARGET_PCT)}) "
+            f"| {s['storage_bytes_overhead_pct']:+.1f}% ({_ok(s['storage_bytes_overhead_pct'], TARGET_PCT)}) |"
+        )
+    return "\n".join(lines)
+
+
+def render_markdown(
+    machine: dict[str, Any], rows: list[dict[str, Any]], specs: Sequence[ModelSpec], layers: dict[str, int], quick: bool
+) -> tuple[str, str]:
+    """The full report and the part printed to stdout (the tables)."""
+    tables = "\n\n".join(
+        [
+            "## Targets",
+            targets_table(rows, specs),
+            "## Per model",
+            *(model_table(rows, spec, layers[spec.name]) for spec in specs),
+        ]
+    )
+    intro = (
+        "# Cache benchmark\n\n"
+        f"{'**Quick smoke run: the sizes are too small for the figures to mean much.**' if quick else ''}\n\n"
+        f"Generated by `benchmarks/cache.py` on {machine['date']}: {machine['cpu']}, {machine['cpu_count']} CPUs "
+        f"({machine['torch_threads']} torch threads), {machine['platform']}, Python {machine['python']}, "
+        f"torch {machine['torch']}, transformers {machine['transformers']}; caches written to "
+        f"{machine['work_dir_filesystem']}. Data: the first distinct documents of `sci-cite/train.jsonl`.\n\n"
+        "Absolute times only compare within one run (the machine may be shared and noisy; each build variant is "
+        "the best of alternating rounds). *Build overhead* is `build_cache` (tokenization with offsets, document "
+        "keys, weight fingerprint, forward, float16 conversion, crc32, writes, fsync, manifest) against a plain "
+        "tokenize + sort + batch + forward of the same k layers with the output thrown away; the model is loaded "
+        "before either. *Reads* come from the OS page cache unless marked evicted.\n"
+    )
+    return intro + "\n" + tables + "\n", tables
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- main ------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (well under a minute)")
+    p.add_argument("--docs", type=int, help="documents per model (default: 600 for MiniLM-L6, 300 for MPNet-base)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="results directory")
+    p.add_argument("--models", nargs="+", choices=[m.key for m in MODELS], default=[m.key for m in MODELS])
+    p.add_argument("--repeats", type=int, help="alternating build rounds (default 3)")
+    p.add_argument("--steps", type=int, help="timed training steps (default 10)")
+    p.add_argument("--read-batches", type=int, help="batches read per variant (default 100)")
+    p.add_argument("--work-dir", type=Path, help="where the temporary caches go (default: the system temp dir)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    for name in ("docs", "repeats", "steps", "read_batches"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not DATA.is_file():
+        sys.exit(f"error: the benchmark data is missing: {DATA} (expected ../shared/data next to the repository).")
+    transformers.utils.logging.disable_progress_bar()
+    quick = args.quick
+    settings = Settings(
+        repeats=args.repeats or (1 if quick else 3),
+        read_batches=args.read_batches or (5 if quick else 100),
+        cold_batches=3 if quick else 20,
+        steps=args.steps or (1 if quick else 10),
+        warmup_steps=1,
+        seed=args.seed,
+    )
+    specs = [m for m in MODELS if m.key in args.models]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    layers: dict[str, int] = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="embrecycle-bench-", dir=args.work_dir) as tmp:
+        work = Path(tmp)
+        machine = machine_info(work)
+        for spec in specs:
+            n = args.docs or (QUICK_DOCS[spec.key] if quick else spec.default_docs)
+            docs = load_documents(DATA, n)
+            print(f"{spec.name} (k={spec.layer}): {len(docs)} documents", flush=True)
+            torch.manual_seed(settings.seed)
+            load_s, encoder = timed(lambda spec=spec: load_encoder(spec.path(), spec.layer))
+            print(f"  model loaded in {load_s:.1f} s (not timed below)", flush=True)
+            layers[spec.name] = encoder.split.num_layers
+            build_rows, cache_dir = bench_build(spec, encoder, docs, work, settings)
+            rows += build_rows
+            rows.append(bench_build_parts(spec, encoder, docs, cache_dir))
+            rows.append(bench_storage(spec, cache_dir))
+            print("  reads and training steps...", flush=True)
+            rows += bench_read_vs_step(spec, encoder, cache_dir, settings)
+            _rmtree(cache_dir)
+            del encoder
+            gc.collect()
+    machine["total_seconds"] = time.perf_counter() - started
+    report, tables = render_markdown(machine, rows, specs, layers, quick)
+    result = {
+        "machine": machine,
+        "settings": {**dataclasses.asdict(settings), "quick": quick, "batch_size": BATCH_SIZE, "data": str(DATA)},
+        "summary": {spec.name: model_summary(rows, spec.name) for spec in specs},
+        "rows": rows,
+    }
+    (args.out / "cache.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "cache.md").write_text(report)
+    print()
+    print(tables)
+    print(f"\nwrote {args.out / 'cache.json'} and {args.out / 'cache.md'} in {machine['total_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

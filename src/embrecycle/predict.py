@@ -1,0 +1,158 @@
+"""Prediction with recycling: cached documents skip the lower layers, only misses run them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache.builder import BuildConfig, build_cache
+from .cache.store import Cache, Document
+from .data.readers import Example, read_examples
+from .encoder import LoadedEncoder
+from .errors import ConfigError, InputDataError
+from .inference import document_logits
+from .model import RecyclingModel
+from .run import expected_cache_settings, load_run
+from .tasks.ner import words_of
+from .tokenization import encode_documents, is_empty
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Predictions", "TaskModel", "load"]
+
+
+@dataclass
+class Predictions:
+    """Predictions in input order, with how many documents came from the cache.
+
+    Each item is ``{"label", "probabilities"}`` (classification) or
+    ``{"words", "tags", "entities"}`` (NER); ``None`` for an empty document.
+    """
+
+    items: list[dict[str, Any] | None]
+    hits: int = 0
+    misses: int = 0
+    added_to_cache: int = 0
+    skipped_empty: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[dict[str, Any] | None]:
+        return iter(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        return self.items[i]
+
+
+class TaskModel:
+    """A trained run, ready to predict. Create with :func:`load`."""
+
+    def __init__(self, run_dir: Path, model: RecyclingModel, tokenizer: Any, meta: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.model = model
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.task = model.task
+
+    @property
+    def labels(self) -> list[str]:
+        return self.task.labels
+
+    def open_cache(self, cache: str | os.PathLike[str] | Cache | None) -> Cache | None:
+        """The given cache (checked against the run), the run's own training cache, or None."""
+        if self.meta["method"] == "full-finetune":
+            return None  # its lower layers were trained: cached pretrained states do not apply
+        if isinstance(cache, Cache):
+            c = cache
+        else:
+            path = cache or self.meta.get("cache")
+            if not path or not (Path(path) / "manifest.json").exists():
+                if cache:
+                    raise FileNotFoundError(f"no cache at {cache}")
+                return None
+            c = Cache.open(path)
+        c.settings.check_matches(expected_cache_settings(self.meta, c.settings.dtype), str(c.root))
+        return c
+
+    def predict(
+        self,
+        docs: Sequence[Document],
+        cache: str | os.PathLike[str] | Cache | None = None,
+        update_cache: bool = False,
+        batch_size: int = 64,
+    ) -> Predictions:
+        """Predict every document; cached ones read their layer-k states.
+
+        Args:
+            docs: Texts (for NER, split on whitespace into words) or word lists.
+            cache: A cache of this run's base model and layer; default: the run's training cache.
+            update_cache: Store the states of documents that missed the cache.
+            batch_size: Documents per forward pass.
+        """
+        if self.task.name == "ner":
+            docs = [words_of(d) for d in docs]
+        c = self.open_cache(cache)
+        result = Predictions(items=[None] * len(docs))
+        keep = [i for i, d in enumerate(docs) if not is_empty(d)]
+        result.skipped_empty = len(docs) - len(keep)
+        live = [docs[i] for i in keep]
+        if c is not None and update_cache:
+            cfg = BuildConfig(model=self.meta["model"], layer=self.meta["layer"], max_length=self.meta["max_length"],
+                              truncation=self.meta["truncation"], dtype=c.settings.dtype)  # fmt: skip
+            encoder = LoadedEncoder(self.meta["model"], self.meta.get("revision"), self.model.split, self.tokenizer)
+            before = len(c)
+            build_cache(live, c.root, cfg, encoder=encoder, progress=False)
+            c.refresh()
+            result.added_to_cache = len(c) - before
+        index = [c.index_of(c.key(d)) if c is not None else None for d in live]
+        result.hits = sum(i is not None for i in index)
+        result.misses = len(live) - result.hits
+        result.hits -= min(result.added_to_cache, result.hits)
+        result.misses += result.added_to_cache
+        if self.meta["method"] == "full-finetune":
+            result.notes.append("full fine-tuning run: every document runs all layers (its lower layers were trained)")
+        encoded = encode_documents(self.tokenizer, live, self.meta["max_length"], self.meta["truncation"])
+        logits = document_logits(self.model, encoded, c, index, self.tokenizer.pad_token_id or 0, batch_size)
+        for i, lg, enc, doc in zip(keep, logits, encoded, live, strict=True):
+            result.items[i] = self.task.decode(lg, enc, doc)
+        return result
+
+    def read(self, path: str | os.PathLike[str], fmt: str | None = None, text_field: str = "text",
+             label_field: str | None = "label") -> list[Example]:  # fmt: skip
+        """Examples of a file, read as this run's task expects."""
+        examples = read_examples(path, fmt, text_field=text_field, label_field=label_field)
+        if self.task.name == "ner" and examples and isinstance(examples[0].doc, str):
+            raise InputDataError(f"{path}: this is a NER run; give it CoNLL input.")
+        return examples
+
+    def evaluate(self, examples: Sequence[Example], cache: str | os.PathLike[str] | Cache | None = None
+                 ) -> dict[str, Any]:  # fmt: skip
+        """Task metrics on labelled examples (unknown labels are an error naming them)."""
+        examples = [e for e in examples if not is_empty(e.doc)]
+        if not examples:
+            raise InputDataError("no labelled, non-empty examples to evaluate.")
+        self.task.check_labels(examples, "evaluation")
+        preds = self.predict([e.doc for e in examples], cache=cache)
+        scores = self.task.metrics([self.task.gold(e) for e in examples],
+                                   [self.task.predicted(p) for p in preds.items])  # fmt: skip
+        return {**scores, "documents": len(examples), "cache_hits": preds.hits, "cache_misses": preds.misses}
+
+
+def load(run_dir: str | os.PathLike[str]) -> TaskModel:
+    """Load a trained run directory for prediction.
+
+    Example:
+        >>> model = load("runs/scicite")          # doctest: +SKIP
+        >>> model.predict(["We follow the method of ..."])[0]["label"]  # doctest: +SKIP
+        'method'
+    """
+    model, tokenizer, meta = load_run(run_dir)
+    if meta["task"] not in ("classification", "ner"):
+        raise ConfigError(f"unknown task {meta['task']!r} in {run_dir}")
+    return TaskModel(Path(run_dir), model, tokenizer, meta)

@@ -1,0 +1,70 @@
+"""The interface every task implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..data.readers import Example
+from ..families import Family
+from ..tokenization import Encoded
+
+
+class Task(ABC):
+    """A task: labels, targets per token or document, logits from the last hidden states, decoding, metrics.
+
+    Args:
+        labels: The label vocabulary (classes, or IOB2 tags for NER), in id order.
+    """
+
+    name: ClassVar[str]
+    auto_class: ClassVar[Any]  # the transformers AutoModelFor* class whose head this task trains
+    primary_metric: ClassVar[str]
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = list(labels)
+        self.label2id = {label: i for i, label in enumerate(self.labels)}
+
+    @classmethod
+    @abstractmethod
+    def label_vocabulary(cls, examples: Sequence[Example]) -> list[str]:
+        """Labels seen in the training examples, in a stable order."""
+
+    @abstractmethod
+    def check_labels(self, examples: Sequence[Example], split: str) -> None:
+        """Raise InputDataError naming every label of ``examples`` outside the vocabulary."""
+
+    @abstractmethod
+    def target(self, example: Example, encoded: Encoded) -> torch.Tensor:
+        """What the loss compares logits with: a class id, or one id per token (-100 = ignored)."""
+
+    @abstractmethod
+    def collate(self, targets: Sequence[torch.Tensor], seq_len: int) -> torch.Tensor:
+        """Stack targets of one batch (padding token targets with -100)."""
+
+    @abstractmethod
+    def logits(self, family: Family, task_model: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor:
+        """Logits from the encoder's last hidden states ``(batch, seq, hidden)``."""
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+    @abstractmethod
+    def decode(self, logits: torch.Tensor, encoded: Encoded, doc: Any) -> dict[str, Any]:
+        """One document's prediction (``logits`` are that document's, unpadded)."""
+
+    @abstractmethod
+    def gold(self, example: Example) -> Any:
+        """The gold annotation in the form :meth:`metrics` expects."""
+
+    @abstractmethod
+    def predicted(self, prediction: dict[str, Any]) -> Any:
+        """The predicted annotation in the form :meth:`metrics` expects."""
+
+    @abstractmethod
+    def metrics(self, gold: Sequence[Any], predicted: Sequence[Any]) -> dict[str, float]:
+        """Scores; must include :attr:`primary_metric`."""

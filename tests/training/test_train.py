@@ -1,0 +1,190 @@
+"""Training on the cache: the loss falls, recycled logits equal the unsplit model's, runs round-trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import embrecycle
+from embrecycle import CacheMismatchError, ConfigError, InputDataError, open_cache
+from embrecycle.model import RecyclingModel
+from embrecycle.run import build_task_model
+from embrecycle.tasks import ClassificationTask, NerTask
+from embrecycle.training import TrainConfig, train
+
+
+def _config(tmp_path: Path, model: str, data: dict[str, Path], task: str, **kw) -> TrainConfig:  # type: ignore[no-untyped-def]
+    return TrainConfig(task=task, model=model, layer=kw.pop("layer", 2), train=str(data["train"]),
+                       dev=str(data["dev"]), out=str(tmp_path / kw.pop("name", "run")),
+                       cache=str(tmp_path / "cache"), epochs=kw.pop("epochs", 4), lr=kw.pop("lr", 1e-3),
+                       batch_size=8, warmup_ratio=0.0, **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["classification", "ner"])
+def test_training_lowers_the_loss_and_writes_a_run(task, tiny_bert_dir, toy_classification, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+    data = toy_classification if task == "classification" else toy_ner
+    result = train(_config(tmp_path, tiny_bert_dir, data, task), progress=False)
+    assert len(result.losses) == 4 * 6 and all(loss > 0 for loss in result.losses)
+    run = Path(result.run_dir)
+    for name in ("run.json", "labels.json", "metrics.json", "model.safetensors", "training_curves.png"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best"][metrics["primary_metric"]] == result.best[metrics["primary_metric"]]
+    assert len(metrics["history"]) == 4 and metrics["examples_per_second"] > 0
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["layer"] == 2 and meta["lower_fingerprint"] == open_cache(tmp_path / "cache").settings.lower_fingerprint
+
+
+@pytest.mark.parametrize("task", ["classification", "ner"])
+def test_one_training_step_lowers_the_loss(task, tiny_bert_dir, toy_classification, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+    from embrecycle.data import read_examples
+    from embrecycle.tasks import get_task
+    from embrecycle.tokenization import encode_documents
+
+    data = dict(toy_classification if task == "classification" else toy_ner)
+    examples = read_examples(data["train"])[:8]
+    small = tmp_path / data["train"].name
+    if task == "classification":
+        small.write_text("".join(json.dumps({"text": e.doc, "label": e.label}) + "\n" for e in examples))
+    else:
+        small.write_text(
+            "\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(e.doc, e.label, strict=True)) for e in examples) + "\n"
+        )  # type: ignore[arg-type]
+    data["train"] = small
+    cfg = _config(tmp_path, tiny_bert_dir, data, task, epochs=1, lr=1e-3)
+    labels = get_task(task).label_vocabulary(read_examples(small))
+
+    def batch_loss(model: RecyclingModel) -> float:
+        cache = open_cache(tmp_path / "cache")
+        batch = cache.read_batch([cache.index_of(cache.key(e.doc)) for e in examples])
+        enc = encode_documents(AutoTokenizer.from_pretrained(tiny_bert_dir), [e.doc for e in examples], 64)
+        targets = model.task.collate(
+            [model.task.target(e, x) for e, x in zip(examples, enc, strict=True)], batch.hidden.shape[1]
+        )
+        with torch.no_grad():
+            return model.task.loss(model.eval().forward_cached(batch.hidden, batch.attention_mask), targets).item()
+
+    torch.manual_seed(cfg.seed)
+    before = RecyclingModel(build_task_model(tiny_bert_dir, task, labels), get_task(task)(labels), 2)
+    result = train(cfg, progress=False)
+    assert len(result.losses) == 1  # 8 examples, batch size 8, one epoch: exactly one step
+    after = embrecycle.load(result.run_dir).model
+    assert batch_loss(after) < batch_loss(before)
+
+
+def test_recycled_logits_equal_the_unsplit_task_model(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+    from embrecycle import BuildConfig, build_cache
+
+    for task, auto_labels in ((ClassificationTask(["x", "y", "z"]), None), (NerTask(["O", "B-A", "I-A"]), None)):
+        del auto_labels
+        torch.manual_seed(0)
+        tm = build_task_model(tiny_bert_dir, task.name, task.labels).eval()
+        model = RecyclingModel(tm, task, 2, "full").eval()
+        build_cache(texts[:6], tmp_path / task.name, BuildConfig(model=tiny_bert_dir, layer=2, dtype="float32"),
+                    progress=False)  # fmt: skip
+        cache = open_cache(tmp_path / task.name)
+        batch = cache.read_batch([cache.index_of(cache.key(t)) for t in texts[:6]])
+        with torch.no_grad():
+            ref = tm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            got = model.forward_cached(batch.hidden, batch.attention_mask)
+        m = batch.attention_mask.bool()
+        if task.name == "ner":
+            ref, got = ref[m], got[m]
+        assert (ref - got).abs().max().item() <= 1e-5
+
+
+def test_upper_modes_train_the_right_parameters(tiny_bert_dir: str) -> None:
+    task = ClassificationTask(["x", "y"])
+    counts = {}
+    for upper in ("full", "head", "all"):
+        model = RecyclingModel(build_task_model(tiny_bert_dir, task.name, task.labels), task, 2, upper)
+        counts[upper] = model.num_trainable_parameters()
+        lower = [p for m in model.split.lower_modules().values() for p in m.parameters()]
+        assert all(p.requires_grad == (upper == "all") for p in lower)
+        upper_params = [p for layer in model.split.upper_layers() for p in layer.parameters()]
+        assert all(p.requires_grad == (upper in ("full", "all")) for p in upper_params)
+        assert all(p.requires_grad for p in model.task_model.classifier.parameters())
+    assert counts["head"] < counts["full"] < counts["all"]
+    with pytest.raises(ConfigError, match="upper='lora'"):
+        TrainConfig(task="classification", model="m", layer=1, train="t", dev="d", out="o", upper="lora")
+
+
+def test_full_finetune_baseline_uses_the_same_loop(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+    rec = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1), progress=False)
+    base = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1,
+                         baseline="full-finetune", name="ft"), progress=False)  # fmt: skip
+    assert base.method == "full-finetune" and base.cache is None and rec.cache is not None
+    assert base.trainable_parameters > rec.trainable_parameters
+    assert len(base.losses) == len(rec.losses)
+
+
+def test_save_load_round_trip_and_cache_hits(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+    result = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=2), progress=False)
+    model = embrecycle.load(result.run_dir)
+    dev = [json.loads(line)["text"] for line in toy_classification["dev"].read_text().splitlines()]
+    new = ["the protein of our method", "disease was in the results"]
+    cached = model.predict(dev)  # the run's own cache holds the dev set
+    assert (cached.hits, cached.misses) == (len(dev), 0)
+    uncached = model.predict(dev, cache=None) if False else embrecycle.load(result.run_dir).predict(dev + new)
+    assert (uncached.hits, uncached.misses) == (len(dev), 2)
+    for a, b in zip(cached.items, uncached.items, strict=False):
+        assert a["label"] == b["label"]
+        for k in a["probabilities"]:
+            assert abs(a["probabilities"][k] - b["probabilities"][k]) < 1e-6
+    # a miss computed from text equals the cached path up to float16 storage
+    updated = model.predict(new, update_cache=True)
+    assert (updated.hits, updated.misses, updated.added_to_cache) == (0, 2, 2)
+    again = model.predict(new)
+    assert (again.hits, again.misses) == (2, 0)
+    for a, b in zip(uncached.items[-2:], again.items, strict=True):
+        assert a["label"] == b["label"]
+        assert max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in a["probabilities"]) < 1e-2
+    metrics = model.evaluate(model.read(toy_classification["dev"]))
+    assert metrics["macro_f1"] == pytest.approx(result.best["macro_f1"])
+
+
+def test_ner_predictions_are_one_tag_per_word(tiny_bert_dir, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+    result = train(_config(tmp_path, tiny_bert_dir, toy_ner, "ner", epochs=6), progress=False)
+    model = embrecycle.load(result.run_dir)
+    pred = model.predict(["the protein was used", ["we", "protein", "xyzzy"]])
+    assert pred[0]["words"] == ["the", "protein", "was", "used"] and len(pred[0]["tags"]) == 4
+    assert len(pred[1]["tags"]) == 3
+    assert all(t in model.labels for t in pred[0]["tags"])
+    for ent in pred[0]["entities"]:
+        assert ent["text"] == " ".join(pred[0]["words"][ent["start"] : ent["end"]])
+    assert model.evaluate(model.read(toy_ner["dev"]))["f1"] == pytest.approx(result.best["f1"])
+
+
+def test_unknown_dev_labels_are_named(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text('{"text": "the protein", "label": "protein"}\n{"text": "a", "label": "mystery"}\n')
+    cfg = _config(tmp_path, tiny_bert_dir, {"train": toy_classification["train"], "dev": dev}, "classification")
+    with pytest.raises(InputDataError, match="'mystery'"):
+        train(cfg, progress=False)
+
+
+def test_empty_and_wrong_task_inputs(tiny_bert_dir, toy_classification, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(InputDataError, match="no non-empty documents"):
+        train(_config(tmp_path, tiny_bert_dir, {"train": empty, "dev": empty}, "classification"), progress=False)
+    with pytest.raises(InputDataError, match="NER needs CoNLL input"):
+        train(_config(tmp_path, tiny_bert_dir, toy_classification, "ner"), progress=False)
+
+
+def test_run_and_cache_of_other_weights_do_not_mix(tiny_bert_dir, other_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+    from embrecycle import BuildConfig, build_cache
+
+    result = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1), progress=False)
+    build_cache(["the protein"], tmp_path / "other", BuildConfig(model=other_bert_dir, layer=2), progress=False)
+    with pytest.raises(CacheMismatchError, match="lower_fingerprint"):
+        embrecycle.load(result.run_dir).predict(["the protein"], cache=tmp_path / "other")
+    meta = json.loads((Path(result.run_dir) / "run.json").read_text())
+    meta["model"] = other_bert_dir  # the base model the run points at changed
+    (Path(result.run_dir) / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheMismatchError, match="lower-layer weights"):
+        embrecycle.load(result.run_dir)
