@@ -112,8 +112,17 @@ def _param_groups(model: RecyclingModel, weight_decay: float) -> list[dict[str, 
 class _Evaluator:
     """Dev-set evaluation shared by every evaluation point."""
 
-    def __init__(self, model: RecyclingModel, task: Task, examples: Sequence[Example], encoded: Sequence[Encoded],
-                 cache: Cache | None, cache_index: Sequence[int | None], pad_id: int, batch_size: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: RecyclingModel,
+        task: Task,
+        examples: Sequence[Example],
+        encoded: Sequence[Encoded],
+        cache: Cache | None,
+        cache_index: Sequence[int | None],
+        pad_id: int,
+        batch_size: int,
+    ) -> None:
         self.model, self.task, self.examples, self.encoded = model, task, examples, encoded
         self.cache, self.cache_index, self.pad_id, self.batch_size = cache, cache_index, pad_id, batch_size
         self.gold = [task.gold(e) for e in examples]
