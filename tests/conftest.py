@@ -9,8 +9,6 @@ import pytest
 import torch
 from transformers import AutoModel, BertConfig, BertTokenizer
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 WORDS = [
     "the",
     "a",
@@ -89,9 +87,3 @@ def texts() -> list[str]:
 
     rng = random.Random(0)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))) + "." for _ in range(60)]
-
-
-def require_shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared datasets not found at {SHARED_DATA} (they live beside the repo in CI)")
-    return SHARED_DATA

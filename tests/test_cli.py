@@ -29,7 +29,7 @@ def test_build_info_verify(tiny_bert_dir: str, texts: list[str], tmp_path: Path)
     assert "0 computed" in r.output
 
     r = runner.invoke(app, ["cache", "info", str(out), "--json"])
-    info = json.loads(r.output)
+    info = json.loads(r.stdout)
     assert info["settings"]["layer"] == 2 and info["stats"]["documents"] == len(set(texts[:20]))
     assert "layer       2 of 4" in runner.invoke(app, ["cache", "info", str(out)]).output
 

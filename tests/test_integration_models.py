@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import require_shared_data
 from embrecycle import BuildConfig, build_cache, load_encoder, open_cache
 from embrecycle.data import read_examples
+from shared_data import require_shared_data
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,50 @@
+"""`embrecycle train / predict / evaluate` end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from embrecycle.cli import app
+
+runner = CliRunner()
+
+
+def test_train_predict_evaluate(tiny_bert_dir, toy_classification, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    r = runner.invoke(app, ["train", "--task", "classification", "--model", tiny_bert_dir, "--layer", "2",
+                            "--train", str(toy_classification["train"]), "--dev", str(toy_classification["dev"]),
+                            "--out", str(run), "--cache", str(cache), "--epochs", "1", "--batch-size", "8", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "recycle: best dev" in r.output and (run / "model.safetensors").exists()
+
+    new = tmp_path / "new.txt"
+    new.write_text("the protein of the method\n\ndisease in our results\n")
+    preds = tmp_path / "preds.jsonl"
+    r = runner.invoke(app, ["predict", "--run", str(run), "--data", str(new), "--out", str(preds)])
+    assert r.exit_code == 0, r.output
+    assert "2 cache hits" not in r.output and "0 cache hits, 2 misses" in r.output and "1 empty skipped" in r.output
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 3 and rows[0]["label"] in ("protein", "disease") and rows[1]["skipped"]
+    r = runner.invoke(app, ["predict", "--run", str(run), "--data", str(new), "--out", str(preds), "--update-cache"])
+    assert "2 added to the cache" in r.output
+    r = runner.invoke(app, ["predict", "--run", str(run), "--data", str(new), "--out", str(preds)])
+    assert "2 cache hits, 0 misses" in r.output
+
+    r = runner.invoke(app, ["evaluate", "--run", str(run), "--data", str(toy_classification["dev"]), "--json"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(r.stdout)
+    assert set(metrics) >= {"accuracy", "macro_f1", "cache_hits", "cache_misses"} and metrics["cache_misses"] == 0
+
+
+def test_bad_train_settings_exit_2(tiny_bert_dir, toy_classification, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base = ["train", "--model", tiny_bert_dir, "--layer", "2", "--train", str(toy_classification["train"]),
+            "--dev", str(toy_classification["dev"]), "--out", str(tmp_path / "run")]  # fmt: skip
+    r = runner.invoke(app, [*base, "--task", "qa"])
+    assert r.exit_code == 2 and "task='qa'" in r.output and "classification" in r.output
+    r = runner.invoke(app, [*base, "--task", "classification", "--epochs", "0"])
+    assert r.exit_code == 2 and "epochs=0" in r.output
+    r = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "nope"), "--data", str(toy_classification["dev"])])
+    assert r.exit_code == 2 and "run.json is missing" in r.output
