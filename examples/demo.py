@@ -96,9 +96,20 @@ def main() -> int:
         print(f"{name}: {summary}\n")
 
     def run(task: str, train_f: Path, dev_f: Path, name: str, lr: float, **kw: object) -> TrainResult:
-        cfg = TrainConfig(task=task, model=model, layer=LAYER, train=str(train_f), dev=str(dev_f),
-                          out=str(OUT / "runs" / name), lr=lr, epochs=EPOCHS, seed=SEED, batch_size=16,
-                          max_length=CLS_MAX_LEN if task == "classification" else None, **kw)  # type: ignore[arg-type]  # fmt: skip
+        cfg = TrainConfig(
+            task=task,
+            model=model,
+            layer=LAYER,
+            train=str(train_f),
+            dev=str(dev_f),
+            out=str(OUT / "runs" / name),
+            lr=lr,
+            epochs=EPOCHS,
+            seed=SEED,
+            batch_size=16,
+            max_length=CLS_MAX_LEN if task == "classification" else None,
+            **kw,
+        )  # type: ignore[arg-type]
         print(f"== {name}")
         result = train(cfg)
         print(result.summary() + "\n")
@@ -117,9 +128,20 @@ def main() -> int:
 
     report = _report(results, builds)
     (OUT / "report.md").write_text(report, encoding="utf-8")
-    rows = [{"task": t, "method": m, "lr": lr, "dev": r.best, "train_seconds": r.train_seconds,
-             "epoch_seconds": r.epoch_seconds, "examples_per_second": r.examples_per_second,
-             "trainable_parameters": r.trainable_parameters, "run_dir": r.run_dir} for t, m, lr, r in results]  # fmt: skip
+    rows = [
+        {
+            "task": t,
+            "method": m,
+            "lr": lr,
+            "dev": r.best,
+            "train_seconds": r.train_seconds,
+            "epoch_seconds": r.epoch_seconds,
+            "examples_per_second": r.examples_per_second,
+            "trainable_parameters": r.trainable_parameters,
+            "run_dir": r.run_dir,
+        }
+        for t, m, lr, r in results
+    ]
     (OUT / "report.json").write_text(json.dumps({"cache_build_seconds": builds, "runs": rows}, indent=2))
     print(report)
     print(f"report: {OUT / 'report.md'}; training curves: {OUT / 'runs'}/*/training_curves.png")

@@ -61,9 +61,13 @@ def save_tiny_bert(path: Path, seed: int = 0, layers: int = 4) -> Path:
     tok = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
     tok.save_pretrained(path)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=37, max_position_embeddings=64,
-    )  # fmt: skip
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(seed)
     AutoModel.from_config(config).save_pretrained(path)
     return path

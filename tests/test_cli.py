@@ -44,11 +44,26 @@ def test_build_info_verify(tiny_bert_dir: str, texts: list[str], tmp_path: Path)
 
 def test_errors_exit_2_with_a_message(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
     data = _data(tmp_path, texts[:3])
-    r = runner.invoke(app, ["cache", "build", "--model", str(tmp_path / "nope"), "--layer", "1",
-                            "--data", str(data), "--out", str(tmp_path / "c")])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "cache",
+            "build",
+            "--model",
+            str(tmp_path / "nope"),
+            "--layer",
+            "1",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "c"),
+        ],
+    )
     assert r.exit_code == 2 and "cannot load model" in r.output
-    r = runner.invoke(app, ["cache", "build", "--model", tiny_bert_dir, "--layer", "9",
-                            "--data", str(data), "--out", str(tmp_path / "c")])  # fmt: skip
+    r = runner.invoke(
+        app,
+        ["cache", "build", "--model", tiny_bert_dir, "--layer", "9", "--data", str(data), "--out", str(tmp_path / "c")],
+    )
     assert r.exit_code == 2 and "layer=9 is out of range" in r.output
     r = runner.invoke(app, ["cache", "info", str(tmp_path)])
     assert r.exit_code == 2 and "manifest.json is missing" in r.output

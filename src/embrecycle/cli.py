@@ -60,11 +60,21 @@ def cache_build(
     from .data import read_examples
 
     try:
-        config = BuildConfig(model=model, layer=layer, max_length=max_length, truncation=truncation, dtype=dtype,
-                             batch_size=batch_size, revision=revision, shard=shard, fsync=not no_fsync)  # fmt: skip
+        config = BuildConfig(
+            model=model,
+            layer=layer,
+            max_length=max_length,
+            truncation=truncation,
+            dtype=dtype,
+            batch_size=batch_size,
+            revision=revision,
+            shard=shard,
+            fsync=not no_fsync,
+        )
         examples = read_examples(data, data_format, text_field=text_field, label_field=None)
-        summary = build_cache([e.doc for e in examples], out, config, sources=[e.source for e in examples],
-                              progress=not quiet)  # fmt: skip
+        summary = build_cache(
+            [e.doc for e in examples], out, config, sources=[e.source for e in examples], progress=not quiet
+        )
     except (EmbRecycleError, OSError) as e:
         _fail(e)
     typer.echo(str(summary))
@@ -158,12 +168,30 @@ def train_cmd(
 
     try:
         config = TrainConfig(
-            task=task, model=model, layer=layer, train=str(train), dev=str(dev), out=str(out),
-            cache=str(cache) if cache else None, upper=upper, baseline=baseline, epochs=epochs, lr=lr,
-            batch_size=batch_size, seed=seed, max_length=max_length, warmup_ratio=warmup_ratio,
-            weight_decay=weight_decay, eval_every=eval_every, patience=patience, train_limit=train_limit,
-            dev_limit=dev_limit, text_field=text_field, label_field=label_field, cache_dtype=cache_dtype,
-        )  # fmt: skip
+            task=task,
+            model=model,
+            layer=layer,
+            train=str(train),
+            dev=str(dev),
+            out=str(out),
+            cache=str(cache) if cache else None,
+            upper=upper,
+            baseline=baseline,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            max_length=max_length,
+            warmup_ratio=warmup_ratio,
+            weight_decay=weight_decay,
+            eval_every=eval_every,
+            patience=patience,
+            train_limit=train_limit,
+            dev_limit=dev_limit,
+            text_field=text_field,
+            label_field=label_field,
+            cache_dtype=cache_dtype,
+        )
         result = run_training(config, progress=not quiet)
     except (EmbRecycleError, OSError) as e:
         _fail(e)
@@ -187,8 +215,7 @@ def predict_cmd(
     try:
         model = load(run)
         examples = model.read(data, data_format, text_field=text_field, label_field=None)
-        preds = model.predict([e.doc for e in examples], cache=cache, update_cache=update_cache,
-                              batch_size=batch_size)  # fmt: skip
+        preds = model.predict([e.doc for e in examples], cache=cache, update_cache=update_cache, batch_size=batch_size)
     except (EmbRecycleError, OSError) as e:
         _fail(e)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -103,8 +103,13 @@ class TaskModel:
         result.skipped_empty = len(docs) - len(keep)
         live = [docs[i] for i in keep]
         if c is not None and update_cache:
-            cfg = BuildConfig(model=self.meta["model"], layer=self.meta["layer"], max_length=self.meta["max_length"],
-                              truncation=self.meta["truncation"], dtype=c.settings.dtype)  # fmt: skip
+            cfg = BuildConfig(
+                model=self.meta["model"],
+                layer=self.meta["layer"],
+                max_length=self.meta["max_length"],
+                truncation=self.meta["truncation"],
+                dtype=c.settings.dtype,
+            )
             encoder = LoadedEncoder(self.meta["model"], self.meta.get("revision"), self.model.split, self.tokenizer)
             before = len(c)
             build_cache(live, c.root, cfg, encoder=encoder, progress=False)
@@ -123,24 +128,29 @@ class TaskModel:
             result.items[i] = self.task.decode(lg, enc, doc)
         return result
 
-    def read(self, path: str | os.PathLike[str], fmt: str | None = None, text_field: str = "text",
-             label_field: str | None = "label") -> list[Example]:  # fmt: skip
+    def read(
+        self,
+        path: str | os.PathLike[str],
+        fmt: str | None = None,
+        text_field: str = "text",
+        label_field: str | None = "label",
+    ) -> list[Example]:
         """Examples of a file, read as this run's task expects."""
         examples = read_examples(path, fmt, text_field=text_field, label_field=label_field)
         if self.task.name == "ner" and examples and isinstance(examples[0].doc, str):
             raise InputDataError(f"{path}: this is a NER run; give it CoNLL input.")
         return examples
 
-    def evaluate(self, examples: Sequence[Example], cache: str | os.PathLike[str] | Cache | None = None
-                 ) -> dict[str, Any]:  # fmt: skip
+    def evaluate(
+        self, examples: Sequence[Example], cache: str | os.PathLike[str] | Cache | None = None
+    ) -> dict[str, Any]:
         """Task metrics on labelled examples (unknown labels are an error naming them)."""
         examples = [e for e in examples if not is_empty(e.doc)]
         if not examples:
             raise InputDataError("no labelled, non-empty examples to evaluate.")
         self.task.check_labels(examples, "evaluation")
         preds = self.predict([e.doc for e in examples], cache=cache)
-        scores = self.task.metrics([self.task.gold(e) for e in examples],
-                                   [self.task.predicted(p) for p in preds.items])  # fmt: skip
+        scores = self.task.metrics([self.task.gold(e) for e in examples], [self.task.predicted(p) for p in preds.items])
         return {**scores, "documents": len(examples), "cache_hits": preds.hits, "cache_misses": preds.misses}
 
 

@@ -26,8 +26,7 @@ RUN_FORMAT_VERSION = 1
 
 def write_run_metadata(out: Path, meta: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    data = {"format": "embrecycle-run", "format_version": RUN_FORMAT_VERSION, "embrecycle_version": __version__,
-            **meta}  # fmt: skip
+    data = {"format": "embrecycle-run", "format_version": RUN_FORMAT_VERSION, "embrecycle_version": __version__, **meta}
     (out / RUN_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     labels = {"id2label": dict(enumerate(meta["labels"])), "label2id": {v: i for i, v in enumerate(meta["labels"])}}
     (out / "labels.json").write_text(json.dumps(labels, indent=2) + "\n", encoding="utf-8")
@@ -99,14 +98,33 @@ def load_run(run_dir: str | Path) -> tuple[RecyclingModel, Any, dict[str, Any]]:
 def expected_cache_settings(meta: dict[str, Any], dtype: str) -> CacheSettings:
     """The cache settings a run's states must come from (any storage dtype)."""
     return CacheSettings(
-        model=meta["model"], model_revision=meta.get("revision"), model_type=meta["model_type"],
-        lower_fingerprint=meta["lower_fingerprint"], layer=meta["layer"], num_layers=meta["num_layers"],
-        hidden_size=meta["hidden_size"], tokenizer=meta["model"], tokenizer_fingerprint=meta["tokenizer_fingerprint"],
-        max_length=meta["max_length"], truncation=meta["truncation"], dtype=dtype,
-    )  # fmt: skip
+        model=meta["model"],
+        model_revision=meta.get("revision"),
+        model_type=meta["model_type"],
+        lower_fingerprint=meta["lower_fingerprint"],
+        layer=meta["layer"],
+        num_layers=meta["num_layers"],
+        hidden_size=meta["hidden_size"],
+        tokenizer=meta["model"],
+        tokenizer_fingerprint=meta["tokenizer_fingerprint"],
+        max_length=meta["max_length"],
+        truncation=meta["truncation"],
+        dtype=dtype,
+    )
 
 
 def settings_meta(settings: CacheSettings) -> dict[str, Any]:
     s = asdict(settings)
-    return {k: s[k] for k in ("model_type", "lower_fingerprint", "layer", "num_layers", "hidden_size",
-                              "tokenizer_fingerprint", "max_length", "truncation")}  # fmt: skip
+    return {
+        k: s[k]
+        for k in (
+            "model_type",
+            "lower_fingerprint",
+            "layer",
+            "num_layers",
+            "hidden_size",
+            "tokenizer_fingerprint",
+            "max_length",
+            "truncation",
+        )
+    }

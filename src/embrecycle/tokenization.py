@@ -61,8 +61,9 @@ def encode_documents(
         if not idx:
             continue
         batch = [list(docs[i]) if split_words else docs[i] for i in idx]
-        full = tokenizer(batch, is_split_into_words=split_words, truncation=False, return_offsets_mapping=True,
-                         verbose=False)  # fmt: skip
+        full = tokenizer(
+            batch, is_split_into_words=split_words, truncation=False, return_offsets_mapping=True, verbose=False
+        )
         long = [j for j, ids in enumerate(full["input_ids"]) if len(ids) > max_length]
         if long and truncation == "error":
             j = long[0]
@@ -73,8 +74,13 @@ def encode_documents(
             )
         cut = None
         if long:
-            cut = tokenizer([batch[j] for j in long], is_split_into_words=split_words, truncation=True,
-                            max_length=max_length, return_offsets_mapping=True)  # fmt: skip
+            cut = tokenizer(
+                [batch[j] for j in long],
+                is_split_into_words=split_words,
+                truncation=True,
+                max_length=max_length,
+                return_offsets_mapping=True,
+            )
         pos = {j: n for n, j in enumerate(long)}
         for j, i in enumerate(idx):
             enc, row = (cut, pos[j]) if j in pos else (full, j)

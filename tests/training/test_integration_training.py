@@ -28,9 +28,21 @@ def _minilm() -> str:
 )
 def test_minilm_learns_real_tasks_from_the_cache(task, folder, ext, metric, floor, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = require_shared_data() / folder
-    cfg = TrainConfig(task=task, model=_minilm(), layer=3, train=str(data / f"train.{ext}"),
-                      dev=str(data / f"dev.{ext}"), out=str(tmp_path / "run"), cache=str(tmp_path / "cache"),
-                      epochs=3, lr=2e-4, batch_size=16, max_length=64, train_limit=400, dev_limit=200)  # fmt: skip
+    cfg = TrainConfig(
+        task=task,
+        model=_minilm(),
+        layer=3,
+        train=str(data / f"train.{ext}"),
+        dev=str(data / f"dev.{ext}"),
+        out=str(tmp_path / "run"),
+        cache=str(tmp_path / "cache"),
+        epochs=3,
+        lr=2e-4,
+        batch_size=16,
+        max_length=64,
+        train_limit=400,
+        dev_limit=200,
+    )
     result = train(cfg, progress=False)
     # chance: macro-F1 about 0.33 for 3 balanced guesses; entity F1 near 0
     assert result.best[metric] > floor, result.best

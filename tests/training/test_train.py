@@ -18,10 +18,20 @@ from embrecycle.training import TrainConfig, train
 
 
 def _config(tmp_path: Path, model: str, data: dict[str, Path], task: str, **kw) -> TrainConfig:  # type: ignore[no-untyped-def]
-    return TrainConfig(task=task, model=model, layer=kw.pop("layer", 2), train=str(data["train"]),
-                       dev=str(data["dev"]), out=str(tmp_path / kw.pop("name", "run")),
-                       cache=str(tmp_path / "cache"), epochs=kw.pop("epochs", 4), lr=kw.pop("lr", 1e-3),
-                       batch_size=8, warmup_ratio=0.0, **kw)  # fmt: skip
+    return TrainConfig(
+        task=task,
+        model=model,
+        layer=kw.pop("layer", 2),
+        train=str(data["train"]),
+        dev=str(data["dev"]),
+        out=str(tmp_path / kw.pop("name", "run")),
+        cache=str(tmp_path / "cache"),
+        epochs=kw.pop("epochs", 4),
+        lr=kw.pop("lr", 1e-3),
+        batch_size=8,
+        warmup_ratio=0.0,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("task", ["classification", "ner"])
@@ -84,8 +94,9 @@ def test_recycled_logits_equal_the_unsplit_task_model(tiny_bert_dir: str, texts:
         torch.manual_seed(0)
         tm = build_task_model(tiny_bert_dir, task.name, task.labels).eval()
         model = RecyclingModel(tm, task, 2, "full").eval()
-        build_cache(texts[:6], tmp_path / task.name, BuildConfig(model=tiny_bert_dir, layer=2, dtype="float32"),
-                    progress=False)  # fmt: skip
+        build_cache(
+            texts[:6], tmp_path / task.name, BuildConfig(model=tiny_bert_dir, layer=2, dtype="float32"), progress=False
+        )
         cache = open_cache(tmp_path / task.name)
         batch = cache.read_batch([cache.index_of(cache.key(t)) for t in texts[:6]])
         with torch.no_grad():
@@ -115,8 +126,12 @@ def test_upper_modes_train_the_right_parameters(tiny_bert_dir: str) -> None:
 
 def test_full_finetune_baseline_uses_the_same_loop(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
     rec = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1), progress=False)
-    base = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1,
-                         baseline="full-finetune", name="ft"), progress=False)  # fmt: skip
+    base = train(
+        _config(
+            tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1, baseline="full-finetune", name="ft"
+        ),
+        progress=False,
+    )
     assert base.method == "full-finetune" and base.cache is None and rec.cache is not None
     assert base.trainable_parameters > rec.trainable_parameters
     assert len(base.losses) == len(rec.losses)

@@ -222,8 +222,9 @@ def _plan(
     need = list(dict.fromkeys([*planned, *todo]))
     docs = [documents[input_keys[k]] for k in need]
     srcs = [sources[input_keys[k]] for k in need] if sources else None
-    encoded = dict(zip(need, encode_documents(tokenizer, docs, settings.max_length,
-                                              settings.truncation, srcs), strict=True))  # fmt: skip
+    encoded = dict(
+        zip(need, encode_documents(tokenizer, docs, settings.max_length, settings.truncation, srcs), strict=True)
+    )
     fresh = sorted((k for k in todo if k not in planned), key=lambda k: (len(encoded[k].input_ids), k))
     batches = kept + [fresh[i : i + config.batch_size] for i in range(0, len(fresh), config.batch_size)]
     flat = [k for b in batches for k in b]

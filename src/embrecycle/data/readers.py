@@ -20,11 +20,19 @@ __all__ = ["FORMATS", "Example", "detect_format", "read_examples"]
 
 FORMATS = ("jsonl", "csv", "tsv", "txt", "conll")
 _EXTENSIONS = {
-    ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
-    ".csv": "csv", ".tsv": "tsv",
-    ".txt": "txt", ".text": "txt",
-    ".conll": "conll", ".iob": "conll", ".bio": "conll", ".iob2": "conll", ".conllu": "conll",
-}  # fmt: skip
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "txt",
+    ".text": "txt",
+    ".conll": "conll",
+    ".iob": "conll",
+    ".bio": "conll",
+    ".iob2": "conll",
+    ".conllu": "conll",
+}
 
 
 @dataclass

@@ -130,8 +130,9 @@ class _Evaluator:
 
     def __call__(self) -> dict[str, float]:
         t0 = time.perf_counter()
-        logits = document_logits(self.model, self.encoded, self.cache, self.cache_index, self.pad_id,
-                                 self.batch_size * 2)  # fmt: skip
+        logits = document_logits(
+            self.model, self.encoded, self.cache, self.cache_index, self.pad_id, self.batch_size * 2
+        )
         preds = [
             self.task.predicted(self.task.decode(lg, enc, ex.doc))
             for lg, enc, ex in zip(logits, self.encoded, self.examples, strict=True)
@@ -157,8 +158,13 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     model = RecyclingModel(task_model, task, config.layer, upper)
     tokenizer = load_tokenizer(config.model, model.split.config.model_type)
     encoder = LoadedEncoder(config.model, None, model.split, tokenizer)
-    build_cfg = BuildConfig(model=config.model, layer=config.layer, max_length=config.max_length,
-                            truncation=config.truncation, dtype=config.cache_dtype)  # fmt: skip
+    build_cfg = BuildConfig(
+        model=config.model,
+        layer=config.layer,
+        max_length=config.max_length,
+        truncation=config.truncation,
+        dtype=config.cache_dtype,
+    )
     settings = cache_settings_for(encoder, build_cfg)  # fingerprints the pretrained lower layers
 
     docs_train, docs_dev = [e.doc for e in train_ex], [e.doc for e in dev_ex]
@@ -169,8 +175,14 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     if not config.baseline:
         cache_dir = Path(config.cache) if config.cache else default_cache_dir(settings)
         t0 = time.perf_counter()
-        summary = build_cache(docs_train + docs_dev, cache_dir, build_cfg, encoder=encoder,
-                              sources=[e.source for e in train_ex + dev_ex], progress=progress)  # fmt: skip
+        summary = build_cache(
+            docs_train + docs_dev,
+            cache_dir,
+            build_cfg,
+            encoder=encoder,
+            sources=[e.source for e in train_ex + dev_ex],
+            progress=progress,
+        )
         cache_seconds = time.perf_counter() - t0
         log.info("cache %s: %s", cache_dir, summary)
         cache = Cache.open(cache_dir, expected=settings)
@@ -192,9 +204,18 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"task": config.task, "labels": task.labels, "method": config.method, "upper": config.upper,
-            "model": config.model, "revision": None, **settings_meta(settings), "cache_dtype": config.cache_dtype,
-            "cache": str(cache.root) if cache else None, "train_config": dataclasses.asdict(config)}  # fmt: skip
+    meta = {
+        "task": config.task,
+        "labels": task.labels,
+        "method": config.method,
+        "upper": config.upper,
+        "model": config.model,
+        "revision": None,
+        **settings_meta(settings),
+        "cache_dtype": config.cache_dtype,
+        "cache": str(cache.root) if cache else None,
+        "train_config": dataclasses.asdict(config),
+    }
     write_run_metadata(out, meta)
 
     history: list[dict[str, Any]] = []
@@ -237,8 +258,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
                 or (config.eval_every and last_step)
             ):
                 scores = evaluate()
-                point = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses[-steps_per_epoch:])),
-                         **scores}  # fmt: skip
+                point = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "train_loss": float(np.mean(losses[-steps_per_epoch:])),
+                    **scores,
+                }
                 history.append(point)
                 if not best or scores[task.primary_metric] > best[task.primary_metric]:
                     best, bad_evals = point, 0
@@ -255,13 +280,22 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     bar.close()
 
     result = TrainResult(
-        run_dir=str(out), method=config.method, best=best, history=history, train_seconds=train_seconds,
-        epoch_seconds=epoch_seconds, examples_per_second=seen / train_seconds if train_seconds else 0.0,
-        cache_build_seconds=cache_seconds, eval_seconds=evaluate.seconds,
-        total_seconds=time.perf_counter() - t_total, trainable_parameters=model.num_trainable_parameters(),
-        train_examples=len(train_ex), dev_examples=len(dev_ex), cache=str(cache.root) if cache else None,
+        run_dir=str(out),
+        method=config.method,
+        best=best,
+        history=history,
+        train_seconds=train_seconds,
+        epoch_seconds=epoch_seconds,
+        examples_per_second=seen / train_seconds if train_seconds else 0.0,
+        cache_build_seconds=cache_seconds,
+        eval_seconds=evaluate.seconds,
+        total_seconds=time.perf_counter() - t_total,
+        trainable_parameters=model.num_trainable_parameters(),
+        train_examples=len(train_ex),
+        dev_examples=len(dev_ex),
+        cache=str(cache.root) if cache else None,
         losses=losses,
-    )  # fmt: skip
+    )
     metrics = {k: v for k, v in dataclasses.asdict(result).items() if k != "losses"}
     metrics["primary_metric"] = task.primary_metric
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

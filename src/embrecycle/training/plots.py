@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 
-def plot_curves(losses: Sequence[float], history: Sequence[dict[str, Any]], metric: str, path: Path,
-                title: str = "") -> None:  # fmt: skip
+def plot_curves(
+    losses: Sequence[float], history: Sequence[dict[str, Any]], metric: str, path: Path, title: str = ""
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
