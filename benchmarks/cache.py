@@ -12,8 +12,11 @@ For MiniLM-L6 (cache layer 3) and MPNet-base (cache layer 6), in one process, on
    documents, sorts them by length, batches them identically and runs embeddings + layers 1..k
    (``SplitEncoder.lower``) under ``torch.inference_mode()``, discarding the output. The three
    variants alternate over ``--repeats`` rounds (fresh cache directory each time); the best
-   time of each is compared. Non-forward costs (weight fingerprint, tokenization with offsets,
-   document keys, crc32) are also timed on their own.
+   time of each is compared. A run during which other processes took CPU (``/proc/stat``) is
+   run again (``--retries``) and left out. As the forward's run-to-run noise can exceed what the
+   cache adds, the time spent in the forward is also measured inside every run, and the overhead
+   computed from the time outside it. Non-forward costs (weight fingerprint, tokenization with
+   offsets, document keys, crc32) are also timed on their own.
 2. **Storage.** Bytes per token on disk (``Cache.stats()``) against the raw float16 states
    (``hidden_size * 2`` bytes per token).
 3. **Read cost.** ``Cache.read_batch`` of seeded random batches of 32 documents (checksums
@@ -53,7 +56,7 @@ import transformers
 from torch import nn
 from torch.nn import functional as F
 
-from embrecycle import BuildConfig, LoadedEncoder, build_cache, load_encoder, open_cache
+from embrecycle import BuildConfig, LoadedEncoder, SplitEncoder, build_cache, load_encoder, open_cache
 from embrecycle.cache.builder import default_max_length
 from embrecycle.cache.store import Cache
 from embrecycle.offline_models import minilm_l6_path, mpnet_base_path
@@ -76,11 +79,12 @@ class ModelSpec:
     path: Callable[[], str]
     layer: int
     default_docs: int
+    default_repeats: int  # MiniLM runs are short, so more rounds for the same noise
 
 
 MODELS = (
-    ModelSpec("minilm", "MiniLM-L6", minilm_l6_path, 3, 600),
-    ModelSpec("mpnet", "MPNet-base", mpnet_base_path, 6, 300),
+    ModelSpec("minilm", "MiniLM-L6", minilm_l6_path, 3, 600, 5),
+    ModelSpec("mpnet", "MPNet-base", mpnet_base_path, 6, 300, 3),
 )
 
 
@@ -88,7 +92,9 @@ MODELS = (
 class Settings:
     """Sizes of one benchmark run."""
 
-    repeats: int
+    repeats: int | None  # None: the model's default
+    retries: int
+    max_other_cores: float
     read_batches: int
     cold_batches: int
     steps: int
@@ -198,6 +204,34 @@ def _own_cpu_s() -> float:
     return t.user + t.system
 
 
+class ForwardTimer:
+    """Seconds spent inside ``split.lower`` while the block runs (the instance's method is wrapped, then restored).
+
+    Timing the forward inside each run lets the rest of the run (what the cache adds) be measured
+    in the same run, so that the run-to-run noise of the forward, larger than that rest, cancels.
+    """
+
+    def __init__(self, split: SplitEncoder) -> None:
+        self.split = split
+        self.seconds = 0.0
+
+    def __enter__(self) -> ForwardTimer:
+        original = self.split.lower
+
+        def lower(*args: Any, **kwargs: Any) -> torch.Tensor:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        self.split.lower = lower  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.split.lower
+
+
 def pct(part: float, whole: float) -> float:
     return 100.0 * part / whole if whole else float("nan")
 
@@ -244,7 +278,10 @@ def bench_build(
     """Alternate plain / build (fsync) / build (no fsync); returns the rows and the last fsync-built cache."""
     config = BuildConfig(model=encoder.model_name, layer=spec.layer, batch_size=BATCH_SIZE)
     max_length = default_max_length(encoder)
-    plain_forward(encoder, docs, max_length, limit=2)  # warm-up: first-call allocations, kernel selection
+    # Warm-up of both paths: first-call allocations, kernel selection, lazy imports.
+    plain_forward(encoder, docs, max_length, limit=2)
+    build_cache(docs[:BATCH_SIZE], work / f"{spec.key}-warmup", config, encoder=encoder, progress=False)
+    _rmtree(work / f"{spec.key}-warmup")
 
     def run(variant: str, run_dir: Path) -> tuple[float, int]:
         if variant == "plain":
@@ -258,37 +295,64 @@ def bench_build(
     variants = ["plain", "build_fsync", "build_nofsync"]
     rows: list[dict[str, Any]] = []
     keep: Path | None = None
-    for r in range(settings.repeats):
+    for r in range(settings.repeats or spec.default_repeats):
         for variant in variants[r % 3 :] + variants[: r % 3]:  # rotate the order every round
-            run_dir = work / f"{spec.key}-{variant}-{r}"
-            with OtherCpu() as others:
-                seconds, tokens = run(variant, run_dir)
-            rows.append(
-                _speed_row(spec, "build_run", variant, seconds, len(docs), tokens, run=r + 1, other_cores=others.cores)
-            )
-            print(f"  {variant:<14} round {r + 1}: {seconds:6.2f} s (others used {others.cores:.2f} cores)", flush=True)
-            if variant == "build_fsync":
-                if keep is not None:
-                    _rmtree(keep)
-                keep = run_dir
-            elif variant == "build_nofsync":
-                _rmtree(run_dir)
+            for attempt in range(1 + settings.retries):  # a run slowed down by other processes is run again
+                run_dir = work / f"{spec.key}-{variant}-{r}-{attempt}"
+                with OtherCpu() as others, ForwardTimer(encoder.split) as forward:
+                    seconds, tokens = run(variant, run_dir)
+                contended = others.cores > settings.max_other_cores
+                extra = {
+                    "run": r + 1,
+                    "attempt": attempt + 1,
+                    "other_cores": others.cores,
+                    "contended": contended,
+                    "forward_seconds": forward.seconds,
+                    "outside_forward_seconds": seconds - forward.seconds,
+                }
+                rows.append(_speed_row(spec, "build_run", variant, seconds, len(docs), tokens, **extra))
+                retry = contended and attempt < settings.retries
+                print(
+                    f"  {variant:<14} round {r + 1}: {seconds:6.2f} s (others used {others.cores:.2f} cores)"
+                    + (": contended, again" if retry else ""),
+                    flush=True,
+                )
+                if variant == "build_fsync":
+                    if keep is not None:
+                        _rmtree(keep)
+                    keep = run_dir
+                elif variant == "build_nofsync":
+                    _rmtree(run_dir)
+                if not retry:
+                    break
     assert keep is not None
-    runs = {v: [row for row in rows if row["variant"] == v] for v in variants}
+    runs = {v: _quiet([row for row in rows if row["variant"] == v]) for v in variants}
     best = {v: min(runs[v], key=lambda row: row["seconds"]) for v in variants}
     median = {v: statistics.median(row["seconds"] for row in runs[v]) for v in variants}
+    outside = {v: statistics.median(row["outside_forward_seconds"] for row in runs[v]) for v in variants}
     if best["plain"]["tokens"] != best["build_fsync"]["tokens"]:
         raise RuntimeError(f"{spec.name}: plain and build ran different token counts")
     for v in variants:
         row = _speed_row(spec, "build_best", v, best[v]["seconds"], len(docs), best[v]["tokens"])
         row["median_seconds"] = median[v]
-        row["runs_seconds"] = [r["seconds"] for r in runs[v]]
-        row["runs_other_cores"] = [r["other_cores"] for r in runs[v]]
+        row["median_forward_seconds"] = statistics.median(r["forward_seconds"] for r in runs[v])
+        row["median_outside_forward_seconds"] = outside[v]
+        every = [r for r in rows if r["measurement"] == "build_run" and r["variant"] == v]
+        row["runs_used"] = len(runs[v])
+        row["runs_seconds"] = [r["seconds"] for r in every]
+        row["runs_other_cores"] = [r["other_cores"] for r in every]
         if v != "plain":
             row["overhead_pct"] = pct(best[v]["seconds"] - best["plain"]["seconds"], best["plain"]["seconds"])
             row["median_overhead_pct"] = pct(median[v] - median["plain"], median["plain"])
+            # What the build adds outside the forward, over the plain run's own time outside it (tokenization...).
+            row["outside_forward_overhead_pct"] = pct(outside[v] - outside["plain"], median["plain"])
         rows.append(row)
     return rows, keep
+
+
+def _quiet(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs no other process slowed down, or all of them if there is none."""
+    return [r for r in runs if not r["contended"]] or runs
 
 
 def _speed_row(
@@ -376,12 +440,13 @@ def bench_read_vs_step(
         cache.read_batch(batches[0])  # warm-up: opens the memory maps
 
     read_ms: dict[str, list[float]] = {"verify": [], "no_verify": []}
-    for i, idx in enumerate(batches):  # interleaved, alternating which goes first
-        pair: list[tuple[str, Cache]] = [("verify", verified), ("no_verify", unverified)]
-        for name, cache in pair if i % 2 == 0 else pair[::-1]:
-            start = time.perf_counter()
-            cache.read_batch(idx)
-            read_ms[name].append(1e3 * (time.perf_counter() - start))
+    with OtherCpu() as read_others:
+        for i, idx in enumerate(batches):  # interleaved, alternating which goes first
+            pair: list[tuple[str, Cache]] = [("verify", verified), ("no_verify", unverified)]
+            for name, cache in pair if i % 2 == 0 else pair[::-1]:
+                start = time.perf_counter()
+                cache.read_batch(idx)
+                read_ms[name].append(1e3 * (time.perf_counter() - start))
     cold: list[float] = []
     cold_cache = open_cache(cache_dir, verify_reads=True)
     for idx in batches[: settings.cold_batches]:
@@ -392,8 +457,9 @@ def bench_read_vs_step(
     read_ms["verify_cold"] = cold
 
     step_batches = batches[: settings.warmup_steps + settings.steps]
-    with OtherCpu() as step_others:
-        step_ms, step_tokens = train_steps(encoder, verified, step_batches, settings)
+    steps, step_tokens = train_steps(encoder, verified, step_batches, settings)
+    quiet = _quiet(steps)
+    step_ms = [s["ms"] for s in quiet]
     step_mean = statistics.fmean(step_ms)
     rows: list[dict[str, Any]] = []
     for name, times in read_ms.items():
@@ -409,6 +475,7 @@ def bench_read_vs_step(
                 "mean_ms": mean,
                 "median_ms": statistics.median(times),
                 "pct_of_step": pct(mean, step_mean),
+                "other_cores": None if name == "verify_cold" else read_others.cores,
             }
         )
     rows.append(
@@ -417,13 +484,16 @@ def bench_read_vs_step(
             "layer": spec.layer,
             "measurement": "train_step",
             "variant": f"upper layers {spec.layer + 1}..{encoder.split.num_layers} + linear head, AdamW",
-            "batches": len(step_ms),
+            "batches": len(steps),
             "warmup_batches": settings.warmup_steps,
             "batch_size": size,
             "mean_tokens_padded": step_tokens,
             "mean_ms": step_mean,
             "median_ms": statistics.median(step_ms),
-            "other_cores": step_others.cores,
+            "steps_used": len(quiet),
+            "steps_quiet": not quiet[0]["contended"],
+            "steps_ms": [s["ms"] for s in steps],
+            "steps_other_cores": [s["other_cores"] for s in steps],
             # The same batches' read cost, for a like-for-like ratio.
             "read_ms_same_batches": statistics.fmean(read_ms["verify"][: len(step_batches)][settings.warmup_steps :]),
         }
@@ -433,8 +503,8 @@ def bench_read_vs_step(
 
 def train_steps(
     encoder: LoadedEncoder, cache: Cache, batches: list[np.ndarray], settings: Settings
-) -> tuple[list[float], float]:
-    """Milliseconds of each training step after the warm-up ones, and the mean padded batch size in tokens."""
+) -> tuple[list[dict[str, Any]], float]:
+    """Each training step after the warm-up ones (ms, contention), and the mean padded batch size in tokens."""
     torch.manual_seed(settings.seed)
     split = encoder.split
     split.train()
@@ -445,23 +515,25 @@ def train_steps(
     head = nn.Linear(split.hidden_size, NUM_LABELS)
     head.train()
     optimizer = torch.optim.AdamW([*upper, *head.parameters()], lr=2e-5)
-    times: list[float] = []
+    times: list[dict[str, Any]] = []
     padded: list[int] = []
     for i, idx in enumerate(batches):
         batch = cache.read_batch(idx)
         labels = torch.randint(0, NUM_LABELS, (len(idx),))
         gc.collect()
-        start = time.perf_counter()
-        hidden = split.upper(batch.hidden, batch.attention_mask)
-        mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        loss = F.cross_entropy(head(pooled), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - start
+        with OtherCpu() as others:
+            start = time.perf_counter()
+            hidden = split.upper(batch.hidden, batch.attention_mask)
+            mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            loss = F.cross_entropy(head(pooled), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - start
         if i >= settings.warmup_steps:
-            times.append(1e3 * elapsed)
+            contended = others.cores > settings.max_other_cores
+            times.append({"ms": 1e3 * elapsed, "other_cores": others.cores, "contended": contended})
             padded.append(int(batch.attention_mask.numel()))
     split.requires_grad_(False)
     split.eval()
@@ -488,6 +560,7 @@ def model_summary(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
     step = _find(rows, model=model, measurement="train_step")
     return {
         "build_overhead_pct": fsync["overhead_pct"],
+        "build_overhead_outside_forward_pct": fsync["outside_forward_overhead_pct"],
         "build_overhead_nofsync_pct": nofsync["overhead_pct"],
         "plain_tokens_per_s": plain["tokens_per_s"],
         "build_tokens_per_s": fsync["tokens_per_s"],
@@ -498,11 +571,12 @@ def model_summary(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
         "step_ms": step["mean_ms"],
         "read_pct_of_step": verify["pct_of_step"],
         "build_overhead_target_met": fsync["overhead_pct"] < TARGET_PCT,
+        "build_overhead_outside_forward_target_met": fsync["outside_forward_overhead_pct"] < TARGET_PCT,
         "read_target_met": verify["pct_of_step"] < TARGET_PCT,
     }
 
 
-def model_table(rows: list[dict[str, Any]], spec: ModelSpec, num_layers: int) -> str:
+def model_table(rows: list[dict[str, Any]], spec: ModelSpec, num_layers: int, max_other: float) -> str:
     name = spec.name
     best = {
         v: _find(rows, model=name, measurement="build_best", variant=v)
@@ -523,21 +597,27 @@ def model_table(rows: list[dict[str, Any]], spec: ModelSpec, num_layers: int) ->
         f"### {name} ({num_layers} layers, cache layer k={spec.layer})",
         "",
         f"Build: {docs} documents, {tokens} tokens, batch size {BATCH_SIZE}; best of "
-        f"{len(best['plain']['runs_seconds'])} alternating rounds (all rounds in the last column, with the CPU "
-        "other processes took meanwhile, in cores: well above 0 means that round was slowed down).",
+        f"{best['plain']['runs_used']} alternating rounds. *Outside forward* is a run's time minus the time spent "
+        "in the lower layers' forward, timed inside the same run: the build's extra work is measured without the "
+        "forward's run-to-run noise (the overhead is the build's median minus the plain run's, over the plain "
+        "run's median time). The last column lists every run with the CPU other processes took meanwhile, in "
+        f"cores; * marks runs above {max_other} cores, which are run again and left out (unless all were).",
         "",
-        "| Build | Best s | Docs/s | Tokens/s | Overhead vs plain | Median overhead | Rounds: s (others' cores) |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| Build | Best s | Docs/s | Tokens/s | Overhead (best) | Overhead (median) | Outside forward, median s "
+        "| Overhead outside forward | Runs: s (others' cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for v, row in best.items():
         over = f"{row['overhead_pct']:+.1f}%" if "overhead_pct" in row else "—"
         med = f"{row['median_overhead_pct']:+.1f}%" if "median_overhead_pct" in row else "—"
+        out = f"{row['outside_forward_overhead_pct']:+.1f}%" if "outside_forward_overhead_pct" in row else "—"
         rounds = " / ".join(
-            f"{s:.2f} ({c:.2f})" for s, c in zip(row["runs_seconds"], row["runs_other_cores"], strict=True)
+            f"{s:.2f} ({c:.2f}{'*' if c > max_other else ''})"
+            for s, c in zip(row["runs_seconds"], row["runs_other_cores"], strict=True)
         )
         lines.append(
             f"| {labels[v]} | {row['seconds']:.2f} | {row['docs_per_s']:.1f} | {row['tokens_per_s']:.0f} "
-            f"| {over} | {med} | {rounds} |"
+            f"| {over} | {med} | {row['median_outside_forward_seconds']:.3f} | {out} | {rounds} |"
         )
     plain_s = best["plain"]["seconds"]
     lines += [
@@ -569,8 +649,12 @@ def model_table(rows: list[dict[str, Any]], spec: ModelSpec, num_layers: int) ->
         "",
         f"Reads vs training step: random batches of {step['batch_size']} documents (seeded); "
         f"{reads['verify']['batches']} batches read, {step['batches']} steps timed after {step['warmup_batches']} "
-        f"warm-up (mean padded batch {step['mean_tokens_padded']:.0f} tokens; other processes took "
-        f"{step['other_cores']:.2f} cores during the steps).",
+        f"warm-up (mean padded batch {step['mean_tokens_padded']:.0f} tokens). "
+        + (
+            f"The step time uses the {step['steps_used']} steps no other process slowed down."
+            if step["steps_quiet"]
+            else "**Other processes took CPU during every step: the step time is inflated.**"
+        ),
         "",
         "| Per batch | Mean ms | Median ms | % of a step |",
         "|---|---:|---:|---:|",
@@ -588,14 +672,16 @@ def model_table(rows: list[dict[str, Any]], spec: ModelSpec, num_layers: int) ->
 
 def targets_table(rows: list[dict[str, Any]], specs: Sequence[ModelSpec]) -> str:
     lines = [
-        f"| Model | Build time overhead (fsync on) < {TARGET_PCT:.0f}% | Read (verified) < {TARGET_PCT:.0f}% of a step "
-        f"| Bytes overhead over raw float16 < {TARGET_PCT:.0f}% |",
-        "|---|---|---|---|",
+        f"| Model | Build overhead (fsync on) < {TARGET_PCT:.0f}%: best-of runs | same, measured outside the forward "
+        f"| Read (verified) < {TARGET_PCT:.0f}% of a step | Bytes overhead over raw float16 < {TARGET_PCT:.0f}% |",
+        "|---|---|---|---|---|",
     ]
     for spec in specs:
         s = model_summary(rows, spec.name)
         lines.append(
             f"| {spec.name} | {s['build_overhead_pct']:+.1f}% ({_ok(s['build_overhead_pct'], TARGET_PCT)}) "
+            f"| {s['build_overhead_outside_forward_pct']:+.1f}% "
+            f"({_ok(s['build_overhead_outside_forward_pct'], TARGET_PCT)}) "
             f"| {s['read_pct_of_step']:.2f}% ({_ok(s['read_pct_of_step'], TARGET_PCT)}) "
             f"| {s['storage_bytes_overhead_pct']:+.1f}% ({_ok(s['storage_bytes_overhead_pct'], TARGET_PCT)}) |"
         )
@@ -603,7 +689,12 @@ def targets_table(rows: list[dict[str, Any]], specs: Sequence[ModelSpec]) -> str
 
 
 def render_markdown(
-    machine: dict[str, Any], rows: list[dict[str, Any]], specs: Sequence[ModelSpec], layers: dict[str, int], quick: bool
+    machine: dict[str, Any],
+    rows: list[dict[str, Any]],
+    specs: Sequence[ModelSpec],
+    layers: dict[str, int],
+    quick: bool,
+    max_other: float,
 ) -> tuple[str, str]:
     """The full report and the part printed to stdout (the tables)."""
     tables = "\n\n".join(
@@ -611,7 +702,7 @@ def render_markdown(
             "## Targets",
             targets_table(rows, specs),
             "## Per model",
-            *(model_table(rows, spec, layers[spec.name]) for spec in specs),
+            *(model_table(rows, spec, layers[spec.name], max_other) for spec in specs),
         ]
     )
     intro = (
@@ -621,11 +712,12 @@ def render_markdown(
         f"({machine['torch_threads']} torch threads), {machine['platform']}, Python {machine['python']}, "
         f"torch {machine['torch']}, transformers {machine['transformers']}; caches written to "
         f"{machine['work_dir_filesystem']}. Data: the first distinct documents of `sci-cite/train.jsonl`.\n\n"
-        "Absolute times only compare within one run (the machine may be shared and noisy; each build variant is "
-        "the best of alternating rounds). *Build overhead* is `build_cache` (tokenization with offsets, document "
-        "keys, weight fingerprint, forward, float16 conversion, crc32, writes, fsync, manifest) against a plain "
-        "tokenize + sort + batch + forward of the same k layers with the output thrown away; the model is loaded "
-        "before either. *Reads* come from the OS page cache unless marked evicted.\n"
+        "Absolute times only compare within one run: the machine may be shared and noisy. Each build variant is "
+        "the best of alternating rounds; a run during which other processes took CPU (from `/proc/stat`) is run "
+        "again and left out, and so is such a training step. *Build overhead* is `build_cache` (tokenization "
+        "with offsets, document keys, weight fingerprint, forward, float16 conversion, crc32, writes, fsync, "
+        "manifest) against a plain tokenize + sort + batch + forward of the same k layers with the output thrown "
+        "away; the model is loaded before either. *Reads* come from the OS page cache unless marked evicted.\n"
     )
     return intro + "\n" + tables + "\n", tables
 
@@ -643,12 +735,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--docs", type=int, help="documents per model (default: 600 for MiniLM-L6, 300 for MPNet-base)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="results directory")
     p.add_argument("--models", nargs="+", choices=[m.key for m in MODELS], default=[m.key for m in MODELS])
-    p.add_argument("--repeats", type=int, help="alternating build rounds (default 3)")
+    p.add_argument("--repeats", type=int, help="alternating build rounds (default: 5 for MiniLM-L6, 3 for MPNet-base)")
+    p.add_argument("--retries", type=int, help="extra tries of a run slowed down by other processes (default 1)")
+    p.add_argument(
+        "--max-other-cores",
+        type=float,
+        default=0.25,
+        help="CPU (in cores) other processes may take during a run before it counts as slowed down (default 0.25)",
+    )
     p.add_argument("--steps", type=int, help="timed training steps (default 10)")
     p.add_argument("--read-batches", type=int, help="batches read per variant (default 100)")
     p.add_argument("--work-dir", type=Path, help="where the temporary caches go (default: the system temp dir)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.retries is not None and args.retries < 0:
+        p.error("--retries must be at least 0")
     for name in ("docs", "repeats", "steps", "read_batches"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -663,7 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     quick = args.quick
     settings = Settings(
-        repeats=args.repeats or (1 if quick else 3),
+        repeats=args.repeats or (1 if quick else None),
+        retries=args.retries if args.retries is not None else (0 if quick else 1),
+        max_other_cores=args.max_other_cores,
         read_batches=args.read_batches or (5 if quick else 100),
         cold_batches=3 if quick else 20,
         steps=args.steps or (1 if quick else 10),
@@ -696,7 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             del encoder
             gc.collect()
     machine["total_seconds"] = time.perf_counter() - started
-    report, tables = render_markdown(machine, rows, specs, layers, quick)
+    report, tables = render_markdown(machine, rows, specs, layers, quick, settings.max_other_cores)
     result = {
         "machine": machine,
         "settings": {**dataclasses.asdict(settings), "quick": quick, "batch_size": BATCH_SIZE, "data": str(DATA)},

@@ -203,3 +203,30 @@ def test_run_and_cache_of_other_weights_do_not_mix(tiny_bert_dir, other_bert_dir
     (Path(result.run_dir) / "run.json").write_text(json.dumps(meta))
     with pytest.raises(CacheMismatchError, match="lower-layer weights"):
         embrecycle.load(result.run_dir)
+
+
+def test_runs_are_reproducible_and_stop_early(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+    a = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1, name="a"), False)
+    b = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1, name="b"), False)
+    assert a.losses == b.losses and a.best == b.best
+    c = train(
+        _config(
+            tmp_path,
+            tiny_bert_dir,
+            toy_classification,
+            "classification",
+            epochs=20,
+            name="c",
+            eval_every=2,
+            patience=2,
+            lr=1e-7,
+        ),
+        False,
+    )
+    assert len(c.history) < 20 * 6 // 2 and len(c.losses) == 2 * len(c.history)
+
+
+def test_ner_run_rejects_text_input_for_evaluation(tiny_bert_dir, toy_ner, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+    result = train(_config(tmp_path, tiny_bert_dir, toy_ner, "ner", epochs=1), progress=False)
+    with pytest.raises(InputDataError, match="NER run"):
+        embrecycle.load(result.run_dir).read(toy_classification["dev"])

@@ -165,11 +165,13 @@ def build_cache(
     summary = BuildSummary(documents=len(documents))
 
     todo: dict[bytes, int] = {}  # key -> position in `documents`
+    input_keys: dict[bytes, int] = {}  # every non-empty input document, by key
     for i, doc in enumerate(documents):
         if is_empty(doc):
             summary.skipped_empty += 1
             continue
         key = cache.key(doc)
+        input_keys.setdefault(key, i)
         if key in todo:
             summary.duplicates += 1
         elif cache.index_of(key) is not None:
@@ -180,7 +182,9 @@ def build_cache(
     writer = cache.writer(config.shard, fsync=config.fsync)
     try:
         if todo:
-            batches, encoded = _plan(cache, writer.name, documents, todo, settings, config, sources, encoder.tokenizer)
+            batches, encoded = _plan(
+                cache, writer.name, documents, input_keys, todo, settings, config, sources, encoder.tokenizer
+            )
             _run(cache, writer, encoder, batches, encoded, settings, summary, progress)
         shard_paths(cache.root, writer.name)["plan.npz"].unlink(missing_ok=True)
     finally:
@@ -196,6 +200,7 @@ def _plan(
     cache: Cache,
     shard: str,
     documents: Sequence[Document],
+    input_keys: dict[bytes, int],
     todo: dict[bytes, int],
     settings: CacheSettings,
     config: BuildConfig,
@@ -208,7 +213,6 @@ def _plan(
     documents are in this input, so that a resumed build gives the same bytes.
     """
     plan_path = shard_paths(cache.root, shard)["plan.npz"]
-    input_keys = {cache.key(d): i for i, d in enumerate(documents) if not is_empty(d)}
     kept: list[list[bytes]] = []
     planned: set[bytes] = set()
     if plan_path.exists():

@@ -169,7 +169,8 @@ class ShardWriter:
         if not entries:
             return 0
         records = np.zeros(len(entries), RECORD_DTYPE)
-        hidden_parts, token_parts = [], []
+        hidden_parts: list[np.ndarray] = []
+        token_parts: list[np.ndarray] = []
         row = self.next_row
         for i, e in enumerate(entries):
             n = e.hidden.shape[0]
@@ -177,15 +178,14 @@ class ShardWriter:
             t = np.ascontiguousarray(e.tokens, dtype="<i4")
             if h.shape != (n, self.hidden_size) or t.shape != (n, TOKEN_FIELDS):
                 raise ValueError(f"entry {i}: hidden {h.shape} / tokens {t.shape} do not fit this shard")
-            hb, tb = h.tobytes(), t.tobytes()
             records[i]["key"] = np.void(e.key)
             records[i]["row"] = row
             records[i]["n_tokens"] = n
-            records[i]["hidden_crc"] = zlib.crc32(hb)
-            records[i]["tokens_crc"] = zlib.crc32(tb)
+            records[i]["hidden_crc"] = zlib.crc32(h)  # numpy buffers: no copies
+            records[i]["tokens_crc"] = zlib.crc32(t)
             records[i]["flags"] = FLAG_TRUNCATED if e.truncated else 0
-            hidden_parts.append(hb)
-            token_parts.append(tb)
+            hidden_parts.append(h)
+            token_parts.append(t)
             row += n
         seal_records(records)
         self._hidden.seek(self.next_row * self.row_bytes)
@@ -201,7 +201,7 @@ class ShardWriter:
         self._index.flush()
         if self.fsync:
             os.fsync(self._index.fileno())
-        written = sum(map(len, hidden_parts)) + sum(map(len, token_parts)) + records.nbytes
+        written = sum(p.nbytes for p in hidden_parts) + sum(p.nbytes for p in token_parts) + records.nbytes
         self.next_row = row
         self.bytes_written += written
         return written

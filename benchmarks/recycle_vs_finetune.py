@@ -1,0 +1,134 @@
+"""Recycling vs full fine-tuning, side by side in one process: score retention and training speed.
+
+MiniLM-L6 cut at k = 3 of 6 on sci-cite (classification, macro-F1) and bc5cdr
+(NER, entity F1) from ``../shared/data``; same head, loop, optimiser, schedule,
+epochs, batches and seed for both methods. Training time excludes evaluation
+and the one-off cache build (reported separately).
+
+Run: ``make bench-train`` or ``.venv/bin/python benchmarks/recycle_vs_finetune.py [--quick]``.
+Writes ``benchmarks/results/recycle_vs_finetune.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import transformers
+
+from embrecycle.offline_models import minilm_l6_path
+from embrecycle.training import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+TASKS = {  # name: (task, folder, extension, metric)
+    "sci-cite": ("classification", "sci-cite", "jsonl", "macro_f1"),
+    "bc5cdr": ("ner", "bc5cdr", "conll", "f1"),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny subsets, one epoch (a smoke run)")
+    ap.add_argument("--train-limit", type=int, default=2000)
+    ap.add_argument("--dev-limit", type=int, default=600)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--layer", type=int, default=3)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--datasets", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--methods", nargs="+", default=["recycle", "full-finetune"], choices=["recycle", "full-finetune"])
+    ap.add_argument("--tag", default="", help="suffix of the results files")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    if args.quick:
+        args.train_limit, args.dev_limit, args.epochs = 64, 32, 1
+    if not DATA.is_dir():
+        print(f"datasets not found at {DATA}", file=sys.stderr)
+        return 1
+    model = minilm_l6_path()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.datasets:
+            task, folder, ext, metric = TASKS[name]
+            for seed in args.seeds:
+                for method in args.methods:
+                    cfg = TrainConfig(
+                        task=task,
+                        model=model,
+                        layer=args.layer,
+                        train=str(DATA / folder / f"train.{ext}"),
+                        dev=str(DATA / folder / f"dev.{ext}"),
+                        out=f"{tmp}/{name}-{method}-{seed}",
+                        cache=f"{tmp}/cache-{name}",
+                        baseline="full-finetune" if method == "full-finetune" else None,
+                        epochs=args.epochs,
+                        lr=args.lr,
+                        batch_size=32,
+                        seed=seed,
+                        max_length=args.max_length,
+                        train_limit=args.train_limit,
+                        dev_limit=args.dev_limit,
+                    )
+                    r = train(cfg, progress=False)
+                    row = {
+                        "dataset": name, "task": task, "metric": metric, "method": method, "seed": seed,
+                        "score": r.best[metric], "best": r.best, "train_seconds": r.train_seconds,
+                        "seconds_per_epoch": r.train_seconds / len(r.epoch_seconds),
+                        "examples_per_second": r.examples_per_second, "cache_build_seconds": r.cache_build_seconds,
+                        "trainable_parameters": r.trainable_parameters, "train_examples": r.train_examples,
+                        "dev_examples": r.dev_examples,
+                    }  # fmt: skip
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    report = _report(rows, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
+           "processor": platform.processor() or platform.machine(), "cpus": torch.get_num_threads(),
+           "torch": torch.__version__, "transformers": transformers.__version__, "args": vars(args) | {"out": str(args.out)}}  # fmt: skip
+    stem = ("recycle_vs_finetune_quick" if args.quick else "recycle_vs_finetune") + args.tag
+    (args.out / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(report)
+    print(report)
+    return 0
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _report(rows: list[dict], args: argparse.Namespace) -> str:  # type: ignore[type-arg]
+    lines = [
+        f"# Recycling (k = {args.layer} of 6) vs full fine-tuning, MiniLM-L6",
+        "",
+        f"{args.train_limit} training / {args.dev_limit} dev examples per dataset (seeded subsets), "
+        f"{args.epochs} epochs, lr {args.lr:g}, batch 32, max length {args.max_length}, seeds {args.seeds}. "
+        "Both methods share head, loop, optimiser, schedule and batches; only the input differs (cached layer-3 "
+        "states vs text). One process, 2 CPU cores; absolute times compare only within this run.",
+        "",
+        "| dataset | metric | full fine-tuning | recycling | retention | s/epoch full | s/epoch recycled "
+        "| speed-up per epoch | cache build (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        full = [r for r in rows if r["dataset"] == name and r["method"] == "full-finetune"]
+        rec = [r for r in rows if r["dataset"] == name and r["method"] == "recycle"]
+        sf, sr = _mean([r["score"] for r in full]), _mean([r["score"] for r in rec])
+        ef, er = _mean([r["seconds_per_epoch"] for r in full]), _mean([r["seconds_per_epoch"] for r in rec])
+        lines.append(
+            f"| {name} | {full[0]['metric']} | {sf:.4f} | {sr:.4f} | {sr / sf:.1%} | {ef:.1f} | {er:.1f} | "
+            f"{ef / er:.2f}x | {_mean([r['cache_build_seconds'] for r in rec]):.1f} |"
+        )
+    lines += ["", "Targets (issue 3): retention >= 98%, speed-up per epoch >= 1.7x (compute ceiling 2x).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
