@@ -79,20 +79,34 @@ def main() -> int:
                     )
                     r = train(cfg, progress=False)
                     row = {
-                        "dataset": name, "task": task, "metric": metric, "method": method, "seed": seed,
-                        "score": r.best[metric], "best": r.best, "train_seconds": r.train_seconds,
+                        "dataset": name,
+                        "task": task,
+                        "metric": metric,
+                        "method": method,
+                        "seed": seed,
+                        "score": r.best[metric],
+                        "best": r.best,
+                        "train_seconds": r.train_seconds,
                         "seconds_per_epoch": r.train_seconds / len(r.epoch_seconds),
-                        "examples_per_second": r.examples_per_second, "cache_build_seconds": r.cache_build_seconds,
-                        "trainable_parameters": r.trainable_parameters, "train_examples": r.train_examples,
+                        "examples_per_second": r.examples_per_second,
+                        "cache_build_seconds": r.cache_build_seconds,
+                        "trainable_parameters": r.trainable_parameters,
+                        "train_examples": r.train_examples,
                         "dev_examples": r.dev_examples,
-                    }  # fmt: skip
+                    }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     report = _report(rows, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
-           "processor": platform.processor() or platform.machine(), "cpus": torch.get_num_threads(),
-           "torch": torch.__version__, "transformers": transformers.__version__, "args": vars(args) | {"out": str(args.out)}}  # fmt: skip
+    env = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "args": vars(args) | {"out": str(args.out)},
+    }
     stem = ("recycle_vs_finetune_quick" if args.quick else "recycle_vs_finetune") + args.tag
     (args.out / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(report)
