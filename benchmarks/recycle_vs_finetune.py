@@ -39,7 +39,7 @@ def main() -> int:
     ap.add_argument("--train-limit", type=int, default=2000)
     ap.add_argument("--dev-limit", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3], help="learning-rate sweep")
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
@@ -58,7 +58,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets:
             task, folder, ext, metric = TASKS[name]
-            for seed in args.seeds:
+            for seed, lr in [(s, lr) for s in args.seeds for lr in args.lrs]:
                 for method in args.methods:
                     cfg = TrainConfig(
                         task=task,
@@ -66,11 +66,11 @@ def main() -> int:
                         layer=args.layer,
                         train=str(DATA / folder / f"train.{ext}"),
                         dev=str(DATA / folder / f"dev.{ext}"),
-                        out=f"{tmp}/{name}-{method}-{seed}",
+                        out=f"{tmp}/{name}-{method}-{seed}-{lr:g}",
                         cache=f"{tmp}/cache-{name}",
                         baseline="full-finetune" if method == "full-finetune" else None,
                         epochs=args.epochs,
-                        lr=args.lr,
+                        lr=lr,
                         batch_size=32,
                         seed=seed,
                         max_length=args.max_length,
@@ -84,6 +84,7 @@ def main() -> int:
                         "metric": metric,
                         "method": method,
                         "seed": seed,
+                        "lr": lr,
                         "score": r.best[metric],
                         "best": r.best,
                         "train_seconds": r.train_seconds,
@@ -123,25 +124,62 @@ def _report(rows: list[dict], args: argparse.Namespace) -> str:  # type: ignore[
         f"# Recycling (k = {args.layer} of 6) vs full fine-tuning, MiniLM-L6",
         "",
         f"{args.train_limit} training / {args.dev_limit} dev examples per dataset (seeded subsets), "
-        f"{args.epochs} epochs, lr {args.lr:g}, batch 32, max length {args.max_length}, seeds {args.seeds}. "
-        "Both methods share head, loop, optimiser, schedule and batches; only the input differs (cached layer-3 "
-        "states vs text). One process, 2 CPU cores; absolute times compare only within this run.",
+        f"{args.epochs} epochs, learning rates {args.lrs}, batch 32, max length {args.max_length}, seeds {args.seeds}. "
+        "Both methods share head, loop, optimiser, schedule and batches; only the input differs (cached layer-"
+        f"{args.layer} states vs text). Scores are the best dev evaluation (end of an epoch). One process, 2 CPU "
+        "cores; absolute times compare only within this run. Training time excludes evaluation and the one-off "
+        "cache build (its own column).",
         "",
-        "| dataset | metric | full fine-tuning | recycling | retention | s/epoch full | s/epoch recycled "
+        "## Best of the learning-rate sweep, per method",
+        "",
+        "| dataset | metric | full fine-tuning (lr) | recycling (lr) | retention | s/epoch full | s/epoch recycled "
         "| speed-up per epoch | cache build (s) |",
         "|---|---|---|---|---|---|---|---|---|",
+    ]
+    per_lr = [
+        "",
+        "## Every learning rate",
+        "",
+        "| dataset | lr | full fine-tuning | recycling | retention | s/epoch full | s/epoch recycled | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         full = [r for r in rows if r["dataset"] == name and r["method"] == "full-finetune"]
         rec = [r for r in rows if r["dataset"] == name and r["method"] == "recycle"]
-        sf, sr = _mean([r["score"] for r in full]), _mean([r["score"] for r in rec])
+        if not full or not rec:
+            continue
         ef, er = _mean([r["seconds_per_epoch"] for r in full]), _mean([r["seconds_per_epoch"] for r in rec])
+        bf, br = _best(full), _best(rec)
         lines.append(
-            f"| {name} | {full[0]['metric']} | {sf:.4f} | {sr:.4f} | {sr / sf:.1%} | {ef:.1f} | {er:.1f} | "
-            f"{ef / er:.2f}x | {_mean([r['cache_build_seconds'] for r in rec]):.1f} |"
+            f"| {name} | {full[0]['metric']} | {bf[1]:.4f} ({bf[0]:g}) | {br[1]:.4f} ({br[0]:g}) | {br[1] / bf[1]:.1%} "
+            f"| {ef:.1f} | {er:.1f} | {ef / er:.2f}x | {max(r['cache_build_seconds'] for r in rec):.1f} |"
         )
-    lines += ["", "Targets (issue 3): retention >= 98%, speed-up per epoch >= 1.7x (compute ceiling 2x).", ""]
+        for lr in args.lrs:
+            f = [r for r in full if r["lr"] == lr]
+            c = [r for r in rec if r["lr"] == lr]
+            if f and c:
+                sf, sc = _mean([r["score"] for r in f]), _mean([r["score"] for r in c])
+                tf, tc = _mean([r["seconds_per_epoch"] for r in f]), _mean([r["seconds_per_epoch"] for r in c])
+                per_lr.append(
+                    f"| {name} | {lr:g} | {sf:.4f} | {sc:.4f} | {sc / sf:.1%} | {tf:.1f} | {tc:.1f} | {tf / tc:.2f}x |"
+                )
+    lines += per_lr
+    lines += [
+        "",
+        "Targets (issue 3): retention >= 98%, speed-up per epoch >= 1.7x (compute ceiling of the layers: "
+        "2x; full fine-tuning also back-propagates into the embeddings and updates their 11.7M weights).",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def _best(rows: list[dict]) -> tuple[float, float]:  # type: ignore[type-arg]
+    """(lr, mean score over seeds) of the best learning rate."""
+    by_lr: dict[float, list[float]] = {}
+    for r in rows:
+        by_lr.setdefault(r["lr"], []).append(r["score"])
+    lr = max(by_lr, key=lambda k: _mean(by_lr[k]))
+    return lr, _mean(by_lr[lr])
 
 
 if __name__ == "__main__":

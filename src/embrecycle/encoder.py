@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,16 +29,23 @@ class LoadedEncoder:
     revision: str | None
     split: SplitEncoder
     tokenizer: PreTrainedTokenizerBase
+    _lower_fp: str | None = field(default=None, repr=False)
+    _tokenizer_fp: str | None = field(default=None, repr=False)
 
     @property
     def layer(self) -> int:
         return self.split.layer
 
     def lower_fingerprint(self) -> str:
-        return module_fingerprint(self.split.lower_modules())
+        """sha256 of the weights the layer-k states depend on; computed once (they are frozen)."""
+        if self._lower_fp is None:
+            self._lower_fp = module_fingerprint(self.split.lower_modules())
+        return self._lower_fp
 
     def tokenizer_fingerprint(self) -> str:
-        return tokenizer_fingerprint(self.tokenizer)
+        if self._tokenizer_fp is None:
+            self._tokenizer_fp = tokenizer_fingerprint(self.tokenizer)
+        return self._tokenizer_fp
 
 
 def load_config(name_or_path: str, revision: str | None = None) -> Any:
@@ -111,7 +118,8 @@ def module_fingerprint(modules: dict[str, nn.Module]) -> str:
         for name in sorted(state):
             t = state[name].detach().to("cpu").contiguous()
             h.update(f"{prefix}.{name}|{tuple(t.shape)}|{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            if t.numel():
+                h.update(t.view(torch.uint8).numpy())  # hashed in place, no copy
     return h.hexdigest()
 
 

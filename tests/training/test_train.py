@@ -89,8 +89,7 @@ def test_one_training_step_lowers_the_loss(task, tiny_bert_dir, toy_classificati
 def test_recycled_logits_equal_the_unsplit_task_model(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
     from embrecycle import BuildConfig, build_cache
 
-    for task, auto_labels in ((ClassificationTask(["x", "y", "z"]), None), (NerTask(["O", "B-A", "I-A"]), None)):
-        del auto_labels
+    for task in (ClassificationTask(["x", "y", "z"]), NerTask(["O", "B-A", "I-A"])):
         torch.manual_seed(0)
         tm = build_task_model(tiny_bert_dir, task.name, task.labels).eval()
         model = RecyclingModel(tm, task, 2, "full").eval()
@@ -144,7 +143,7 @@ def test_save_load_round_trip_and_cache_hits(tiny_bert_dir, toy_classification, 
     new = ["the protein of our method", "disease was in the results"]
     cached = model.predict(dev)  # the run's own cache holds the dev set
     assert (cached.hits, cached.misses) == (len(dev), 0)
-    uncached = model.predict(dev, cache=None) if False else embrecycle.load(result.run_dir).predict(dev + new)
+    uncached = embrecycle.load(result.run_dir).predict(dev + new)  # a fresh load, same weights
     assert (uncached.hits, uncached.misses) == (len(dev), 2)
     for a, b in zip(cached.items, uncached.items, strict=False):
         assert a["label"] == b["label"]

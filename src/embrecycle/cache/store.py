@@ -200,20 +200,23 @@ class Cache:
         sid, row, n = int(self.shard_ids[i]), int(self.rows[i]), int(self.lengths[i])
         hidden_mm, tokens_mm = self._maps_for(sid)
         h, t = hidden_mm[row : row + n], tokens_mm[row : row + n]
-        where = f"document {self.keys[i].tobytes().hex()[:16]} in shard {self.shards[sid]!r} of {self.root}"
         if h.shape[0] != n or t.shape[0] != n:
             raise CacheCorruptedError(
-                f"{where}: the shard's data file is truncated. "
+                f"{self._where(i)}: the shard's data file is truncated. "
                 "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
             )
         if self.verify_reads and (
             zlib.crc32(h) != int(self._hidden_crc[i]) or zlib.crc32(t) != int(self._tokens_crc[i])
         ):
             raise CacheCorruptedError(
-                f"{where}: checksum mismatch, the stored states are corrupted. "
+                f"{self._where(i)}: checksum mismatch, the stored states are corrupted. "
                 "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
             )
         return h, t
+
+    def _where(self, i: int) -> str:
+        shard = self.shards[int(self.shard_ids[i])]
+        return f"document {self.keys[i].tobytes().hex()[:16]} in shard {shard!r} of {self.root}"
 
     def read(self, i: int) -> CachedDocument:
         """Entry ``i`` as float32 arrays."""
@@ -362,8 +365,16 @@ def _to_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
     return _tensor(arr, dtype).float().numpy()
 
 
-def open_cache(path: str | os.PathLike[str], verify_reads: bool = True) -> Cache:
+def open_cache(
+    path: str | os.PathLike[str], verify_reads: bool = True, expected: CacheSettings | None = None
+) -> Cache:
     """Open the cache directory at ``path`` for reading.
+
+    Args:
+        path: Cache directory.
+        verify_reads: Check each document's crc32 when it is read.
+        expected: Settings the cache must have (e.g. from ``cache_settings_for``); a mismatch
+            raises :class:`CacheMismatchError` naming each differing setting.
 
     Example:
         >>> cache = open_cache("caches/sci-cite-minilm-L3")  # doctest: +SKIP
@@ -371,4 +382,4 @@ def open_cache(path: str | os.PathLike[str], verify_reads: bool = True) -> Cache
         >>> doc.hidden.shape                                  # doctest: +SKIP
         (14, 384)
     """
-    return Cache.open(path, verify_reads=verify_reads)
+    return Cache.open(path, expected=expected, verify_reads=verify_reads)
