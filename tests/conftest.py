@@ -9,44 +9,7 @@ import pytest
 import torch
 from transformers import AutoModel, BertConfig, BertTokenizer
 
-WORDS = [
-    "the",
-    "a",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "was",
-    "for",
-    "on",
-    "with",
-    "as",
-    "by",
-    "that",
-    "this",
-    "we",
-    "our",
-    "results",
-    "method",
-    "methods",
-    "model",
-    "data",
-    "study",
-    "used",
-    "using",
-    "show",
-    "shows",
-    "protein",
-    "chemical",
-    "disease",
-    "patients",
-    "cells",
-    "drug",
-    "effect",
-    "effects",
-    "background",
-]
+from tiny_models import WORDS
 
 
 def _vocab() -> list[str]:

@@ -13,6 +13,47 @@ from transformers import (
 )
 
 VOCAB = 99
+
+# The tiny WordPiece vocabulary's whole words (tests build texts from them).
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "that",
+    "this",
+    "we",
+    "our",
+    "results",
+    "method",
+    "methods",
+    "model",
+    "data",
+    "study",
+    "used",
+    "using",
+    "show",
+    "shows",
+    "protein",
+    "chemical",
+    "disease",
+    "patients",
+    "cells",
+    "drug",
+    "effect",
+    "effects",
+    "background",
+]
+
 COMMON = dict(
     vocab_size=VOCAB,
     hidden_size=32,

@@ -10,18 +10,7 @@ import torch
 from .batching import eval_batches
 from .cache.store import Cache
 from .model import RecyclingModel
-from .tokenization import Encoded
-
-
-def pad_ids(encoded: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(input_ids, attention_mask)`` of a batch."""
-    lens = [len(e.input_ids) for e in encoded]
-    ids = torch.full((len(encoded), max(lens)), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for j, e in enumerate(encoded):
-        ids[j, : lens[j]] = torch.tensor(e.input_ids)
-        mask[j, : lens[j]] = 1
-    return ids, mask
+from .tokenization import Encoded, pad_ids
 
 
 @torch.inference_mode()

@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from .errors import InputDataError
 
-__all__ = ["Encoded", "encode_documents", "is_empty"]
+__all__ = ["Encoded", "encode_documents", "is_empty", "pad_ids"]
 
 
 @dataclass
@@ -88,3 +89,14 @@ def encode_documents(
             word_ids = [-1 if w is None else w for w in enc.word_ids(row)]
             out[i] = Encoded(list(enc["input_ids"][row]), word_ids, list(enc["offset_mapping"][row]), j in pos)
     return out  # type: ignore[return-value]
+
+
+def pad_ids(encoded: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(input_ids, attention_mask)`` of a batch."""
+    lens = [len(e.input_ids) for e in encoded]
+    ids = torch.full((len(encoded), max(lens)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, e in enumerate(encoded):
+        ids[j, : lens[j]] = torch.tensor(e.input_ids)
+        mask[j, : lens[j]] = 1
+    return ids, mask

@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from ..config import check_positive
 from ..encoder import LoadedEncoder, load_encoder
 from ..errors import ConfigError
-from ..tokenization import Encoded, encode_documents, is_empty
+from ..tokenization import Encoded, encode_documents, is_empty, pad_ids
 from .format import STORAGE_DTYPES
 from .settings import TRUNCATION_MODES, CacheSettings
 from .shard import Entry, ShardWriter, shard_paths
@@ -260,11 +260,7 @@ def _run(
     for batch in batches:
         encs = [encoded[k] for k in batch]
         lens = [len(e.input_ids) for e in encs]
-        ids = torch.full((len(encs), max(lens)), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, e in enumerate(encs):
-            ids[j, : lens[j]] = torch.tensor(e.input_ids)
-            mask[j, : lens[j]] = 1
+        ids, mask = pad_ids(encs, pad_id)
         with torch.inference_mode():
             hidden = split.lower(ids.to(device), mask.to(device)).to("cpu")
         stored = _to_storage(hidden, settings.dtype)

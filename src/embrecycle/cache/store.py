@@ -365,9 +365,7 @@ def _to_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
     return _tensor(arr, dtype).float().numpy()
 
 
-def open_cache(
-    path: str | os.PathLike[str], verify_reads: bool = True, expected: CacheSettings | None = None
-) -> Cache:
+def open_cache(path: str | os.PathLike[str], verify_reads: bool = True, expected: CacheSettings | None = None) -> Cache:
     """Open the cache directory at ``path`` for reading.
 
     Args:

@@ -36,12 +36,12 @@ from ..cache.store import Cache
 from ..data.readers import Example, read_examples
 from ..encoder import LoadedEncoder, load_tokenizer
 from ..errors import InputDataError
-from ..inference import document_logits, pad_ids
+from ..inference import document_logits
 from ..model import RecyclingModel
 from ..run import build_task_model, save_weights, settings_meta, write_run_metadata
 from ..tasks import get_task
 from ..tasks.base import Task
-from ..tokenization import Encoded, encode_documents, is_empty
+from ..tokenization import Encoded, encode_documents, is_empty, pad_ids
 from .config import TrainConfig
 from .plots import plot_curves
 
@@ -71,7 +71,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list, repr=False)
 
     def summary(self) -> str:
-        metric = ", ".join(f"{k} {v:.4f}" for k, v in self.best.items() if k not in ("epoch", "step"))
+        metric = ", ".join(f"{k} {v:.4f}" for k, v in self.best.items() if k not in ("epoch", "step", "train_loss"))
         return (
             f"{self.method}: best dev {metric} | train {self.train_seconds:.1f} s "
             f"({self.examples_per_second:.1f} ex/s), cache build {self.cache_build_seconds:.1f} s, "
