@@ -209,3 +209,9 @@ def test_not_a_cache(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(CacheCorruptedError):
         open_cache(tmp_path)
+
+
+def test_duplicates_of_cached_documents_count_once(tiny_bert_dir: str, tmp_path: Path) -> None:
+    _build(tiny_bert_dir, ["the model"], tmp_path / "c")
+    s = _build(tiny_bert_dir, ["the model", "the model", "a method"], tmp_path / "c")
+    assert (s.reused, s.duplicates, s.computed) == (1, 1, 1)

@@ -171,10 +171,11 @@ def build_cache(
             summary.skipped_empty += 1
             continue
         key = cache.key(doc)
-        input_keys.setdefault(key, i)
-        if key in todo:
+        if key in input_keys:
             summary.duplicates += 1
-        elif cache.index_of(key) is not None:
+            continue
+        input_keys[key] = i
+        if cache.index_of(key) is not None:
             summary.reused += 1
         else:
             todo[key] = i
