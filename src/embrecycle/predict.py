@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,14 +12,12 @@ from .cache.builder import BuildConfig, build_cache
 from .cache.store import Cache, Document
 from .data.readers import Example, read_examples
 from .encoder import LoadedEncoder
-from .errors import ConfigError, InputDataError
+from .errors import InputDataError
 from .inference import document_logits
 from .model import RecyclingModel
 from .run import expected_cache_settings, load_run
 from .tasks.ner import words_of
 from .tokenization import encode_documents, is_empty
-
-log = logging.getLogger(__name__)
 
 __all__ = ["Predictions", "TaskModel", "load"]
 
@@ -102,7 +99,10 @@ class TaskModel:
         keep = [i for i, d in enumerate(docs) if not is_empty(d)]
         result.skipped_empty = len(docs) - len(keep)
         live = [docs[i] for i in keep]
-        if c is not None and update_cache:
+        index = [c.index_of(c.key(d)) if c is not None else None for d in live]
+        result.hits = sum(i is not None for i in index)
+        result.misses = len(live) - result.hits
+        if c is not None and update_cache and result.misses:
             cfg = BuildConfig(
                 model=self.meta["model"],
                 layer=self.meta["layer"],
@@ -111,15 +111,10 @@ class TaskModel:
                 dtype=c.settings.dtype,
             )
             encoder = LoadedEncoder(self.meta["model"], self.meta.get("revision"), self.model.split, self.tokenizer)
-            before = len(c)
-            build_cache(live, c.root, cfg, encoder=encoder, progress=False)
+            misses = [d for d, i in zip(live, index, strict=True) if i is None]
+            result.added_to_cache = build_cache(misses, c.root, cfg, encoder=encoder, progress=False).computed
             c.refresh()
-            result.added_to_cache = len(c) - before
-        index = [c.index_of(c.key(d)) if c is not None else None for d in live]
-        result.hits = sum(i is not None for i in index)
-        result.misses = len(live) - result.hits
-        result.hits -= min(result.added_to_cache, result.hits)
-        result.misses += result.added_to_cache
+            index = [c.index_of(c.key(d)) for d in live]
         if self.meta["method"] == "full-finetune":
             result.notes.append("full fine-tuning run: every document runs all layers (its lower layers were trained)")
         encoded = encode_documents(self.tokenizer, live, self.meta["max_length"], self.meta["truncation"])
@@ -162,7 +157,5 @@ def load(run_dir: str | os.PathLike[str]) -> TaskModel:
         >>> model.predict(["We follow the method of ..."])[0]["label"]  # doctest: +SKIP
         'method'
     """
-    model, tokenizer, meta = load_run(run_dir)
-    if meta["task"] not in ("classification", "ner"):
-        raise ConfigError(f"unknown task {meta['task']!r} in {run_dir}")
+    model, tokenizer, meta = load_run(run_dir)  # an unknown task fails there, naming the known ones
     return TaskModel(Path(run_dir), model, tokenizer, meta)

@@ -12,33 +12,26 @@ from embrecycle.cli import app
 runner = CliRunner()
 
 
+def _train_args(model: str, data: dict[str, Path], out: Path) -> list[str]:
+    return [
+        "train",
+        "--model",
+        model,
+        "--layer",
+        "2",
+        "--train",
+        str(data["train"]),
+        "--dev",
+        str(data["dev"]),
+        "--out",
+        str(out),
+    ]
+
+
 def test_train_predict_evaluate(tiny_bert_dir, toy_classification, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run, cache = tmp_path / "run", tmp_path / "cache"
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            "--task",
-            "classification",
-            "--model",
-            tiny_bert_dir,
-            "--layer",
-            "2",
-            "--train",
-            str(toy_classification["train"]),
-            "--dev",
-            str(toy_classification["dev"]),
-            "--out",
-            str(run),
-            "--cache",
-            str(cache),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "-q",
-        ],
-    )
+    args = [*_train_args(tiny_bert_dir, toy_classification, run), "--task", "classification", "--cache", str(cache)]
+    r = runner.invoke(app, [*args, "--epochs", "1", "--batch-size", "8", "-q"])
     assert r.exit_code == 0, r.output
     assert "recycle: best dev" in r.output and (run / "model.safetensors").exists()
 
@@ -62,19 +55,7 @@ def test_train_predict_evaluate(tiny_bert_dir, toy_classification, tmp_path: Pat
 
 
 def test_bad_train_settings_exit_2(tiny_bert_dir, toy_classification, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    base = [
-        "train",
-        "--model",
-        tiny_bert_dir,
-        "--layer",
-        "2",
-        "--train",
-        str(toy_classification["train"]),
-        "--dev",
-        str(toy_classification["dev"]),
-        "--out",
-        str(tmp_path / "run"),
-    ]
+    base = _train_args(tiny_bert_dir, toy_classification, tmp_path / "run")
     r = runner.invoke(app, [*base, "--task", "qa"])
     assert r.exit_code == 2 and "task='qa'" in r.output and "classification" in r.output
     r = runner.invoke(app, [*base, "--task", "classification", "--epochs", "0"])

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..data.readers import Example
+from ..errors import InputDataError
 from ..families import Family
 from ..tokenization import Encoded
 
@@ -49,6 +50,15 @@ class Task(ABC):
     @abstractmethod
     def logits(self, family: Family, task_model: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor:
         """Logits from the encoder's last hidden states ``(batch, seq, hidden)``."""
+
+    def reject_unknown(self, unknown: dict[str, str], split: str, what: str, hint: str = "") -> None:
+        """Raise InputDataError naming up to five unknown ``{label: source}`` and the known ones."""
+        if unknown:
+            first = ", ".join(f"{k!r} (at {v})" for k, v in list(unknown.items())[:5])
+            raise InputDataError(
+                f"the {split} data has {what}s the model was not trained on: {first}. "
+                f"Known {what}s: {self.labels}.{hint}"
+            )
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)

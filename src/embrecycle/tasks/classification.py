@@ -39,12 +39,7 @@ class ClassificationTask(Task):
                 raise InputDataError(f"{e.source}: the {split} example has no label.")
             if e.label not in self.label2id:
                 unknown.setdefault(str(e.label), e.source)
-        if unknown:
-            first = ", ".join(f"{k!r} (at {v})" for k, v in list(unknown.items())[:5])
-            raise InputDataError(
-                f"the {split} data has labels the model was not trained on: {first}. "
-                f"Known labels: {self.labels}. Fix the labels or add examples of them to the training data."
-            )
+        self.reject_unknown(unknown, split, "label", " Fix the labels or add examples of them to the training data.")
 
     def target(self, example: Example, encoded: Encoded) -> torch.Tensor:
         return torch.tensor(self.label2id[str(example.label)])

@@ -45,11 +45,7 @@ class NerTask(Task):
             for t in e.label:
                 if t not in self.label2id:
                     unknown.setdefault(t, e.source)
-        if unknown:
-            first = ", ".join(f"{k!r} (at {v})" for k, v in list(unknown.items())[:5])
-            raise InputDataError(
-                f"the {split} data has tags the model was not trained on: {first}. Known tags: {self.labels}."
-            )
+        self.reject_unknown(unknown, split, "tag")
 
     def target(self, example: Example, encoded: Encoded) -> torch.Tensor:
         tags = example.label
