@@ -40,6 +40,7 @@ def main() -> int:
     ap.add_argument("--dev-limit", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3], help="learning-rate sweep")
+    ap.add_argument("--head-lr-factor", type=float, default=None, help="head learning rate = factor x lr")
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
@@ -71,6 +72,7 @@ def main() -> int:
                         baseline="full-finetune" if method == "full-finetune" else None,
                         epochs=args.epochs,
                         lr=lr,
+                        head_lr=lr * args.head_lr_factor if args.head_lr_factor else None,
                         batch_size=32,
                         seed=seed,
                         max_length=args.max_length,

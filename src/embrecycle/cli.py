@@ -144,10 +144,27 @@ def train_cmd(
     dev: Annotated[Path, typer.Option(help="Development file, evaluated during training.")],
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
     cache: Annotated[Path | None, typer.Option(help="Cache directory (default: derived from the settings).")] = None,
-    upper: Annotated[str, typer.Option(help="What is trained above the cut: full or head.")] = "full",
-    baseline: Annotated[str | None, typer.Option(help="full-finetune: train the whole model from text.")] = None,
+    upper: Annotated[
+        str, typer.Option(help="What is trained above the cut: full, head, lora or adapter (the head always).")
+    ] = "full",
+    baseline: Annotated[
+        str | None,
+        typer.Option(help="Train from text instead: full-finetune (every weight) or lora (LoRA on every layer)."),
+    ] = None,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (update scale alpha / r).")] = 16.0,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA input dropout.")] = 0.1,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated linear modules to adapt, e.g. query,value (default: every linear)."),
+    ] = None,
+    adapter_size: Annotated[int, typer.Option(help="Bottleneck width of the adapters.")] = 64,
+    adapter_placement: Annotated[str, typer.Option(help="pfeiffer (after the FFN) or houlsby (after both).")] = (
+        "pfeiffer"
+    ),
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 3,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 5e-5,
+    head_lr: Annotated[float | None, typer.Option(help="Peak learning rate of the task head (default: --lr).")] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
     seed: Annotated[int, typer.Option(help="Random seed (head init, shuffling).")] = 42,
     max_length: Annotated[int | None, typer.Option(help="Max tokens per document.")] = None,
@@ -176,9 +193,18 @@ def train_cmd(
             out=str(out),
             cache=str(cache) if cache else None,
             upper=upper,
+            upper_options={
+                "lora_r": lora_r,
+                "lora_alpha": lora_alpha,
+                "lora_dropout": lora_dropout,
+                "lora_targets": [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
+                "adapter_size": adapter_size,
+                "adapter_placement": adapter_placement,
+            },
             baseline=baseline,
             epochs=epochs,
             lr=lr,
+            head_lr=head_lr,
             batch_size=batch_size,
             seed=seed,
             max_length=max_length,

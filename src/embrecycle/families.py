@@ -32,10 +32,14 @@ class Family:
     Attributes:
         name: Family name shown to users (``"bert"``, ``"deberta-v2"``...).
         model_types: ``config.model_type`` values this adapter handles.
+        attention_output, ffn_output: Paths, inside one layer, of the linear modules that project the
+            attention and the feed-forward outputs back to the hidden size (where adapters go).
     """
 
     name: str
     model_types: tuple[str, ...]
+    attention_output: str = "attention.output.dense"
+    ffn_output: str = "output.dense"
 
     # ---- structure -------------------------------------------------------
     def layers(self, base: nn.Module) -> nn.ModuleList:
@@ -176,9 +180,9 @@ _FAMILIES: tuple[Family, ...] = (
     _Bert("bert", ("bert",)),
     Family("roberta", ("roberta", "xlm-roberta", "camembert")),
     _Electra("electra", ("electra",)),
-    _DistilBert("distilbert", ("distilbert",)),
+    _DistilBert("distilbert", ("distilbert",), "attention.out_lin", "ffn.lin2"),
     _DebertaV2("deberta-v2", ("deberta-v2",)),
-    _MPNet("mpnet", ("mpnet",)),
+    _MPNet("mpnet", ("mpnet",), "attention.attn.o"),
 )
 _BY_TYPE = {t: fam for fam in _FAMILIES for t in fam.model_types}
 

@@ -8,57 +8,24 @@ equals the task model's own forward for the same weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
+from .encoder import module_fingerprint
 from .errors import ConfigError
 from .split import SplitEncoder
 from .tasks.base import Task
+from .upper import FROZEN_BASE_MODES, UPPER_MODES, UpperOptions, canonical_name, head_parameters
 
 __all__ = ["UPPER_MODES", "RecyclingModel"]
 
 
-def _freeze_all(model: RecyclingModel) -> None:
-    for p in model.task_model.parameters():
-        p.requires_grad_(False)
-
-
-def _head_params(model: RecyclingModel) -> Iterator[nn.Parameter]:
-    base = {id(p) for p in model.split.base.parameters()}
-    pooler = getattr(model.split.base, "pooler", None)
-    pooled = {id(p) for p in pooler.parameters()} if isinstance(pooler, nn.Module) else set()
-    for p in model.task_model.parameters():
-        if id(p) not in base or id(p) in pooled:  # BERT's pooler belongs to the classification head
-            yield p
-
-
-def _upper_full(model: RecyclingModel) -> None:
-    """Layers k+1..N and the head are trained."""
-    _freeze_all(model)
-    for layer in model.split.upper_layers():
-        for p in layer.parameters():
-            p.requires_grad_(True)
-    for p in _head_params(model):
-        p.requires_grad_(True)
-
-
-def _upper_head(model: RecyclingModel) -> None:
-    """Only the head is trained; the upper layers run frozen (the frozen-features baseline)."""
-    _freeze_all(model)
-    for p in _head_params(model):
-        p.requires_grad_(True)
-
-
-def _everything(model: RecyclingModel) -> None:
+def _everything(model: RecyclingModel, options: UpperOptions) -> None:
     """Full fine-tuning from text: every weight is trained."""
     for p in model.task_model.parameters():
         p.requires_grad_(True)
-
-
-UPPER_MODES: dict[str, Callable[[RecyclingModel], None]] = {"full": _upper_full, "head": _upper_head}
-"""What is trained above the cut, by name. Each entry sets ``requires_grad`` on the model's parameters."""
 
 
 class RecyclingModel(nn.Module):
@@ -68,18 +35,35 @@ class RecyclingModel(nn.Module):
         task_model: ``AutoModelFor{Sequence,Token}Classification`` instance.
         task: The task (labels, logits, loss).
         layer: Cut position k.
-        upper: Key of :data:`UPPER_MODES`, or ``"all"`` to train every weight from text (full fine-tuning).
+        upper: Key of :data:`~embrecycle.upper.UPPER_MODES`, or ``"all"`` to train every weight from text
+            (full fine-tuning).
+        options: Settings of the LoRA and adapter modes.
     """
 
-    def __init__(self, task_model: nn.Module, task: Task, layer: int, upper: str = "full") -> None:
+    def __init__(
+        self,
+        task_model: nn.Module,
+        task: Task,
+        layer: int,
+        upper: str = "full",
+        options: UpperOptions | dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.task_model = task_model
         self.task = task
+        self.layer = layer
         self.split = SplitEncoder(task_model.base_model, layer)
         if upper != "all" and upper not in UPPER_MODES:
             raise ConfigError(f"upper={upper!r}: choose one of {sorted(UPPER_MODES)}.")
         self.upper_mode = upper
-        (UPPER_MODES.get(upper) or _everything)(self)
+        self.options = options if isinstance(options, UpperOptions) else UpperOptions.from_dict(options)
+        # The pretrained upper layers a frozen-base run depends on, fingerprinted before anything is added.
+        self.upper_fingerprint = (
+            module_fingerprint({str(i): m for i, m in enumerate(self.split.upper_layers())})
+            if upper in FROZEN_BASE_MODES
+            else None
+        )
+        (UPPER_MODES.get(upper) or _everything)(self, self.options)
         self.upper_trainable = any(p.requires_grad for layer in self.split.upper_layers() for p in layer.parameters())
 
     def train(self, mode: bool = True) -> RecyclingModel:
@@ -110,6 +94,34 @@ class RecyclingModel(nn.Module):
             with torch.no_grad():
                 hidden = self.split.lower(input_ids, attention_mask)
         return self.forward_cached(hidden, attention_mask)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The task head's parameters (classifier, and BERT's pooler for sequence classification)."""
+        return list(head_parameters(self))
+
+    def canonical_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights as a plain transformers model names them, LoRA merged into its base weights.
+
+        Raises:
+            ConfigError: for adapter runs (a bottleneck adapter is not a weight of the plain model).
+        """
+        if self.upper_mode == "adapter":
+            raise ConfigError(
+                "a run with bottleneck adapters cannot become a plain transformers model (the adapters are extra "
+                "layers, not weight updates). Train with --upper lora or --upper full to export."
+            )
+        state = {
+            canonical_name(k): v.detach().clone() for k, v in self.task_model.state_dict().items() if "lora_" not in k
+        }
+        if self.upper_mode == "lora":
+            from peft.tuners.lora import LoraLayer
+
+            for name, module in self.task_model.named_modules():
+                if isinstance(module, LoraLayer):
+                    for adapter in module.lora_A:
+                        key = canonical_name(f"{name}.base_layer.weight")
+                        state[key] = state[key] + module.get_delta_weight(adapter).detach()
+        return state
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The task model's trained weights (what a run directory stores), by transformers key."""

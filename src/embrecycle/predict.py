@@ -63,8 +63,8 @@ class TaskModel:
 
     def open_cache(self, cache: str | os.PathLike[str] | Cache | None) -> Cache | None:
         """The given cache (checked against the run), the run's own training cache, or None."""
-        if self.meta["method"] == "full-finetune":
-            return None  # its lower layers were trained: cached pretrained states do not apply
+        if self.meta["method"] != "recycle":
+            return None  # a baseline trained from text: no cache of its settings exists
         if isinstance(cache, Cache):
             c = cache
         else:
@@ -115,8 +115,8 @@ class TaskModel:
             result.added_to_cache = build_cache(misses, c.root, cfg, encoder=encoder, progress=False).computed
             c.refresh()
             index = [c.index_of(c.key(d)) for d in live]
-        if self.meta["method"] == "full-finetune":
-            result.notes.append("full fine-tuning run: every document runs all layers (its lower layers were trained)")
+        if self.meta["method"] != "recycle":
+            result.notes.append(f"{self.meta['method']} baseline run: every document runs all layers from its text")
         encoded = encode_documents(self.tokenizer, live, self.meta["max_length"], self.meta["truncation"])
         logits = document_logits(self.model, encoded, c, index, self.tokenizer.pad_token_id or 0, batch_size)
         for i, lg, enc, doc in zip(keep, logits, encoded, live, strict=True):

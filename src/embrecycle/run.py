@@ -76,7 +76,7 @@ def load_run(run_dir: str | Path) -> tuple[RecyclingModel, Any, dict[str, Any]]:
     task = get_task(meta["task"])(meta["labels"])
     task_model = build_task_model(meta["model"], meta["task"], meta["labels"], meta.get("revision"))
     upper = "all" if meta["method"] == "full-finetune" else meta["upper"]
-    model = RecyclingModel(task_model, task, meta["layer"], upper)
+    model = RecyclingModel(task_model, task, meta["layer"], upper, meta.get("upper_options"))
     found = module_fingerprint(model.split.lower_modules())
     if found != meta["lower_fingerprint"]:
         raise CacheMismatchError(
@@ -84,11 +84,23 @@ def load_run(run_dir: str | Path) -> tuple[RecyclingModel, Any, dict[str, Any]]:
             f"trained on {meta['lower_fingerprint'][:16]}. Point the run's 'model' in {RUN_FILE} to the original "
             "base model."
         )
+    if meta.get("upper_fingerprint") and model.upper_fingerprint != meta["upper_fingerprint"]:
+        raise CacheMismatchError(
+            f"the base model {meta['model']!r} has upper-layer weights {str(model.upper_fingerprint)[:16]}, but the "
+            f"{upper} run in {run_dir} was trained over {meta['upper_fingerprint'][:16]} (its upper layers are not "
+            f"stored in the run). Point the run's 'model' in {RUN_FILE} to the original base model."
+        )
     state = load_file(str(Path(run_dir) / WEIGHTS_FILE))
     own = task_model.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:
         raise ConfigError(f"{run_dir}/{WEIGHTS_FILE} holds weights this model does not have: {unknown[:5]}")
+    missing = sorted(set(model.trainable_state_dict()) - set(state))
+    if missing:
+        raise ConfigError(
+            f"{run_dir}/{WEIGHTS_FILE} lacks {len(missing)} trained weights, e.g. {missing[:3]}: the run is incomplete "
+            "or was written by another version; train it again."
+        )
     task_model.load_state_dict(state, strict=False)
     model.eval()
     tokenizer = load_tokenizer(meta["model"], model.split.config.model_type, meta.get("revision"))

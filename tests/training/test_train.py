@@ -119,8 +119,8 @@ def test_upper_modes_train_the_right_parameters(tiny_bert_dir: str) -> None:
         assert all(p.requires_grad == (upper in ("full", "all")) for p in upper_params)
         assert all(p.requires_grad for p in model.task_model.classifier.parameters())
     assert counts["head"] < counts["full"] < counts["all"]
-    with pytest.raises(ConfigError, match="upper='lora'"):
-        TrainConfig(task="classification", model="m", layer=1, train="t", dev="d", out="o", upper="lora")
+    with pytest.raises(ConfigError, match="upper='prefix'"):
+        TrainConfig(task="classification", model="m", layer=1, train="t", dev="d", out="o", upper="prefix")
 
 
 def test_full_finetune_baseline_uses_the_same_loop(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
@@ -229,3 +229,64 @@ def test_ner_run_rejects_text_input_for_evaluation(tiny_bert_dir, toy_ner, toy_c
     result = train(_config(tmp_path, tiny_bert_dir, toy_ner, "ner", epochs=1), progress=False)
     with pytest.raises(InputDataError, match="NER run"):
         embrecycle.load(result.run_dir).read(toy_classification["dev"])
+
+
+@pytest.mark.parametrize("upper", ["lora", "adapter", "head"])
+def test_parameter_efficient_runs_store_only_what_was_trained(upper, tiny_bert_dir, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+    from safetensors.torch import load_file
+
+    result = train(
+        _config(tmp_path, tiny_bert_dir, toy_ner, "ner", epochs=2, upper=upper, upper_options={"lora_r": 4}),
+        progress=False,
+    )
+    saved = load_file(str(Path(result.run_dir) / "model.safetensors"))
+    assert any(k.startswith("classifier.") for k in saved)  # the head is always saved
+    assert sum(v.numel() for v in saved.values()) == result.trainable_parameters
+    assert result.weights_bytes == (Path(result.run_dir) / "model.safetensors").stat().st_size
+    marker = {"lora": "lora_", "adapter": ".adapter_", "head": "classifier"}[upper]
+    assert all(marker in k or k.startswith("classifier.") for k in saved)
+    meta = json.loads((Path(result.run_dir) / "run.json").read_text())
+    assert meta["upper"] == upper and meta["upper_fingerprint"] and meta["upper_options"]["lora_r"] == 4
+    # the round trip is exact: a fresh load predicts what the trained model evaluated
+    model = embrecycle.load(result.run_dir)
+    assert model.evaluate(model.read(toy_ner["dev"]))["f1"] == pytest.approx(result.best["f1"])
+    # weights missing from the run are an error, not a silently fresh head
+    state = {k: v for k, v in saved.items() if not k.startswith("classifier.")}
+    from safetensors.torch import save_file
+
+    save_file(state, str(Path(result.run_dir) / "model.safetensors"))
+    with pytest.raises(ConfigError, match="lacks 2 trained weights"):
+        embrecycle.load(result.run_dir)
+
+
+def test_frozen_upper_layers_must_be_the_ones_trained_over(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+    import shutil
+
+    from transformers import AutoModel
+
+    cfg = _config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1, upper="lora")
+    result = train(cfg, progress=False)
+    # same tokenizer, embeddings and lower layers; different upper layers
+    other = tmp_path / "other-upper"
+    shutil.copytree(tiny_bert_dir, other)
+    base = AutoModel.from_pretrained(tiny_bert_dir)
+    with torch.no_grad():
+        base.encoder.layer[3].output.dense.weight.add_(0.01)
+    base.save_pretrained(other)
+    meta = json.loads((Path(result.run_dir) / "run.json").read_text())
+    meta["model"] = str(other)
+    (Path(result.run_dir) / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheMismatchError, match="upper-layer weights"):
+        embrecycle.load(result.run_dir)
+
+
+def test_lora_baseline_trains_every_layer_from_text(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+    result = train(
+        _config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1, baseline="lora"),
+        progress=False,
+    )
+    assert result.method == "lora" and result.cache is None and result.upper == "lora"
+    saved = json.loads((Path(result.run_dir) / "run.json").read_text())
+    assert saved["layer"] == 0
+    preds = embrecycle.load(result.run_dir).predict(["the protein"])
+    assert preds.hits == 0 and preds.notes

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import check_positive
 from ..errors import ConfigError
+from ..upper import UpperOptions
 
 METHODS = ("recycle", "full-finetune")
 
@@ -21,10 +23,14 @@ class TrainConfig:
         train: Training file. dev: Development file (evaluated during training).
         out: Run directory.
         cache: Cache directory; default derived from the settings under ``~/.cache/embrecycle/caches``.
-        upper: What is trained above the cut: ``full`` (layers k+1..N + head) or ``head``.
+        upper: What is trained above the cut: ``full`` (layers k+1..N + head), ``head``, ``lora`` or ``adapter``
+            (see :mod:`embrecycle.upper`).
+        upper_options: LoRA / adapter settings (:class:`~embrecycle.upper.UpperOptions`, or a dict of them).
         baseline: ``None`` (recycling) or ``full-finetune`` (the whole model from text, same loop).
         epochs, lr, batch_size, seed, warmup_ratio, weight_decay, max_grad_norm: the optimiser and schedule
             (AdamW, linear warmup then linear decay, gradient clipping).
+        head_lr: Learning rate of the task head (classifier, and BERT's pooler); default: ``lr``. A freshly
+            initialised head often wants a higher rate than pretrained layers.
         max_length: Max tokens per document (default: the model's, at most 512); truncation: as for caches.
         eval_every: Evaluate every N steps (default: at the end of each epoch).
         patience: Stop after this many evaluations without improvement (default: never).
@@ -41,9 +47,11 @@ class TrainConfig:
     out: str
     cache: str | None = None
     upper: str = "full"
+    upper_options: UpperOptions | dict[str, Any] = field(default_factory=UpperOptions)
     baseline: str | None = None
     epochs: int = 3
     lr: float = 5e-5
+    head_lr: float | None = None
     batch_size: int = 32
     seed: int = 42
     warmup_ratio: float = 0.1
@@ -61,16 +69,18 @@ class TrainConfig:
     cache_dtype: str = "float16"
 
     def __post_init__(self) -> None:
-        from ..model import UPPER_MODES
         from ..tasks import TASKS
+        from ..upper import UPPER_MODES
 
+        if not isinstance(self.upper_options, UpperOptions):
+            self.upper_options = UpperOptions.from_dict(self.upper_options)
         problems = []
         if self.task not in TASKS:
             problems.append(f"task={self.task!r} (choose one of {sorted(TASKS)})")
         if self.upper not in UPPER_MODES:
             problems.append(f"upper={self.upper!r} (choose one of {sorted(UPPER_MODES)})")
-        if self.baseline not in (None, "full-finetune"):
-            problems.append(f"baseline={self.baseline!r} (choose 'full-finetune' or leave it unset)")
+        if self.baseline not in (None, "full-finetune", "lora"):
+            problems.append(f"baseline={self.baseline!r} (choose 'full-finetune', 'lora' or leave it unset)")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio={self.warmup_ratio} (must be in [0, 1))")
         if self.weight_decay < 0:
@@ -80,6 +90,7 @@ class TrainConfig:
         optional = {
             k: v
             for k, v in {
+                "head_lr": self.head_lr,
                 "max_length": self.max_length,
                 "eval_every": self.eval_every,
                 "patience": self.patience,
@@ -92,4 +103,4 @@ class TrainConfig:
 
     @property
     def method(self) -> str:
-        return "full-finetune" if self.baseline else "recycle"
+        return self.baseline or "recycle"

@@ -38,7 +38,7 @@ from ..encoder import LoadedEncoder, load_tokenizer
 from ..errors import InputDataError
 from ..inference import document_logits
 from ..model import RecyclingModel
-from ..run import build_task_model, save_weights, settings_meta, write_run_metadata
+from ..run import WEIGHTS_FILE, build_task_model, save_weights, settings_meta, write_run_metadata
 from ..tasks import get_task
 from ..tasks.base import Task
 from ..tokenization import Encoded, encode_documents, is_empty, pad_ids
@@ -56,7 +56,7 @@ class TrainResult:
 
     run_dir: str
     method: str
-    best: dict[str, float]
+    best: dict[str, Any]
     history: list[dict[str, Any]]
     train_seconds: float
     epoch_seconds: list[float]
@@ -68,6 +68,8 @@ class TrainResult:
     train_examples: int
     dev_examples: int
     cache: str | None = None
+    weights_bytes: int = 0
+    upper: str = "full"
     losses: list[float] = field(default_factory=list, repr=False)
 
     def summary(self) -> str:
@@ -75,7 +77,8 @@ class TrainResult:
         return (
             f"{self.method}: best dev {metric} | train {self.train_seconds:.1f} s "
             f"({self.examples_per_second:.1f} ex/s), cache build {self.cache_build_seconds:.1f} s, "
-            f"{self.trainable_parameters:,} trainable parameters -> {self.run_dir}"
+            f"{self.trainable_parameters:,} trainable parameters ({self.weights_bytes / 1e6:.1f} MB saved) "
+            f"-> {self.run_dir}"
         )
 
 
@@ -101,12 +104,17 @@ def _read(path: str, config: TrainConfig, task_name: str, limit: int | None, spl
     return kept
 
 
-def _param_groups(model: RecyclingModel, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _param_groups(model: RecyclingModel, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and norms; the head at ``head_lr`` when set."""
+    head = {id(p) for p in model.head_parameters()}
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in model.task_model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+        lr = config.head_lr if config.head_lr is not None and id(p) in head else config.lr
+        groups.setdefault((lr, 0.0 if no_decay else config.weight_decay), []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
 class _Evaluator:
@@ -154,13 +162,15 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
     _seed_everything(config.seed)
     task_model = build_task_model(config.model, config.task, task.labels)
-    upper = "all" if config.baseline else config.upper
-    model = RecyclingModel(task_model, task, config.layer, upper)
+    # Baselines train from text: the whole model, or LoRA on every layer (cut at 0: only the embeddings frozen).
+    layer = 0 if config.baseline == "lora" else config.layer
+    upper = {"full-finetune": "all", "lora": "lora"}.get(config.baseline or "", config.upper)
+    model = RecyclingModel(task_model, task, layer, upper, config.upper_options)
     tokenizer = load_tokenizer(config.model, model.split.config.model_type)
     encoder = LoadedEncoder(config.model, None, model.split, tokenizer)
     build_cfg = BuildConfig(
         model=config.model,
-        layer=config.layer,
+        layer=layer,
         max_length=config.max_length,
         truncation=config.truncation,
         dtype=config.cache_dtype,
@@ -199,7 +209,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
     steps_per_epoch = -(-len(train_ex) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
@@ -208,7 +218,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         "task": config.task,
         "labels": task.labels,
         "method": config.method,
-        "upper": config.upper,
+        "upper": upper,
+        "upper_options": model.options.to_dict(),
+        "upper_fingerprint": model.upper_fingerprint,
         "model": config.model,
         "revision": None,
         **settings_meta(settings),
@@ -294,6 +306,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         train_examples=len(train_ex),
         dev_examples=len(dev_ex),
         cache=str(cache.root) if cache else None,
+        weights_bytes=(out / WEIGHTS_FILE).stat().st_size if (out / WEIGHTS_FILE).exists() else 0,
+        upper=upper,
         losses=losses,
     )
     metrics = {k: v for k, v in dataclasses.asdict(result).items() if k != "losses"}
