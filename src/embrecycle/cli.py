@@ -282,6 +282,24 @@ def evaluate_cmd(
             typer.echo(f"{k:>14}  {v:.4f}" if isinstance(v, float) else f"{k:>14}  {v}")
 
 
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Option(help="Run directory from `embrecycle train`.")],
+    out: Annotated[Path, typer.Option(help="New directory for the transformers model.")],
+) -> None:
+    """Write a run as a plain transformers model (LoRA merged, head and tokenizer included, model card)."""
+    from .export import export_run
+
+    try:
+        result = export_run(run, out)
+    except (EmbRecycleError, OSError) as e:
+        _fail(e)
+    typer.echo(
+        f"exported {run} -> {result.out} ({result.bytes / 1e6:.1f} MB); "
+        f"from_pretrained reproduces the run's logits within {result.max_abs_diff:.1e}"
+    )
+
+
 def main() -> None:
     try:
         app()

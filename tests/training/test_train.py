@@ -290,3 +290,50 @@ def test_lora_baseline_trains_every_layer_from_text(tiny_bert_dir, toy_classific
     assert saved["layer"] == 0
     preds = embrecycle.load(result.run_dir).predict(["the protein"])
     assert preds.hits == 0 and preds.notes
+
+
+@pytest.mark.parametrize(("upper", "task"), [("lora", "classification"), ("full", "ner"), ("all", "classification")])
+def test_export_loads_with_transformers_alone(upper, task, tiny_bert_dir, toy_classification, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from embrecycle.export import export_run
+    from embrecycle.tokenization import encode_documents, pad_ids
+
+    data = toy_ner if task == "ner" else toy_classification
+    kw = {"baseline": "full-finetune"} if upper == "all" else {"upper": upper}
+    result = train(_config(tmp_path, tiny_bert_dir, data, task, epochs=2, lr=1e-2, **kw), progress=False)
+    model = embrecycle.load(result.run_dir)
+    exported = export_run(model, tmp_path / "export")
+    assert exported.max_abs_diff <= 1e-4
+    auto = AutoModelForTokenClassification if task == "ner" else AutoModelForSequenceClassification
+    plain = auto.from_pretrained(exported.out).eval()
+    tok = AutoTokenizer.from_pretrained(exported.out)
+    assert plain.config.id2label == dict(enumerate(model.labels))
+    docs = [["the", "protein", "of", "disease"], ["we", "and", "protein"]]
+    if task != "ner":
+        docs = [" ".join(d) for d in docs]
+    enc = encode_documents(tok, docs, 64)
+    ids, mask = pad_ids(enc, tok.pad_token_id)
+    with torch.no_grad():
+        ours = model.model.forward_text(ids, mask)
+        theirs = plain(input_ids=ids, attention_mask=mask).logits
+    m = mask.bool() if task == "ner" else slice(None)
+    assert (ours[m] - theirs[m]).abs().max().item() <= 1e-4
+    if upper != "all":  # training moved the weights: the export is not the base model
+        base = auto.from_pretrained(tiny_bert_dir, num_labels=len(model.labels))
+        assert not torch.equal(
+            base.base_model.encoder.layer[3].output.dense.weight, plain.base_model.encoder.layer[3].output.dense.weight
+        )
+    card = (Path(exported.out) / "README.md").read_text()
+    assert "cached layer k | 2" in card and f"trained above the cut | {upper}" in card
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_run(model, tmp_path / "export")
+
+
+def test_adapter_runs_cannot_be_exported(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+    from embrecycle.export import export_run
+
+    result = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1, upper="adapter"))
+    with pytest.raises(ConfigError, match="--upper lora or --upper full to export"):
+        export_run(result.run_dir, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
