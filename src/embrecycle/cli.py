@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ._version import __version__
-from .errors import EmbRecycleError
+from .errors import ConfigError, EmbRecycleError
 
 app = typer.Typer(help="Embedding recycling for transformer encoders.", no_args_is_help=True, add_completion=False)
 cache_app = typer.Typer(help="Build, inspect and check layer-k caches.", no_args_is_help=True)
@@ -226,34 +226,51 @@ def train_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    run: Annotated[Path, typer.Option(help="Run directory from `embrecycle train`.")],
+    run: Annotated[
+        list[Path],
+        typer.Option(help="Run directory from `embrecycle train`; repeat for several tasks in one shared pass."),
+    ],
     data: Annotated[Path, typer.Option(help="Documents to label.")],
-    out: Annotated[Path, typer.Option(help="Predictions, one JSON object per line.")],
+    out: Annotated[
+        Path, typer.Option(help="Predictions file (JSON lines); with several runs, a directory of RUN_NAME.jsonl.")
+    ],
     cache: Annotated[Path | None, typer.Option(help="Cache to look documents up in (default: the run's).")] = None,
     update_cache: Annotated[bool, typer.Option(help="Store the states of documents that missed the cache.")] = False,
     text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV.")] = "text",
     data_format: Annotated[str | None, typer.Option("--format", help="Input format if not by extension.")] = None,
     batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 64,
 ) -> None:
-    """Predict labels (or tags) for documents; cached documents skip the lower layers."""
-    from .predict import load
+    """Predict labels (or tags) for documents; cached documents skip the lower layers.
+
+    With several --run options (same base model and layer), each document's states are read once and every
+    task's upper layers run on them; frozen weights are loaded once.
+    """
+    from .multitask import TaskSet
 
     try:
-        model = load(run)
-        examples = model.read(data, data_format, text_field=text_field, label_field=None)
-        preds = model.predict([e.doc for e in examples], cache=cache, update_cache=update_cache, batch_size=batch_size)
+        tasks = TaskSet.load(run)
+        first = tasks.models[0]
+        examples = first.read(data, data_format, text_field=text_field, label_field=None)
+        if any(m.task.name != first.task.name for m in tasks.models):
+            # NER reads CoNLL word lists; classification the texts: give each kind its documents
+            raise ConfigError("one data file cannot feed NER and classification runs at once; split the call.")
+        preds = tasks.predict([e.doc for e in examples], cache=cache, update_cache=update_cache, batch_size=batch_size)
     except (EmbRecycleError, OSError) as e:
         _fail(e)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        for e, p in zip(examples, preds, strict=True):
-            f.write(json.dumps({"source": e.source, **(p or {"skipped": "empty document"})}) + "\n")
+    paths = {name: out for name in preds} if len(preds) == 1 else {name: out / f"{name}.jsonl" for name in preds}
+    for name, p in preds.items():
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        with open(paths[name], "w", encoding="utf-8") as f:
+            for e, item in zip(examples, p, strict=True):
+                f.write(json.dumps({"source": e.source, **(item or {"skipped": "empty document"})}) + "\n")
+    p = next(iter(preds.values()))
+    where = str(out) if len(preds) == 1 else f"{out}/ ({', '.join(preds)})"
     typer.echo(
-        f"{len(preds)} documents -> {out}: {preds.hits} cache hits, {preds.misses} misses"
-        + (f" ({preds.added_to_cache} added to the cache)" if update_cache else "")
-        + (f", {preds.skipped_empty} empty skipped" if preds.skipped_empty else "")
+        f"{len(p)} documents x {len(preds)} task(s) -> {where}: {p.hits} cache hits, {p.misses} misses"
+        + (f" ({p.added_to_cache} added to the cache)" if update_cache else "")
+        + (f", {p.skipped_empty} empty skipped" if p.skipped_empty else "")
     )
-    for note in preds.notes:
+    for note in dict.fromkeys(n for q in preds.values() for n in q.notes):
         typer.echo(f"note: {note}")
 
 

@@ -14,6 +14,42 @@ from .tokenization import Encoded, pad_ids
 
 
 @torch.inference_mode()
+def shared_document_logits(
+    models: Sequence[RecyclingModel],
+    encoded: Sequence[Encoded],
+    cache: Cache | None,
+    cache_index: Sequence[int | None],
+    pad_id: int,
+    batch_size: int = 64,
+) -> list[list[torch.Tensor]]:
+    """Every model's logits for every document, unpadded: ``(classes,)`` or ``(n_tokens, classes)`` each.
+
+    The layer-k states of each batch are obtained once (read from the cache, or
+    the first model's lower layers for documents the cache lacks) and every
+    model runs its upper layers and head on them, so the models must share the
+    lower layers (same base weights and cut).
+    """
+    for m in models:
+        m.eval()
+    lower = models[0].split
+    out: list[list[torch.Tensor | None]] = [[None] * len(encoded) for _ in models]
+    lengths = np.array([len(e.input_ids) for e in encoded])
+    for batch in eval_batches(lengths, batch_size):
+        hits = [int(i) for i in batch if cache_index[i] is not None]
+        misses = [int(i) for i in batch if cache_index[i] is None]
+        if hits:
+            assert cache is not None
+            b = cache.read_batch([cache_index[i] for i in hits])  # type: ignore[misc]
+            for m, o in zip(models, out, strict=True):
+                _scatter(o, hits, m.forward_cached(b.hidden, b.attention_mask), lengths)
+        if misses:
+            ids, mask = pad_ids([encoded[i] for i in misses], pad_id)
+            hidden = lower.lower(ids, mask)
+            for m, o in zip(models, out, strict=True):
+                _scatter(o, misses, m.forward_cached(hidden, mask), lengths)
+    return out  # type: ignore[return-value]
+
+
 def document_logits(
     model: RecyclingModel,
     encoded: Sequence[Encoded],
@@ -22,25 +58,8 @@ def document_logits(
     pad_id: int,
     batch_size: int = 64,
 ) -> list[torch.Tensor]:
-    """Logits of every document, unpadded: ``(classes,)`` or ``(n_tokens, classes)`` each.
-
-    Documents with a cache index read their layer-k states; the others run
-    the lower layers from their token ids.
-    """
-    model.eval()
-    out: list[torch.Tensor | None] = [None] * len(encoded)
-    lengths = np.array([len(e.input_ids) for e in encoded])
-    for batch in eval_batches(lengths, batch_size):
-        hits = [int(i) for i in batch if cache_index[i] is not None]
-        misses = [int(i) for i in batch if cache_index[i] is None]
-        if hits:
-            assert cache is not None
-            b = cache.read_batch([cache_index[i] for i in hits])  # type: ignore[misc]
-            _scatter(out, hits, model.forward_cached(b.hidden, b.attention_mask), lengths)
-        if misses:
-            ids, mask = pad_ids([encoded[i] for i in misses], pad_id)
-            _scatter(out, misses, model.forward_text(ids, mask), lengths)
-    return out  # type: ignore[return-value]
+    """One model's logits for every document (see :func:`shared_document_logits`)."""
+    return shared_document_logits([model], encoded, cache, cache_index, pad_id, batch_size)[0]
 
 
 def _scatter(out: list, rows: list[int], logits: torch.Tensor, lengths: np.ndarray) -> None:

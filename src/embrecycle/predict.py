@@ -13,13 +13,13 @@ from .cache.store import Cache, Document
 from .data.readers import Example, read_examples
 from .encoder import LoadedEncoder
 from .errors import InputDataError
-from .inference import document_logits
+from .inference import shared_document_logits
 from .model import RecyclingModel
 from .run import expected_cache_settings, load_run
 from .tasks.ner import words_of
-from .tokenization import encode_documents, is_empty
+from .tokenization import Encoded, encode_documents, is_empty
 
-__all__ = ["Predictions", "TaskModel", "load"]
+__all__ = ["Predictions", "TaskModel", "load", "predict_shared"]
 
 
 @dataclass
@@ -92,36 +92,7 @@ class TaskModel:
             update_cache: Store the states of documents that missed the cache.
             batch_size: Documents per forward pass.
         """
-        if self.task.name == "ner":
-            docs = [words_of(d) for d in docs]
-        c = self.open_cache(cache)
-        result = Predictions(items=[None] * len(docs))
-        keep = [i for i, d in enumerate(docs) if not is_empty(d)]
-        result.skipped_empty = len(docs) - len(keep)
-        live = [docs[i] for i in keep]
-        index = [c.index_of(c.key(d)) if c is not None else None for d in live]
-        result.hits = sum(i is not None for i in index)
-        result.misses = len(live) - result.hits
-        if c is not None and update_cache and result.misses:
-            cfg = BuildConfig(
-                model=self.meta["model"],
-                layer=self.meta["layer"],
-                max_length=self.meta["max_length"],
-                truncation=self.meta["truncation"],
-                dtype=c.settings.dtype,
-            )
-            encoder = LoadedEncoder(self.meta["model"], self.meta.get("revision"), self.model.split, self.tokenizer)
-            misses = [d for d, i in zip(live, index, strict=True) if i is None]
-            result.added_to_cache = build_cache(misses, c.root, cfg, encoder=encoder, progress=False).computed
-            c.refresh()
-            index = [c.index_of(c.key(d)) for d in live]
-        if self.meta["method"] != "recycle":
-            result.notes.append(f"{self.meta['method']} baseline run: every document runs all layers from its text")
-        encoded = encode_documents(self.tokenizer, live, self.meta["max_length"], self.meta["truncation"])
-        logits = document_logits(self.model, encoded, c, index, self.tokenizer.pad_token_id or 0, batch_size)
-        for i, lg, enc, doc in zip(keep, logits, encoded, live, strict=True):
-            result.items[i] = self.task.decode(lg, enc, doc)
-        return result
+        return predict_shared([self], docs, cache, update_cache, batch_size)[0]
 
     def read(
         self,
@@ -147,6 +118,69 @@ class TaskModel:
         preds = self.predict([e.doc for e in examples], cache=cache)
         scores = self.task.metrics([self.task.gold(e) for e in examples], [self.task.predicted(p) for p in preds.items])
         return {**scores, "documents": len(examples), "cache_hits": preds.hits, "cache_misses": preds.misses}
+
+
+def predict_shared(
+    models: Sequence[TaskModel],
+    docs: Sequence[Document],
+    cache: str | os.PathLike[str] | Cache | None = None,
+    update_cache: bool = False,
+    batch_size: int = 64,
+) -> list[Predictions]:
+    """Predictions of several runs of one input kind (texts or word lists) that share their lower layers.
+
+    Each document's layer-k states are read from the cache (or computed by the
+    lower layers, once) and every run's upper layers and head run on them.
+    Cached documents are not tokenized again: the cache holds their tokens.
+    """
+    first = models[0]
+    if first.task.name == "ner":
+        docs = [words_of(d) for d in docs]
+    c = first.open_cache(cache)
+    for m in models[1:]:
+        if c is not None:
+            m.open_cache(c)  # checks the cache against every run
+    results = [Predictions(items=[None] * len(docs)) for _ in models]
+    keep = [i for i, d in enumerate(docs) if not is_empty(d)]
+    live = [docs[i] for i in keep]
+    index = [c.index_of(c.key(d)) if c is not None else None for d in live]
+    hits = sum(i is not None for i in index)
+    added = 0
+    if c is not None and update_cache and hits < len(live):
+        meta = first.meta
+        cfg = BuildConfig(
+            model=meta["model"],
+            layer=meta["layer"],
+            max_length=meta["max_length"],
+            truncation=meta["truncation"],
+            dtype=c.settings.dtype,
+        )
+        encoder = LoadedEncoder(meta["model"], meta.get("revision"), first.model.split, first.tokenizer)
+        misses = [d for d, i in zip(live, index, strict=True) if i is None]
+        added = build_cache(misses, c.root, cfg, encoder=encoder, progress=False).computed
+        c.refresh()
+        index = [c.index_of(c.key(d)) for d in live]
+    encoded: list[Encoded | None] = [None] * len(live)
+    if c is not None:
+        for j, i in enumerate(index):
+            if i is not None:
+                encoded[j] = Encoded.from_table(*c.token_table(i))
+    todo = [j for j, e in enumerate(encoded) if e is None]
+    fresh = encode_documents(
+        first.tokenizer, [live[j] for j in todo], first.meta["max_length"], first.meta["truncation"]
+    )
+    for j, e in zip(todo, fresh, strict=True):
+        encoded[j] = e
+    pad_id = first.tokenizer.pad_token_id or 0
+    logits = shared_document_logits([m.model for m in models], encoded, c, index, pad_id, batch_size)  # type: ignore[arg-type]
+    for m, result, task_logits in zip(models, results, logits, strict=True):
+        result.hits, result.misses, result.added_to_cache = hits, len(live) - hits, added
+        result.skipped_empty = len(docs) - len(keep)
+        if m.meta["method"] != "recycle":
+            result.notes.append(f"{m.meta['method']} baseline run: every document runs all layers from its text")
+        for i, lg, enc, doc in zip(keep, task_logits, encoded, live, strict=True):
+            result.items[i] = m.task.decode(lg, enc, doc)  # type: ignore[arg-type]
+    return results
 
 
 def load(run_dir: str | os.PathLike[str]) -> TaskModel:

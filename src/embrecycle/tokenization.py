@@ -30,6 +30,11 @@ class Encoded:
     offsets: list[tuple[int, int]]
     truncated: bool
 
+    @classmethod
+    def from_table(cls, table: np.ndarray, truncated: bool) -> Encoded:
+        """The inverse of :meth:`token_table` (a cache stores the table: cached documents need no tokenizer)."""
+        return cls(table[:, 0].tolist(), table[:, 1].tolist(), [(int(a), int(b)) for a, b in table[:, 2:4]], truncated)
+
     def token_table(self) -> np.ndarray:
         """``(n_tokens, 4)`` int32: input id, word id, char start, char end."""
         t = np.empty((len(self.input_ids), 4), np.int32)

@@ -214,6 +214,23 @@ class Cache:
             )
         return h, t
 
+    def token_table(self, i: int) -> tuple[np.ndarray, bool]:
+        """Entry ``i``'s ``(n_tokens, 4)`` token table (id, word id, char start, char end) and truncation flag,
+        read without its states (checked against the tokens' checksum)."""
+        sid, row, n = int(self.shard_ids[i]), int(self.rows[i]), int(self.lengths[i])
+        t = self._maps_for(sid)[1][row : row + n]
+        if t.shape[0] != n:
+            raise CacheCorruptedError(
+                f"{self._where(i)}: the shard's token file is truncated. "
+                "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
+            )
+        if self.verify_reads and zlib.crc32(t) != int(self._tokens_crc[i]):
+            raise CacheCorruptedError(
+                f"{self._where(i)}: checksum mismatch, the stored tokens are corrupted. "
+                "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
+            )
+        return np.array(t), bool(int(self._flags[i]) & FLAG_TRUNCATED)
+
     def _where(self, i: int) -> str:
         shard = self.shards[int(self.shard_ids[i])]
         return f"document {self.keys[i].tobytes().hex()[:16]} in shard {shard!r} of {self.root}"

@@ -1,0 +1,117 @@
+"""Many task models over one corpus: one shared pass per document, one copy of the frozen weights.
+
+Runs trained on the same base model and cut share everything below the cut
+(and, for ``head``/``lora``/``adapter`` runs, the pretrained upper layers too).
+A :class:`TaskSet` loads them so those weights exist once in memory, and
+predicts with one read of each document's cached states (or one run of the
+lower layers on a miss) for all tasks.
+
+NER runs take word lists and classification runs take texts, whose cache
+entries differ; a mixed set makes one shared pass per input kind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from .cache.store import Cache, Document
+from .errors import ConfigError
+from .predict import Predictions, TaskModel, load, predict_shared
+from .upper import canonical_name
+
+__all__ = ["TaskSet"]
+
+# Settings every run in a set must share: together they decide the layer-k states.
+SHARED_KEYS = ("model", "lower_fingerprint", "layer", "tokenizer_fingerprint", "max_length", "truncation")
+
+
+class TaskSet:
+    """Several trained runs over one base model and cut, predicted together.
+
+    Example:
+        >>> tasks = TaskSet.load(["runs/topic", "runs/sentiment"])   # doctest: +SKIP
+        >>> out = tasks.predict(["A new protein folding method ..."])  # doctest: +SKIP
+        >>> out["topic"][0]["label"], out["sentiment"][0]["label"]     # doctest: +SKIP
+
+    Raises:
+        ConfigError: runs with different base models, layers, tokenizers or max lengths (naming them), a
+            baseline run (trained from text, its lower layers differ), or two runs with the same name.
+    """
+
+    def __init__(self, models: Sequence[TaskModel]) -> None:
+        if not models:
+            raise ConfigError("a task set needs at least one run.")
+        self.models = list(models)
+        names = [m.run_dir.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"runs named {dupes} appear twice: give each run directory its own name.")
+        baselines = [str(m.run_dir) for m in self.models if m.meta["method"] != "recycle" and len(self.models) > 1]
+        if baselines:
+            raise ConfigError(
+                f"{baselines} were trained from text (baselines): their lower layers are their own, so they cannot "
+                "share a pass with other runs. Predict with them one at a time."
+            )
+        ref = self.models[0]
+        for m in self.models[1:]:
+            diff = [k for k in SHARED_KEYS if m.meta.get(k) != ref.meta.get(k)]
+            if diff:
+                shown = "; ".join(f"{k}: {ref.meta.get(k)!r} vs {m.meta.get(k)!r}" for k in diff)
+                raise ConfigError(
+                    f"runs {ref.run_dir} and {m.run_dir} do not share their base model and cut ({shown}). "
+                    "A task set predicts runs of one base model and layer; split the call."
+                )
+        self.shared_parameters = _share_frozen_weights([m.model for m in self.models])
+
+    @classmethod
+    def load(cls, run_dirs: Sequence[str | os.PathLike[str]]) -> TaskSet:
+        return cls([load(r) for r in run_dirs])
+
+    @property
+    def names(self) -> list[str]:
+        return [m.run_dir.name for m in self.models]
+
+    def predict(
+        self,
+        docs: Sequence[Document],
+        cache: str | os.PathLike[str] | Cache | None = None,
+        update_cache: bool = False,
+        batch_size: int = 64,
+    ) -> dict[str, Predictions]:
+        """Every run's predictions for ``docs``, by run name (the run directory's name)."""
+        out: dict[str, Predictions] = {}
+        for kind in ("text", "words"):
+            group = [m for m in self.models if ("words" if m.task.name == "ner" else "text") == kind]
+            if group:
+                for m, p in zip(group, predict_shared(group, docs, cache, update_cache, batch_size), strict=True):
+                    out[m.run_dir.name] = p
+        return {name: out[name] for name in self.names}
+
+    def parameter_bytes(self) -> int:
+        """Bytes of distinct parameter and buffer storage held by the whole set."""
+        seen: dict[int, int] = {}
+        for m in self.models:
+            for t in [*m.model.parameters(), *m.model.buffers()]:
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return sum(seen.values())
+
+
+def _share_frozen_weights(models: Sequence[torch.nn.Module]) -> int:
+    """Point equal frozen parameters of every model at the first model's tensors; returns how many were shared."""
+    first: dict[str, torch.nn.Parameter] = {}
+    for name, p in models[0].named_parameters():
+        if not p.requires_grad:
+            first[canonical_name(name)] = p
+    shared = 0
+    for model in models[1:]:
+        for name, p in list(model.named_parameters()):
+            q = first.get(canonical_name(name))
+            if p.requires_grad or q is None or q is p or q.shape != p.shape or not torch.equal(q, p):
+                continue
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner)._parameters[attr] = q
+            shared += 1
+    return shared

@@ -1,0 +1,108 @@
+"""Several tasks over one corpus: a shared pass equals separate predictions; frozen weights are held once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import embrecycle
+from embrecycle import ConfigError
+from embrecycle.cli import app
+from embrecycle.multitask import TaskSet
+from embrecycle.training import TrainConfig, train
+
+
+def _run(tmp_path: Path, model: str, data: dict[str, Path], name: str, task: str = "classification", **kw) -> str:  # type: ignore[no-untyped-def]
+    cfg = TrainConfig(
+        task=task,
+        model=model,
+        layer=kw.pop("layer", 2),
+        train=str(data["train"]),
+        dev=str(data["dev"]),
+        out=str(tmp_path / name),
+        cache=str(tmp_path / kw.pop("cache", "cache")),
+        epochs=1,
+        lr=1e-2,
+        batch_size=8,
+        **kw,
+    )
+    return train(cfg, progress=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_bert_dir, toy_classification, toy_ner, tmp_path_factory):  # type: ignore[no-untyped-def]
+    d = tmp_path_factory.mktemp("runs")
+    return {
+        "full": _run(d, tiny_bert_dir, toy_classification, "full"),
+        "lora": _run(d, tiny_bert_dir, toy_classification, "lora", upper="lora", seed=3),
+        "adapter": _run(d, tiny_bert_dir, toy_classification, "adapter", upper="adapter", seed=4),
+        "head": _run(d, tiny_bert_dir, toy_classification, "head", upper="head", seed=5),
+        "ner": _run(d, tiny_bert_dir, toy_ner, "ner", task="ner"),
+        "k1": _run(d, tiny_bert_dir, toy_classification, "k1", layer=1, cache="cache-k1"),
+        "cache": str(d / "cache"),
+    }
+
+
+DOCS = ["the protein of the method", "disease in our results", "", "we and the data of a model"]
+
+
+def test_shared_pass_equals_separate_predictions(runs) -> None:  # type: ignore[no-untyped-def]
+    names = ["full", "lora", "adapter", "head", "ner"]
+    tasks = TaskSet.load([runs[n] for n in names])
+    together = tasks.predict(DOCS, cache=runs["cache"])
+    assert list(together) == names
+    for name in names:
+        alone = embrecycle.load(runs[name]).predict(DOCS, cache=runs["cache"])
+        got = together[name]
+        assert (got.hits, got.misses, got.skipped_empty) == (alone.hits, alone.misses, alone.skipped_empty)
+        for a, b in zip(alone.items, got.items, strict=True):
+            if a is None:
+                assert b is None
+            elif "label" in a:
+                assert a["label"] == b["label"]
+                assert max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in a["probabilities"]) < 1e-6
+            else:
+                assert a == b
+
+
+def test_frozen_weights_are_held_once(runs) -> None:  # type: ignore[no-untyped-def]
+    separate = sum(TaskSet.load([runs[n]]).parameter_bytes() for n in ("head", "lora", "adapter"))
+    shared = TaskSet.load([runs[n] for n in ("head", "lora", "adapter")])
+    one = TaskSet.load([runs["head"]]).parameter_bytes()
+    assert shared.shared_parameters > 0
+    # the three parameter-efficient runs cost one base model plus what the other two trained (and their buffers)
+    extra = 0
+    for m in shared.models[1:]:
+        extra += sum(p.numel() * p.element_size() for p in m.model.parameters() if p.requires_grad)
+        extra += sum(b.numel() * b.element_size() for b in m.model.buffers())
+    assert one < shared.parameter_bytes() == one + extra < separate
+
+
+def test_runs_of_other_layers_or_baselines_are_refused(runs, tiny_bert_dir, toy_classification, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=r"layer: 2 vs 1"):
+        TaskSet.load([runs["full"], runs["k1"]])
+    base = _run(tmp_path, tiny_bert_dir, toy_classification, "ft", baseline="full-finetune")
+    with pytest.raises(ConfigError, match="baselines"):
+        TaskSet.load([runs["full"], base])
+    with pytest.raises(ConfigError, match="appear twice"):
+        TaskSet.load([runs["full"], runs["full"]])
+
+
+def test_cli_predicts_several_runs_into_a_directory(runs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "docs.txt"
+    data.write_text("\n".join(DOCS) + "\n")
+    out = tmp_path / "preds"
+    args = ["predict", "--run", runs["full"], "--run", runs["lora"], "--data", str(data), "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "x 2 task(s)" in r.output
+    for name in ("full", "lora"):
+        rows = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+        assert len(rows) == 4 and rows[0]["label"] in ("protein", "disease")
+    r = CliRunner().invoke(
+        app, ["predict", "--run", runs["full"], "--run", runs["k1"], "--data", str(data), "--out", str(out)]
+    )
+    assert r.exit_code == 2 and "layer: 2 vs 1" in r.output
