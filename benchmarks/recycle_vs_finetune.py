@@ -41,6 +41,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3], help="learning-rate sweep")
     ap.add_argument("--head-lr-factor", type=float, default=None, help="head learning rate = factor x lr")
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
@@ -73,7 +74,7 @@ def main() -> int:
                         epochs=args.epochs,
                         lr=lr,
                         head_lr=lr * args.head_lr_factor if args.head_lr_factor else None,
-                        batch_size=32,
+                        batch_size=args.batch_size,
                         seed=seed,
                         max_length=args.max_length,
                         train_limit=args.train_limit,
@@ -126,7 +127,7 @@ def _report(rows: list[dict], args: argparse.Namespace) -> str:  # type: ignore[
         f"# Recycling (k = {args.layer} of 6) vs full fine-tuning, MiniLM-L6",
         "",
         f"{args.train_limit} training / {args.dev_limit} dev examples per dataset (seeded subsets), "
-        f"{args.epochs} epochs, learning rates {args.lrs}, batch 32, max length {args.max_length}, seeds {args.seeds}. "
+        f"{args.epochs} epochs, learning rates {args.lrs}, batch {args.batch_size}, max length {args.max_length}, seeds {args.seeds}. "
         "Both methods share head, loop, optimiser, schedule and batches; only the input differs (cached layer-"
         f"{args.layer} states vs text). Scores are the best dev evaluation (end of an epoch). One process, 2 CPU "
         "cores; absolute times compare only within this run. Training time excludes evaluation and the one-off "

@@ -54,3 +54,8 @@ def texts() -> list[str]:
 
     rng = random.Random(0)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))) + "." for _ in range(60)]
+
+
+from toy_data import toy_classification, toy_ner  # noqa: E402  (fixtures shared by tests/training and tests/bench)
+
+__all__ = ["toy_classification", "toy_ner"]

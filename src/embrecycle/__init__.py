@@ -28,7 +28,9 @@ from .errors import (
     ModelLoadError,
     UnsupportedModelError,
 )
+from .export import ExportResult, export_run
 from .families import supported_model_types
+from .multitask import TaskSet
 from .predict import Predictions, TaskModel, load
 from .split import SplitEncoder
 
@@ -46,15 +48,18 @@ __all__ = [
     "CachedDocument",
     "ConfigError",
     "EmbRecycleError",
+    "ExportResult",
     "InputDataError",
     "LoadedEncoder",
     "ModelLoadError",
     "Predictions",
     "SplitEncoder",
     "TaskModel",
+    "TaskSet",
     "UnsupportedModelError",
     "__version__",
     "build_cache",
+    "export_run",
     "load",
     "load_encoder",
     "open_cache",

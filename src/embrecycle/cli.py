@@ -317,6 +317,57 @@ def export_cmd(
     )
 
 
+@app.command("bench")
+def bench_cmd(
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny subsets, one epoch, one seed (a smoke run).")] = False,
+    models: Annotated[
+        list[str] | None, typer.Option("--model", help="minilm-l6, mpnet-base, or a path/hub id (repeat).")
+    ] = None,
+    datasets: Annotated[
+        list[str] | None, typer.Option("--dataset", help="sci-cite, chemprot, bc5cdr (repeat).")
+    ] = None,
+    methods: Annotated[list[str] | None, typer.Option("--method", help="Methods to run (repeat; default all).")] = None,
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Seeds (repeat; default 1 2 3).")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Training examples per dataset.")] = None,
+    dev_limit: Annotated[int | None, typer.Option(help="Dev examples per dataset.")] = None,
+    test_limit: Annotated[int | None, typer.Option(help="Test examples per dataset.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs for every method.")] = None,
+    data_dir: Annotated[Path, typer.Option(help="Folder holding sci-cite/, chemprot/, bc5cdr/.")] = Path(
+        "../shared/data"
+    ),
+    out: Annotated[Path, typer.Option(help="Where results, report and plots go.")] = Path("benchmarks/results"),
+    readme: Annotated[Path | None, typer.Option(help="README whose <!-- bench:start/end --> table to refresh.")] = None,
+    from_results: Annotated[Path | None, typer.Option(help="Only re-render the report of this results file.")] = None,
+) -> None:
+    """Benchmark recycling against full fine-tuning, LoRA and frozen features: scores, speed, every overhead."""
+    from .bench import BenchConfig, report_from_results, run_and_report
+
+    try:
+        if from_results:
+            typer.echo(f"report -> {report_from_results(from_results, readme)}")
+            return
+        given = {
+            k: v
+            for k, v in {
+                "models": models,
+                "datasets": datasets,
+                "methods": methods,
+                "seeds": seeds,
+                "train_limit": train_limit,
+                "dev_limit": dev_limit,
+                "test_limit": test_limit,
+                "epochs": epochs,
+            }.items()
+            if v
+        }
+        common = {"data_dir": str(data_dir), "out": str(out), **given}
+        config = BenchConfig.quick_config(**common) if quick else BenchConfig(**common)  # type: ignore[arg-type]
+        paths = run_and_report(config, readme=readme, progress=typer.echo)
+    except (EmbRecycleError, OSError) as e:
+        _fail(e)
+    typer.echo(f"results -> {paths['results']}\nreport  -> {paths['report']}")
+
+
 def main() -> None:
     try:
         app()

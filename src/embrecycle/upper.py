@@ -10,7 +10,8 @@ Only layers k+1..N are ever adapted: the lower layers are the cache's.
 * ``adapter``: bottleneck adapters (down-projection, activation, zero-initialised
   up-projection, residual) after the feed-forward output (``pfeiffer``) or after
   both the attention and the feed-forward outputs (``houlsby``), plus the head.
-  Own module: the ``adapters`` library pins transformers 4.x.
+  Own module: the ``adapters`` library (1.3.0, the newest on the package index) requires
+  ``transformers~=4.57``, and embrecycle runs on transformers 5.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from .plots import plot_curves
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "default_cache_dir", "train"]
+__all__ = ["TrainResult", "default_cache_dir", "read_split", "train"]
 
 
 @dataclass
@@ -68,6 +68,7 @@ class TrainResult:
     train_examples: int
     dev_examples: int
     cache: str | None = None
+    read_seconds: float = 0.0
     weights_bytes: int = 0
     upper: str = "full"
     losses: list[float] = field(default_factory=list, repr=False)
@@ -89,7 +90,8 @@ def default_cache_dir(settings: CacheSettings) -> Path:
     return home / f"{name}-L{settings.layer}-{settings.dtype}-{settings.fingerprint()[:12]}"
 
 
-def _read(path: str, config: TrainConfig, task_name: str, limit: int | None, split: str) -> list[Example]:
+def read_split(path: str, config: TrainConfig, task_name: str, limit: int | None, split: str) -> list[Example]:
+    """The non-empty examples of a training or dev file, subsampled (seeded by ``config.seed``) to ``limit``."""
     examples = read_examples(path, config.data_format, text_field=config.text_field, label_field=config.label_field)
     kept = [e for e in examples if not is_empty(e.doc)]
     if len(kept) < len(examples):
@@ -155,8 +157,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     t_total = time.perf_counter()
     out = Path(config.out)
     task_cls = get_task(config.task)
-    train_ex = _read(config.train, config, config.task, config.train_limit, "train")
-    dev_ex = _read(config.dev, config, config.task, config.dev_limit, "dev")
+    train_ex = read_split(config.train, config, config.task, config.train_limit, "train")
+    dev_ex = read_split(config.dev, config, config.task, config.dev_limit, "dev")
     task = task_cls(task_cls.label_vocabulary(train_ex))
     task.check_labels(dev_ex, "dev")
 
@@ -234,7 +236,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     losses: list[float] = []
     best: dict[str, Any] = {}
     bad_evals = 0
-    train_seconds, epoch_seconds, step, seen = 0.0, [], 0, 0
+    train_seconds, epoch_seconds, step, seen, read_seconds = 0.0, [], 0, 0, 0.0
     stop = False
     model.train()
     bar = tqdm(total=total_steps, desc=f"train {config.method}", unit="step", disable=not progress)
@@ -244,6 +246,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             t0 = time.perf_counter()
             if cache is not None:
                 b = cache.read_batch([train_index[i] for i in batch])  # type: ignore[misc]
+                read_seconds += time.perf_counter() - t0
                 logits = model.forward_cached(b.hidden, b.attention_mask)
                 seq_len = b.hidden.shape[1]
             else:
@@ -306,6 +309,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         train_examples=len(train_ex),
         dev_examples=len(dev_ex),
         cache=str(cache.root) if cache else None,
+        read_seconds=read_seconds,
         weights_bytes=(out / WEIGHTS_FILE).stat().st_size if (out / WEIGHTS_FILE).exists() else 0,
         upper=upper,
         losses=losses,

@@ -1,4 +1,4 @@
-"""Toy labelled data on the tiny BERT's vocabulary: the label is decided by which word a document has."""
+"""Toy labelled data on the tiny BERT's vocabulary (fixtures): the label is decided by which word a document has."""
 
 from __future__ import annotations
 

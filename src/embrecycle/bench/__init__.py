@@ -1,0 +1,59 @@
+"""The benchmark behind `embrecycle bench`: the paper's comparison on this machine, every overhead counted.
+
+Example:
+    >>> from embrecycle.bench import BenchConfig, run_and_report
+    >>> run_and_report(BenchConfig.quick_config(out="/tmp/bench"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import DATASETS, METHODS, MODELS, BenchConfig
+from .report import headline_table, render_report, summarize, update_readme
+from .runner import run_bench, write_results
+
+__all__ = [
+    "DATASETS",
+    "METHODS",
+    "MODELS",
+    "BenchConfig",
+    "headline_table",
+    "render_report",
+    "report_from_results",
+    "run_and_report",
+    "run_bench",
+    "summarize",
+    "update_readme",
+]
+
+
+def run_and_report(config: BenchConfig, readme: Path | None = None, progress: Any = print) -> dict[str, Path]:
+    """Run the benchmark and write ``<out>/bench[_quick].{json,md}`` plus plots; optionally refresh the README table.
+
+    Returns the paths written (``results``, ``report``).
+    """
+    out = Path(config.out)
+    stem = "bench_quick" if config.quick else "bench"
+    result = run_bench(config, progress=progress)
+    results = write_results(result, out, stem)
+    report = out / f"{stem}.md"
+    report.write_text(render_report(result, out, stem), encoding="utf-8")
+    if readme is not None and not config.quick:
+        link = os.path.relpath(report, readme.parent)
+        update_readme(readme, headline_table(summarize(result["rows"])), link)
+    return {"results": results, "report": report}
+
+
+def report_from_results(results: Path, readme: Path | None = None) -> Path:
+    """Re-render the report (and README table) of an earlier run from its results file."""
+    result = json.loads(Path(results).read_text(encoding="utf-8"))
+    stem = Path(results).stem
+    report = Path(results).with_suffix(".md")
+    report.write_text(render_report(result, report.parent, stem), encoding="utf-8")
+    if readme is not None and not result["config"]["quick"]:
+        update_readme(readme, headline_table(summarize(result["rows"])), os.path.relpath(report, readme.parent))
+    return report

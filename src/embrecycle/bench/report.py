@@ -1,0 +1,334 @@
+"""Turn benchmark rows into a Markdown report, plots and the README's headline table."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import METHODS
+
+__all__ = ["headline_table", "render_report", "summarize", "update_readme"]
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+AMORTISE_RUNS = (1, 3, 10)
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    a = np.asarray(xs, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (model, dataset, method): means (and std of the scores) over seeds, ratios to full fine-tuning."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["kind"] == "train":
+            groups[(r["model"], r["dataset"], r["method"])].append(r)
+    out = []
+    for (model, dataset, method), rs in groups.items():
+        dev, dev_sd = _mean_std([r["dev_score"] for r in rs])
+        test, test_sd = _mean_std([r["test_score"] for r in rs])
+        r0 = rs[0]
+        n, k = r0["num_layers"], r0["layer"]
+        out.append(
+            {
+                "model": model,
+                "dataset": dataset,
+                "metric": r0["metric"],
+                "method": method,
+                "layer": k,
+                "num_layers": n,
+                "seeds": len(rs),
+                "dev": dev,
+                "dev_std": dev_sd,
+                "test": test,
+                "test_std": test_sd,
+                "train_seconds": float(np.mean([r["train_seconds"] for r in rs])),
+                "train_eps": float(np.mean([r["train_examples_per_second"] for r in rs])),
+                "infer_cached_dps": float(np.mean([r["infer_cached_docs_per_second"] for r in rs])),
+                "infer_new_dps": float(np.mean([r["infer_new_docs_per_second"] for r in rs])),
+                "peak_memory_mb": float(np.mean([r["peak_memory_bytes"] for r in rs])) / 1e6,
+                "trainable_parameters": r0["trainable_parameters"],
+                "run_mb": r0["run_weights_bytes"] / 1e6,
+                "read_fraction": float(np.mean([r["read_fraction"] for r in rs])),
+                "cache_build_seconds": float(np.mean([r["cache_build_seconds"] for r in rs])),
+                "ceiling": n / (n - k) if r0["baseline"] is None and k < n else None,
+            }
+        )
+    for s in out:
+        ref = next(
+            (x for x in out if (x["model"], x["dataset"], x["method"]) == (s["model"], s["dataset"], "full-finetune")),
+            None,
+        )
+        s["retention"] = s["test"] / ref["test"] if ref and ref["test"] else None
+        s["dev_retention"] = s["dev"] / ref["dev"] if ref and ref["dev"] else None
+        s["train_speedup"] = s["train_eps"] / ref["train_eps"] if ref else None
+        s["infer_cached_speedup"] = s["infer_cached_dps"] / ref["infer_cached_dps"] if ref else None
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(out, key=lambda s: (s["model"], s["dataset"], order.get(s["method"], 99)))
+
+
+def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if x is None else f"{x:{spec}}{suffix}"
+
+
+def headline_table(summary: list[dict[str, Any]]) -> str:
+    """Test score, retention and speed-ups per (model, dataset, method)."""
+    lines = [
+        "| model | dataset | method | k/N | test score (mean ± std) | retention | train speed-up (ceiling) "
+        "| inference on cached docs | trainable params |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        ceiling = f" ({s['ceiling']:.2f}x)" if s["ceiling"] else ""
+        kn = f"{s['layer']}/{s['num_layers']}" if s["method"] not in ("full-finetune", "lora") else "-"
+        lines.append(
+            f"| {s['model']} | {s['dataset']} | {s['method']} | {kn} | {s['test']:.4f} ± {s['test_std']:.4f} "
+            f"| {_fmt(s['retention'], '.1%')} | {_fmt(s['train_speedup'], '.2f', 'x')}{ceiling} "
+            f"| {_fmt(s['infer_cached_speedup'], '.2f', 'x')} | {s['trainable_parameters']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def _amortisation(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for s in summary:
+        if s["method"] != "recycle-50":
+            continue
+        ref = next(
+            (
+                x
+                for x in summary
+                if (x["model"], x["dataset"], x["method"]) == (s["model"], s["dataset"], "full-finetune")
+            ),
+            None,
+        )
+        if ref is None:
+            continue
+        build, t_rec, t_full = s["cache_build_seconds"], s["train_seconds"], ref["train_seconds"]
+        saving = t_full - t_rec
+        out.append(
+            {
+                "model": s["model"],
+                "dataset": s["dataset"],
+                "build": build,
+                "recycle": [build + n * t_rec for n in AMORTISE_RUNS],
+                "full": [n * t_full for n in AMORTISE_RUNS],
+                "per_run": (t_rec, t_full),
+                "crossover": math.ceil(build / saving) if saving > 0 else None,
+            }
+        )
+    return out
+
+
+def _targets(summary: list[dict[str, Any]], caches: list[dict[str, Any]]) -> list[str]:
+    lines = ["| target | model | dataset | measured | met |", "|---|---|---|---|---|"]
+
+    def add(name: str, s: dict[str, Any], value: float | None, ok: bool | None, spec: str) -> None:
+        shown = _fmt(value, spec)
+        lines.append(f"| {name} | {s['model']} | {s['dataset']} | {shown} | {'yes' if ok else 'no'} |")
+
+    for s in summary:
+        sp = s["train_speedup"]
+        if s["method"] == "recycle-50" and sp is not None:
+            need = 1.85 if s["num_layers"] >= 12 else 1.8
+            add(f"train speed-up at 50% >= {need}x", s, sp, sp >= need, ".2f")
+            ret = s["retention"]
+            need_ret = 0.98 if s["metric"] == "f1" else 0.99
+            add(f"test retention at 50% >= {need_ret:.0%}", s, ret, ret is not None and ret >= need_ret, ".1%")
+            inf = s["infer_cached_speedup"]
+            add("inference on cached docs at 50% >= 1.85x", s, inf, inf is not None and inf >= 1.85, ".2f")
+        if s["method"] == "recycle-75" and sp is not None:
+            add("train speed-up at 75% >= 3.5x", s, sp, sp >= 3.5, ".2f")
+        if s["method"].startswith("recycle-") and s["method"][-2:].isdigit() and sp is not None and s["ceiling"]:
+            frac = sp / s["ceiling"]
+            add(f"{s['method']} within 10% of N/(N-k) = {s['ceiling']:.2f}x", s, frac, frac >= 0.9, ".1%")
+        if s["method"] == "recycle-50-lora" and s["retention"] is not None:
+            need_ret = 0.98 if s["metric"] == "f1" else 0.99
+            ret = s["retention"]
+            add(f"recycle + LoRA at 50% retention >= {need_ret:.0%}", s, ret, ret >= need_ret, ".1%")
+    for c in caches:
+        frac = c["read_fraction_of_training"]
+        lines.append(
+            f"| cache read < 5% of a training step (k = {c['layer']}) | {c['model']} | {c['dataset']} "
+            f"| {frac:.2%} | {'yes' if frac < 0.05 else 'no'} |"
+        )
+    return lines
+
+
+def _plots(summary: list[dict[str, Any]], amort: list[dict[str, Any]], out: Path, stem: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    pairs = sorted({(s["model"], s["dataset"]) for s in summary})
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.6), squeeze=False)
+    for ax, (model, dataset) in zip(axes[0], pairs, strict=True):
+        for s in [x for x in summary if (x["model"], x["dataset"]) == (model, dataset)]:
+            ax.errorbar(s["train_seconds"], s["test"], yerr=s["test_std"], fmt="o", capsize=3)
+            ax.annotate(
+                s["method"], (s["train_seconds"], s["test"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+        ax.set_title(f"{model} / {dataset}", fontsize=9)
+        ax.set_xlabel("training wall time (s)")
+        ax.set_ylabel("test score")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    names.append(f"{stem}_accuracy_vs_time.png")
+    fig.savefig(out / names[-1], dpi=110)
+    plt.close(fig)
+
+    if amort:
+        fig, axes = plt.subplots(1, len(amort), figsize=(4.2 * len(amort), 3.4), squeeze=False)
+        runs = np.arange(0, 11)
+        for ax, a in zip(axes[0], amort, strict=True):
+            t_rec, t_full = a["per_run"]
+            ax.plot(runs, a["build"] + runs * t_rec, label="recycle 50% (cache build included)")
+            ax.plot(runs, runs * t_full, label="full fine-tuning")
+            ax.set_title(f"{a['model']} / {a['dataset']}", fontsize=9)
+            ax.set_xlabel("training runs over the corpus")
+            ax.set_ylabel("cumulative wall time (s)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        names.append(f"{stem}_amortisation.png")
+        fig.savefig(out / names[-1], dpi=110)
+        plt.close(fig)
+
+    rec = [
+        s for s in summary if s["method"].startswith("recycle-") and s["method"][-2:].isdigit() and s["train_speedup"]
+    ]
+    if rec:
+        fig, ax = plt.subplots(figsize=(5.2, 3.8))
+        for key in sorted({(s["model"], s["dataset"]) for s in rec}):
+            pts = sorted(
+                (s["layer"] / s["num_layers"], s["train_speedup"]) for s in rec if (s["model"], s["dataset"]) == key
+            )
+            ax.plot(*zip(*pts, strict=True), marker="o", label=" / ".join(key))
+        f = np.linspace(0, 0.8, 50)
+        ax.plot(f, 1 / (1 - f), "k--", label="ceiling N/(N-k)")
+        ax.set_xlabel("fraction of layers cached (k/N)")
+        ax.set_ylabel("training speed-up vs full fine-tuning")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        names.append(f"{stem}_speedup_vs_layer.png")
+        fig.savefig(out / names[-1], dpi=110)
+        plt.close(fig)
+    return names
+
+
+def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
+    """The Markdown report (plots written next to it); returns its text."""
+    rows, env, cfg = result["rows"], result["environment"], result["config"]
+    summary = summarize(rows)
+    caches = [r for r in rows if r["kind"] == "cache"]
+    amort = _amortisation(summary)
+    plots = _plots(summary, amort, out, stem)
+    limits = ", ".join(
+        f"{k.split('_')[0]} {cfg[k] if cfg[k] else 'all'}" for k in ("train_limit", "dev_limit", "test_limit")
+    )
+    lines = [
+        "# embrecycle benchmark" + (" (quick smoke run: tiny subsets, numbers meaningless)" if cfg["quick"] else ""),
+        "",
+        f"Machine: {env['machine']}, {env['cpus']} CPUs ({env['threads']} torch threads), {env['memory_gb']} GB; "
+        f"Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, embrecycle "
+        f"{env['embrecycle']}; {env['date']}; the whole benchmark took {env.get('bench_seconds', 0) / 60:.1f} min.",
+        "",
+        "Everything below was measured in one process, side by side; absolute times only compare within this run "
+        "(the machine is shared and noisy), ratios are what to read.",
+        "",
+        f"Setup: models {cfg['models']}; datasets {cfg['datasets']} (seeded subsets: {limits} examples); "
+        f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, max length {cfg['max_length']}; seeds {cfg['seeds']}. "
+        "Every method shares the head, loop, optimiser (AdamW, linear warm-up and decay), schedule, epochs, batches "
+        "and seeds; learning rates per method and task kind come from the sweeps in `recycle_vs_finetune.md` and "
+        "`peft_and_multitask.md` (listed at the end). Scores: macro-F1 (classification) and entity F1 (NER) of the "
+        "best dev checkpoint on the test subset; retention and speed-ups are against full fine-tuning of the same "
+        "model and dataset. Training throughput excludes evaluation and the one-off cache build (accounted for in "
+        "the amortisation table). Inference on cached documents: the dev subset, in the cache; on new documents: "
+        "the test subset, not in the cache (its lower layers run).",
+        "",
+        "## Results",
+        "",
+        headline_table(summary),
+        "",
+        "## Targets",
+        "",
+        *_targets(summary, caches),
+        "",
+        "## Every figure per method",
+        "",
+        "| model | dataset | method | dev (mean ± std) | test (mean ± std) | train ex/s | train wall (s) "
+        "| infer cached docs/s | infer new docs/s | peak memory (MB) | trainable params | run size (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {s['model']} | {s['dataset']} | {s['method']} | {s['dev']:.4f} ± {s['dev_std']:.4f} "
+            f"| {s['test']:.4f} ± {s['test_std']:.4f} | {s['train_eps']:.1f} | {s['train_seconds']:.1f} "
+            f"| {s['infer_cached_dps']:.1f} | {s['infer_new_dps']:.1f} | {s['peak_memory_mb']:.0f} "
+            f"| {s['trainable_parameters']:,} | {s['run_mb']:.2f} |"
+            for s in summary
+        ],
+        "",
+        "Peak memory: the largest resident-set growth during training, sampled every 50 ms.",
+        "",
+        "## Caches",
+        "",
+        "| model | dataset | k/N | build (s) | documents | tokens | bytes/token | total (MB) | read docs/s "
+        "| read share of training |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {c['model']} | {c['dataset']} | {c['layer']}/{c['num_layers']} | {c['build_seconds']:.1f} "
+            f"| {c['documents']} | {c['tokens']} | {c['bytes_per_token']} | {c['bytes'] / 1e6:.1f} "
+            f"| {c['read_docs_per_second']:.0f} | {c['read_fraction_of_training']:.2%} |"
+            for c in caches
+        ],
+        "",
+        "## Amortisation: cumulative wall time over repeated runs on one corpus",
+        "",
+        "Recycling pays its cache build once; each later run (a sweep point, another task) only trains. "
+        "Cumulative training time, cache build included, for recycling at 50% against full fine-tuning:",
+        "",
+        "| model | dataset | cache build (s) | "
+        + " | ".join(f"{n} run{'s' if n > 1 else ''}: recycle / full (s)" for n in AMORTISE_RUNS)
+        + " | recycling cheaper from run |",
+        "|---|---|---|" + "---|" * len(AMORTISE_RUNS) + "---|",
+        *[
+            f"| {a['model']} | {a['dataset']} | {a['build']:.1f} | "
+            + " | ".join(f"{r:.0f} / {f:.0f}" for r, f in zip(a["recycle"], a["full"], strict=True))
+            + f" | {a['crossover'] if a['crossover'] else 'never'} |"
+            for a in amort
+        ],
+        "",
+        *[f"![{p}]({p})" for p in plots],
+        "",
+        "## Learning rates",
+        "",
+        "| method | classification | NER |",
+        "|---|---|---|",
+        *[
+            f"| {m.name} | {m.lr['classification']:g} | {m.lr['ner']:g} |"
+            for m in METHODS.values()
+            if m.name in cfg["methods"]
+        ],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, table: str, link: str) -> bool:
+    """Replace the text between the benchmark markers in ``readme``; False when the markers are missing."""
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        return False
+    block = f"{README_START}\n{table}\n\nFull report: [{link}]({link}).\n{README_END}"
+    new = re.sub(re.escape(README_START) + r".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
+    readme.write_text(new, encoding="utf-8")
+    return True

@@ -1,0 +1,240 @@
+"""Run the benchmark: every (model, dataset, method, seed) trained and measured in one process.
+
+Per training run: dev and test scores, training throughput and wall time, peak
+memory (resident set, sampled), trainable parameters, run size, and inference
+throughput on cached documents (the dev set, in the cache) and on new ones
+(the test set, not in it). Per cache (model, dataset, layer): build time,
+bytes per token and in total, read throughput, and the share of the training
+steps spent reading it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+import transformers
+
+from .._version import __version__
+from ..cache.store import Cache
+from ..data.readers import read_examples
+from ..encoder import load_config
+from ..errors import InputDataError
+from ..predict import load
+from ..training import TrainConfig, train
+from ..training.loop import read_split
+from .config import DATASETS, METHODS, BenchConfig
+
+__all__ = ["resolve_model", "run_bench"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model(name: str) -> str:
+    """An offline model's directory by its short name, else the name itself (a path or hub id)."""
+    from .. import offline_models
+
+    if name == "minilm-l6":
+        return offline_models.minilm_l6_path()
+    if name == "mpnet-base":
+        return offline_models.mpnet_base_path()
+    return name
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": psutil.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "embrecycle": __version__,
+    }
+
+
+class PeakMemory:
+    """Peak resident set size above the level at entry, sampled every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._proc = psutil.Process()
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss - self.start)
+            self._stop.wait(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every measurement of ``config``; returns ``{"environment", "config", "rows"}`` (also written as JSON)."""
+    data_dir = Path(config.data_dir)
+    for name in config.datasets:
+        d = DATASETS[name]
+        missing = [s for s in ("train", "dev", "test") if not (data_dir / name / f"{s}.{d.ext}").exists()]
+        if missing:
+            raise InputDataError(
+                f"dataset {name!r}: {missing} splits not found under {data_dir / name} (expected "
+                f"{{train,dev,test}}.{d.ext}); point --data-dir at the folder holding the datasets."
+            )
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="embrecycle-bench-") as tmp:
+        for model_name in config.models:
+            model = resolve_model(model_name)
+            n_layers = int(load_config(model).num_hidden_layers)
+            for ds_name in config.datasets:
+                ds = DATASETS[ds_name]
+                test = read_examples(data_dir / ds_name / f"test.{ds.ext}")
+                if config.test_limit and len(test) > config.test_limit:
+                    rng = np.random.default_rng(0)
+                    test = [test[i] for i in sorted(rng.choice(len(test), config.test_limit, replace=False))]
+                caches_seen: set[str] = set()
+                for method_name in config.methods:
+                    method = METHODS[method_name]
+                    layer = round(method.fraction * n_layers)
+                    for seed in config.seeds:
+                        row = _train_run(config, tmp, model_name, model, n_layers, ds, method, layer, seed, test)
+                        rows.append(row)
+                        progress(
+                            f"[{time.perf_counter() - started:6.0f}s] {model_name} {ds_name} {method_name} "
+                            f"seed {seed}: "
+                            f"dev {row['dev_score']:.4f} test {row['test_score']:.4f}, "
+                            f"{row['train_examples_per_second']:.1f} ex/s"
+                        )
+                        if row["cache"] and row["cache"] not in caches_seen:
+                            caches_seen.add(row["cache"])
+                            rows.append(_cache_row(row, config))
+    result = {"environment": environment(), "config": asdict(config), "rows": rows}
+    result["environment"]["bench_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _train_run(config, tmp, model_name, model, n_layers, ds, method, layer, seed, test) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    run_dir = Path(tmp) / f"{model_name}-{ds.name}-{method.name}-{seed}"
+    cfg = TrainConfig(
+        task=ds.task,
+        model=model,
+        layer=layer if method.baseline is None else max(layer, 1),
+        train=str(Path(config.data_dir) / ds.name / f"train.{ds.ext}"),
+        dev=str(Path(config.data_dir) / ds.name / f"dev.{ds.ext}"),
+        out=str(run_dir),
+        cache=str(Path(tmp) / f"cache-{model_name}-{ds.name}-{layer}") if method.baseline is None else None,
+        upper=method.upper,
+        baseline=method.baseline,
+        epochs=config.epochs,
+        lr=method.lr[ds.task],
+        batch_size=config.batch_size,
+        seed=seed,
+        max_length=config.max_length,
+        train_limit=config.train_limit,
+        dev_limit=config.dev_limit,
+    )
+    with PeakMemory() as mem:
+        result = train(cfg, progress=False)
+    task_model = load(run_dir)
+    dev_docs = [e.doc for e in read_split(cfg.dev, cfg, cfg.task, cfg.dev_limit, "dev")]  # in the cache
+    t0 = time.perf_counter()
+    cached = task_model.predict(dev_docs)
+    cached_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = task_model.evaluate(test)  # test documents are not in the cache: the lower layers run
+    new_s = time.perf_counter() - t0
+    metric = ds.metric
+    return {
+        "kind": "train",
+        "model": model_name,
+        "num_layers": n_layers,
+        "dataset": ds.name,
+        "task": ds.task,
+        "metric": metric,
+        "method": method.name,
+        "upper": method.upper,
+        "baseline": method.baseline,
+        "layer": layer if method.baseline is None else 0,
+        "seed": seed,
+        "lr": cfg.lr,
+        "dev_score": result.best[metric],
+        "test_score": scores[metric],
+        "train_seconds": result.train_seconds,
+        "epochs": len(result.epoch_seconds),
+        "train_examples": result.train_examples,
+        "train_examples_per_second": result.examples_per_second,
+        "read_seconds": result.read_seconds,
+        "read_fraction": result.read_seconds / result.train_seconds if result.train_seconds else 0.0,
+        "cache_build_seconds": result.cache_build_seconds,
+        "cache": result.cache,
+        "peak_memory_bytes": mem.peak,
+        "trainable_parameters": result.trainable_parameters,
+        "run_weights_bytes": result.weights_bytes,
+        "infer_cached_docs": len(dev_docs),
+        "infer_cached_hits": cached.hits,
+        "infer_cached_docs_per_second": len(dev_docs) / cached_s if cached_s else 0.0,
+        "infer_new_docs": scores["documents"],
+        "infer_new_misses": scores["cache_misses"],
+        "infer_new_docs_per_second": scores["documents"] / new_s if new_s else 0.0,
+    }
+
+
+def _cache_row(train_row: dict[str, Any], config: BenchConfig, batches: int = 30) -> dict[str, Any]:
+    """Storage and read throughput of the cache a recycling run built."""
+    cache = Cache.open(train_row["cache"])
+    stats = cache.stats()
+    rng = np.random.default_rng(0)
+    n = len(cache)
+    size = min(config.batch_size, n)
+    t0 = time.perf_counter()
+    docs = tokens = 0
+    for _ in range(batches):
+        idx = rng.choice(n, size, replace=False)
+        cache.read_batch(idx)
+        docs += size
+        tokens += int(cache.lengths[idx].sum())
+    dt = time.perf_counter() - t0
+    return {
+        "kind": "cache",
+        "model": train_row["model"],
+        "dataset": train_row["dataset"],
+        "layer": train_row["layer"],
+        "num_layers": train_row["num_layers"],
+        "build_seconds": train_row["cache_build_seconds"],
+        "documents": stats["documents"],
+        "tokens": stats["tokens"],
+        "bytes": stats["bytes"],
+        "bytes_per_token": stats["bytes_per_token"],
+        "read_docs_per_second": docs / dt,
+        "read_tokens_per_second": tokens / dt,
+        "read_fraction_of_training": train_row["read_fraction"],
+    }
+
+
+def write_results(result: dict[str, Any], out: Path, stem: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
