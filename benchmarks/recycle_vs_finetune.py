@@ -42,6 +42,7 @@ def main() -> int:
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3], help="learning-rate sweep")
     ap.add_argument("--head-lr-factor", type=float, default=None, help="head learning rate = factor x lr")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--upper", default="full", help="what recycling trains above the cut: full, lora, adapter, head")
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
@@ -71,6 +72,7 @@ def main() -> int:
                         out=f"{tmp}/{name}-{method}-{seed}-{lr:g}",
                         cache=f"{tmp}/cache-{name}",
                         baseline="full-finetune" if method == "full-finetune" else None,
+                        upper=args.upper,
                         epochs=args.epochs,
                         lr=lr,
                         head_lr=lr * args.head_lr_factor if args.head_lr_factor else None,
@@ -127,7 +129,8 @@ def _report(rows: list[dict], args: argparse.Namespace) -> str:  # type: ignore[
         f"# Recycling (k = {args.layer} of 6) vs full fine-tuning, MiniLM-L6",
         "",
         f"{args.train_limit} training / {args.dev_limit} dev examples per dataset (seeded subsets), "
-        f"{args.epochs} epochs, learning rates {args.lrs}, batch {args.batch_size}, max length {args.max_length}, seeds {args.seeds}. "
+        f"{args.epochs} epochs, learning rates {args.lrs}, batch {args.batch_size}, "
+        f"max length {args.max_length}, seeds {args.seeds}. "
         "Both methods share head, loop, optimiser, schedule and batches; only the input differs (cached layer-"
         f"{args.layer} states vs text). Scores are the best dev evaluation (end of an epoch). One process, 2 CPU "
         "cores; absolute times compare only within this run. Training time excludes evaluation and the one-off "
