@@ -42,6 +42,7 @@ def main() -> int:
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3], help="learning-rate sweep")
     ap.add_argument("--head-lr-factor", type=float, default=None, help="head learning rate = factor x lr")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha = 2 r) for --upper lora")
     ap.add_argument("--upper", default="full", help="what recycling trains above the cut: full, lora, adapter, head")
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=128)
@@ -73,6 +74,7 @@ def main() -> int:
                         cache=f"{tmp}/cache-{name}",
                         baseline="full-finetune" if method == "full-finetune" else None,
                         upper=args.upper,
+                        upper_options={"lora_r": args.lora_r, "lora_alpha": 2.0 * args.lora_r},
                         epochs=args.epochs,
                         lr=lr,
                         head_lr=lr * args.head_lr_factor if args.head_lr_factor else None,

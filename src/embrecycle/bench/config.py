@@ -59,10 +59,10 @@ METHODS = {
         Method("recycle-25", None, "full", 0.25, {"classification": 3e-4, "ner": 1e-3}),
         Method("recycle-50", None, "full", 0.5, {"classification": 3e-4, "ner": 1e-3}),
         Method("recycle-75", None, "full", 0.75, {"classification": 3e-4, "ner": 1e-3}),
-        Method("frozen-head", None, "head", 1.0, {"classification": 3e-3, "ner": 3e-3}),
+        Method("frozen-head", None, "head", 1.0, {"classification": 1e-2, "ner": 1e-2}),
         Method("lora", "lora", "lora", 0.0, {"classification": 1e-3, "ner": 3e-3}),
-        Method("recycle-50-lora", None, "lora", 0.5, {"classification": 1e-3, "ner": 3e-3}),
-        Method("recycle-50-adapter", None, "adapter", 0.5, {"classification": 1e-3, "ner": 3e-3}),
+        Method("recycle-50-lora", None, "lora", 0.5, {"classification": 3e-3, "ner": 3e-3}),
+        Method("recycle-50-adapter", None, "adapter", 0.5, {"classification": 3e-3, "ner": 1e-2}),
     )
 }
 """Every method, with the learning rate that the learning-rate sweeps in ``benchmarks/results`` chose."""
