@@ -55,7 +55,7 @@ class Method:
 METHODS = {
     m.name: m
     for m in (
-        Method("full-finetune", "full-finetune", "full", 0.0, {"classification": 1e-4, "ner": 3e-4}),
+        Method("full-finetune", "full-finetune", "full", 0.0, {"classification": 3e-4, "ner": 3e-4}),
         Method("recycle-25", None, "full", 0.25, {"classification": 3e-4, "ner": 1e-3}),
         Method("recycle-50", None, "full", 0.5, {"classification": 3e-4, "ner": 1e-3}),
         Method("recycle-75", None, "full", 0.75, {"classification": 3e-4, "ner": 1e-3}),
