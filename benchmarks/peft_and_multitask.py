@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,7 @@ import torch
 import transformers
 
 from embrecycle.batching import eval_batches
+from embrecycle.bench.runner import environment
 from embrecycle.data.readers import read_examples
 from embrecycle.export import export_run
 from embrecycle.multitask import TaskSet
@@ -93,15 +92,7 @@ def main() -> int:
                         rows.append(_train_row(args, model, tmp, name, label, baseline, upper, lr))
         for layer in args.multitask_layers:
             rows += _multitask_rows(args, model, tmp, layer)
-    env = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "args": vars(args) | {"out": str(args.out)},
-    }
+    env = environment() | {"args": vars(args) | {"out": str(args.out)}}
     report = _report(rows, args, env)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "peft_and_multitask_quick" if args.quick else "peft_and_multitask"

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
-import transformers
-
+from embrecycle.bench.runner import environment
 from embrecycle.offline_models import minilm_l6_path
 from embrecycle.training import TrainConfig, train
 
@@ -106,15 +102,7 @@ def main() -> int:
                     print(json.dumps(row), flush=True)
     report = _report(rows, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "args": vars(args) | {"out": str(args.out)},
-    }
+    env = environment() | {"args": vars(args) | {"out": str(args.out)}}
     stem = ("recycle_vs_finetune_quick" if args.quick else "recycle_vs_finetune") + args.tag
     (args.out / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(report)

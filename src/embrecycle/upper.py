@@ -113,6 +113,14 @@ def _upper_head(model: RecyclingModel, options: UpperOptions) -> None:
     _train_head(model)
 
 
+def _upper_layers(model: RecyclingModel, mode: str) -> list[nn.Module]:
+    """Layers k+1..N, which a LoRA or adapter mode needs at least one of."""
+    layers = model.split.upper_layers()
+    if not layers:
+        raise ConfigError(f"--upper {mode} needs layers above the cut, but k = {model.layer} is the last layer.")
+    return layers
+
+
 def _linear_names(layer: nn.Module) -> list[str]:
     return [n for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
 
@@ -122,9 +130,7 @@ def _upper_lora(model: RecyclingModel, options: UpperOptions) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
     _freeze_all(model)
-    layers = model.split.upper_layers()
-    if not layers:
-        raise ConfigError(f"--upper lora needs layers above the cut, but k = {model.layer} is the last layer.")
+    layers = _upper_layers(model, "lora")
     available = _linear_names(layers[0])
     wanted = options.lora_targets or available
     unknown = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in available)]
@@ -171,9 +177,7 @@ class Adapter(nn.Module):
 def _upper_adapter(model: RecyclingModel, options: UpperOptions) -> None:
     """Bottleneck adapters in layers k+1..N (Pfeiffer or Houlsby placement); the head is trained."""
     _freeze_all(model)
-    layers = model.split.upper_layers()
-    if not layers:
-        raise ConfigError(f"--upper adapter needs layers above the cut, but k = {model.layer} is the last layer.")
+    layers = _upper_layers(model, "adapter")
     family = model.split.family
     where = (
         [family.ffn_output] if options.adapter_placement == "pfeiffer" else [family.attention_output, family.ffn_output]

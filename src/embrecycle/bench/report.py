@@ -19,6 +19,18 @@ README_END = "<!-- bench:end -->"
 AMORTISE_RUNS = (1, 3, 10)
 
 
+def _reference(summary: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any] | None:
+    """Full fine-tuning's summary row for the model and dataset of ``s``."""
+    key = (s["model"], s["dataset"], "full-finetune")
+    return next((x for x in summary if (x["model"], x["dataset"], x["method"]) == key), None)
+
+
+def _is_layer_cut(method: str) -> bool:
+    """A recycling method that trains the full upper layers at a cut below N (recycle-25/50/75)."""
+    m = METHODS.get(method)
+    return m is not None and m.baseline is None and m.upper == "full" and m.fraction < 1
+
+
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     a = np.asarray(xs, dtype=float)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
@@ -62,10 +74,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     for s in out:
-        ref = next(
-            (x for x in out if (x["model"], x["dataset"], x["method"]) == (s["model"], s["dataset"], "full-finetune")),
-            None,
-        )
+        ref = _reference(out, s)
         s["retention"] = s["test"] / ref["test"] if ref and ref["test"] else None
         s["dev_retention"] = s["dev"] / ref["dev"] if ref and ref["dev"] else None
         s["train_speedup"] = s["train_eps"] / ref["train_eps"] if ref else None
@@ -101,14 +110,7 @@ def _amortisation(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for s in summary:
         if s["method"] != "recycle-50":
             continue
-        ref = next(
-            (
-                x
-                for x in summary
-                if (x["model"], x["dataset"], x["method"]) == (s["model"], s["dataset"], "full-finetune")
-            ),
-            None,
-        )
+        ref = _reference(summary, s)
         if ref is None:
             continue
         build, t_rec, t_full = s["cache_build_seconds"], s["train_seconds"], ref["train_seconds"]
@@ -146,7 +148,7 @@ def _targets(summary: list[dict[str, Any]], caches: list[dict[str, Any]]) -> lis
             add("inference on cached docs at 50% >= 1.85x", s, inf, inf is not None and inf >= 1.85, ".2f")
         if s["method"] == "recycle-75" and sp is not None:
             add("train speed-up at 75% >= 3.5x", s, sp, sp >= 3.5, ".2f")
-        if s["method"].startswith("recycle-") and s["method"][-2:].isdigit() and sp is not None and s["ceiling"]:
+        if _is_layer_cut(s["method"]) and sp is not None and s["ceiling"]:
             frac = sp / s["ceiling"]
             add(f"{s['method']} within 10% of N/(N-k) = {s['ceiling']:.2f}x", s, frac, frac >= 0.9, ".1%")
         if s["method"] == "recycle-50-lora" and s["retention"] is not None:
@@ -181,10 +183,7 @@ def _plots(summary: list[dict[str, Any]], amort: list[dict[str, Any]], out: Path
         ax.set_xlabel("training wall time (s)")
         ax.set_ylabel("test score")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    names.append(f"{stem}_accuracy_vs_time.png")
-    fig.savefig(out / names[-1], dpi=110)
-    plt.close(fig)
+    names.append(_save(plt, fig, out / f"{stem}_accuracy_vs_time.png"))
 
     if amort:
         fig, axes = plt.subplots(1, len(amort), figsize=(4.2 * len(amort), 3.4), squeeze=False)
@@ -198,14 +197,9 @@ def _plots(summary: list[dict[str, Any]], amort: list[dict[str, Any]], out: Path
             ax.set_ylabel("cumulative wall time (s)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        names.append(f"{stem}_amortisation.png")
-        fig.savefig(out / names[-1], dpi=110)
-        plt.close(fig)
+        names.append(_save(plt, fig, out / f"{stem}_amortisation.png"))
 
-    rec = [
-        s for s in summary if s["method"].startswith("recycle-") and s["method"][-2:].isdigit() and s["train_speedup"]
-    ]
+    rec = [s for s in summary if _is_layer_cut(s["method"]) and s["train_speedup"]]
     if rec:
         fig, ax = plt.subplots(figsize=(5.2, 3.8))
         for key in sorted({(s["model"], s["dataset"]) for s in rec}):
@@ -219,11 +213,16 @@ def _plots(summary: list[dict[str, Any]], amort: list[dict[str, Any]], out: Path
         ax.set_ylabel("training speed-up vs full fine-tuning")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        names.append(f"{stem}_speedup_vs_layer.png")
-        fig.savefig(out / names[-1], dpi=110)
-        plt.close(fig)
+        names.append(_save(plt, fig, out / f"{stem}_speedup_vs_layer.png"))
     return names
+
+
+def _save(plt: Any, fig: Any, path: Path) -> str:
+    """Write a figure as PNG, close it, return its file name."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
