@@ -332,19 +332,26 @@ def bench_cmd(
     dev_limit: Annotated[int | None, typer.Option(help="Dev examples per dataset.")] = None,
     test_limit: Annotated[int | None, typer.Option(help="Test examples per dataset.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs for every method.")] = None,
+    memory: Annotated[
+        bool, typer.Option("--memory/--no-memory", help="Measure peak memory per method in a fresh process.")
+    ] = True,
     data_dir: Annotated[Path, typer.Option(help="Folder holding sci-cite/, chemprot/, bc5cdr/.")] = Path(
         "../shared/data"
     ),
     out: Annotated[Path, typer.Option(help="Where results, report and plots go.")] = Path("benchmarks/results"),
     readme: Annotated[Path | None, typer.Option(help="README whose <!-- bench:start/end --> table to refresh.")] = None,
-    from_results: Annotated[Path | None, typer.Option(help="Only re-render the report of this results file.")] = None,
+    from_results: Annotated[
+        list[Path] | None,
+        typer.Option(help="Only re-render the report of this results file (repeat to merge runs into --out)."),
+    ] = None,
 ) -> None:
     """Benchmark recycling against full fine-tuning, LoRA and frozen features: scores, speed, every overhead."""
     from .bench import BenchConfig, report_from_results, run_and_report
 
     try:
         if from_results:
-            typer.echo(f"report -> {report_from_results(from_results, readme)}")
+            merged_out = out if len(from_results) > 1 else None
+            typer.echo(f"report -> {report_from_results(from_results, readme, merged_out)}")
             return
         given = {
             k: v
@@ -361,6 +368,8 @@ def bench_cmd(
             if v
         }
         common = {"data_dir": str(data_dir), "out": str(out), **given}
+        if not memory:
+            common["memory"] = False
         config = BenchConfig.quick_config(**common) if quick else BenchConfig(**common)  # type: ignore[arg-type]
         paths = run_and_report(config, readme=readme, progress=typer.echo)
     except (EmbRecycleError, OSError) as e:

@@ -36,6 +36,7 @@ def test_bench_runs_every_method_and_writes_the_report(tiny_bert_dir, data_dir, 
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- bench:start -->\nold\n<!-- bench:end -->\nend\n")
     args = ["bench", "--model", tiny_bert_dir, "--data-dir", str(data_dir), "--out", str(out), "--seed", "1"]
+    args += ["--no-memory"]
     methods = ["full-finetune", "recycle-25", "recycle-50", "recycle-75", "frozen-head", "recycle-50-lora"]
     args += [x for m in methods for x in ("--method", m)]
     args += [
@@ -84,6 +85,21 @@ def test_bench_runs_every_method_and_writes_the_report(tiny_bert_dir, data_dir, 
     (out / "bench.md").unlink()
     r = CliRunner().invoke(app, ["bench", "--from-results", str(out / "bench.json")])
     assert r.exit_code == 0 and (out / "bench.md").exists()
+    assert not (out / "bench.partial.json").exists()  # only kept while running
+    # runs of different (model, dataset) pairs merge into one report; the same pair twice is refused
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    rows = result["rows"]
+    a.write_text(json.dumps({**result, "rows": [x for x in rows if x["dataset"] == "sci-cite"]}))
+    b.write_text(json.dumps({**result, "rows": [x for x in rows if x["dataset"] == "bc5cdr"]}))
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    args = ["bench", "--from-results", str(a), "--from-results", str(b), "--out", str(merged)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert len(json.loads((merged / "bench.json").read_text())["rows"]) == len(rows)
+    assert (merged / "bench.md").read_text().count("Run of models") == 2
+    r = CliRunner().invoke(app, ["bench", "--from-results", str(a), "--from-results", str(a), "--out", str(merged)])
+    assert r.exit_code == 2 and "would mix two runs" in r.output
 
 
 def test_bench_settings_are_checked(tmp_path: Path) -> None:
@@ -99,3 +115,24 @@ def test_bench_settings_are_checked(tmp_path: Path) -> None:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_peak_memory_is_measured_in_a_fresh_process(tiny_bert_dir, toy_classification, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import asdict
+
+    from embrecycle.bench.runner import _peak_memory
+    from embrecycle.training import TrainConfig
+
+    cfg = TrainConfig(
+        task="classification",
+        model=tiny_bert_dir,
+        layer=2,
+        train=str(toy_classification["train"]),
+        dev=str(toy_classification["dev"]),
+        out=str(tmp_path / "run"),
+        cache=str(tmp_path / "cache"),
+        epochs=1,
+    )
+    peak = _peak_memory(BenchConfig(batch_size=4), asdict(cfg))
+    assert 50e6 < peak < 4e9  # a python process with torch loaded, not the parent's figure
+    assert (tmp_path / "run-memory-cache").is_dir() and not (tmp_path / "cache").exists()  # its own cache

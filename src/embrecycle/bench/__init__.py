@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DATASETS, METHODS, MODELS, BenchConfig
-from .report import headline_table, render_report, summarize, update_readme
+from .report import headline_table, merge_results, render_report, summarize, update_readme
 from .runner import run_bench, write_results
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "MODELS",
     "BenchConfig",
     "headline_table",
+    "merge_results",
     "render_report",
     "report_from_results",
     "run_and_report",
@@ -48,12 +49,22 @@ def run_and_report(config: BenchConfig, readme: Path | None = None, progress: An
     return {"results": results, "report": report}
 
 
-def report_from_results(results: Path, readme: Path | None = None) -> Path:
-    """Re-render the report (and README table) of an earlier run from its results file."""
-    result = json.loads(Path(results).read_text(encoding="utf-8"))
-    stem = Path(results).stem
-    report = Path(results).with_suffix(".md")
-    report.write_text(render_report(result, report.parent, stem), encoding="utf-8")
-    if readme is not None and not result["config"]["quick"]:
+def report_from_results(results: Path | list[Path], readme: Path | None = None, out: Path | None = None) -> Path:
+    """Re-render the report (and README table) of earlier runs from their results files.
+
+    Several files (say one run per model, each with its own subsets) are merged into one
+    report, written as ``<out>/bench.{json,md}`` (``out``: the first file's folder).
+    """
+    paths = [Path(results)] if isinstance(results, (str, Path)) else [Path(p) for p in results]
+    loaded = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    if len(loaded) == 1:
+        result, stem, folder = loaded[0], paths[0].stem, out or paths[0].parent
+    else:
+        result, stem, folder = merge_results(loaded), "bench", out or paths[0].parent
+        write_results(result, Path(folder), stem)
+    report = Path(folder) / f"{stem}.md"
+    report.write_text(render_report(result, Path(folder), stem), encoding="utf-8")
+    parts = result.get("parts") or [result]
+    if readme is not None and not any(p["config"]["quick"] for p in parts):
         update_readme(readme, headline_table(summarize(result["rows"])), os.path.relpath(report, readme.parent))
     return report

@@ -82,6 +82,7 @@ class BenchConfig:
         data_dir: Folder with one sub-folder per dataset.
         out: Where results, report and plots are written.
         quick: Tiny subsets for a smoke run (set by ``--quick``).
+        memory: Measure each method's peak memory in a fresh process (first seed only; a few seconds each).
     """
 
     models: list[str] = field(default_factory=lambda: ["minilm-l6", "mpnet-base"])
@@ -97,6 +98,7 @@ class BenchConfig:
     data_dir: str = "../shared/data"
     out: str = "benchmarks/results"
     quick: bool = False
+    memory: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -132,5 +134,6 @@ class BenchConfig:
             "epochs": 1,
             "max_length": 64,
             "quick": True,
+            "memory": False,
         }
         return cls(**{**base, **overrides})  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import METHODS
 
-__all__ = ["headline_table", "render_report", "summarize", "update_readme"]
+__all__ = ["headline_table", "merge_results", "render_report", "summarize", "update_readme"]
 
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
@@ -61,11 +61,12 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "dev_std": dev_sd,
                 "test": test,
                 "test_std": test_sd,
-                "train_seconds": float(np.mean([r["train_seconds"] for r in rs])),
-                "train_eps": float(np.mean([r["train_examples_per_second"] for r in rs])),
-                "infer_cached_dps": float(np.mean([r["infer_cached_docs_per_second"] for r in rs])),
-                "infer_new_dps": float(np.mean([r["infer_new_docs_per_second"] for r in rs])),
-                "peak_memory_mb": float(np.mean([r["peak_memory_bytes"] for r in rs])) / 1e6,
+                # Medians: one slow spell of the shared machine must not move a method's speed.
+                "train_seconds": float(np.median([r["train_seconds"] for r in rs])),
+                "train_eps": float(np.median([r["train_examples_per_second"] for r in rs])),
+                "infer_cached_dps": float(np.median([r["infer_cached_docs_per_second"] for r in rs])),
+                "infer_new_dps": float(np.median([r["infer_new_docs_per_second"] for r in rs])),
+                "peak_memory_mb": max(r["peak_memory_bytes"] for r in rs) / 1e6 or None,
                 "trainable_parameters": r0["trainable_parameters"],
                 "run_mb": r0["run_weights_bytes"] / 1e6,
                 "read_fraction": float(np.mean([r["read_fraction"] for r in rs])),
@@ -227,26 +228,22 @@ def _save(plt: Any, fig: Any, path: Path) -> str:
 
 def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
     """The Markdown report (plots written next to it); returns its text."""
-    rows, env, cfg = result["rows"], result["environment"], result["config"]
+    rows = result["rows"]
+    parts = result.get("parts") or [{"environment": result["environment"], "config": result["config"]}]
     summary = summarize(rows)
     caches = [r for r in rows if r["kind"] == "cache"]
     amort = _amortisation(summary)
     plots = _plots(summary, amort, out, stem)
-    limits = ", ".join(
-        f"{k.split('_')[0]} {cfg[k] if cfg[k] else 'all'}" for k in ("train_limit", "dev_limit", "test_limit")
-    )
+    quick = any(p["config"]["quick"] for p in parts)
+    methods = [m for p in parts for m in p["config"]["methods"]]
     lines = [
-        "# embrecycle benchmark" + (" (quick smoke run: tiny subsets, numbers meaningless)" if cfg["quick"] else ""),
+        "# embrecycle benchmark" + (" (quick smoke run: tiny subsets, numbers meaningless)" if quick else ""),
         "",
-        f"Machine: {env['machine']}, {env['cpus']} CPUs ({env['threads']} torch threads), {env['memory_gb']} GB; "
-        f"Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, embrecycle "
-        f"{env['embrecycle']}; {env['date']}; the whole benchmark took {env.get('bench_seconds', 0) / 60:.1f} min.",
+        *[_part_lines(p, len(parts)) for p in parts],
+        "Within each run everything was measured in one process, side by side, every seed running every method in "
+        "turn after an unrecorded warm-up; absolute times only compare within one run (the machine is shared and "
+        "noisy), ratios are what to read.",
         "",
-        "Everything below was measured in one process, side by side; absolute times only compare within this run "
-        "(the machine is shared and noisy), ratios are what to read.",
-        "",
-        f"Setup: models {cfg['models']}; datasets {cfg['datasets']} (seeded subsets: {limits} examples); "
-        f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, max length {cfg['max_length']}; seeds {cfg['seeds']}. "
         "Every method shares the head, loop, optimiser (AdamW, linear warm-up and decay), schedule, epochs, batches "
         "and seeds; learning rates per method and task kind come from the sweeps in `recycle_vs_finetune.md` and "
         "`peft_and_multitask.md` (listed at the end). Scores: macro-F1 (classification) and entity F1 (NER) of the "
@@ -271,12 +268,14 @@ def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
         *[
             f"| {s['model']} | {s['dataset']} | {s['method']} | {s['dev']:.4f} ± {s['dev_std']:.4f} "
             f"| {s['test']:.4f} ± {s['test_std']:.4f} | {s['train_eps']:.1f} | {s['train_seconds']:.1f} "
-            f"| {s['infer_cached_dps']:.1f} | {s['infer_new_dps']:.1f} | {s['peak_memory_mb']:.0f} "
+            f"| {s['infer_cached_dps']:.1f} | {s['infer_new_dps']:.1f} | {_fmt(s['peak_memory_mb'], '.0f')} "
             f"| {s['trainable_parameters']:,} | {s['run_mb']:.2f} |"
             for s in summary
         ],
         "",
-        "Peak memory: the largest resident-set growth during training, sampled every 50 ms.",
+        "Speeds are medians over seeds. Peak memory: the kernel's resident-set high-water mark of a fresh process "
+        "training the method for two batches (after a first pass that built its cache and loaded every library; "
+        "Python, torch and the tokenizer included), first seed only.",
         "",
         "## Caches",
         "",
@@ -315,11 +314,50 @@ def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
         *[
             f"| {m.name} | {m.lr['classification']:g} | {m.lr['ner']:g} |"
             for m in METHODS.values()
-            if m.name in cfg["methods"]
+            if m.name in methods
         ],
         "",
     ]
     return "\n".join(lines)
+
+
+def _part_lines(part: dict[str, Any], n_parts: int) -> str:
+    """Machine and setup of one benchmark run."""
+    env, cfg = part["environment"], part["config"]
+    limits = ", ".join(
+        f"{k.split('_')[0]} {cfg[k] if cfg[k] else 'all'}" for k in ("train_limit", "dev_limit", "test_limit")
+    )
+    head = f"Run of models {cfg['models']}: " if n_parts > 1 else ""
+    return (
+        f"{head}machine {env['machine']}, {env['cpus']} CPUs ({env['threads']} torch threads), "
+        f"{env['memory_gb']} GB; Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
+        f"embrecycle {env['embrecycle']}; {env['date']}; took {env.get('bench_seconds', 0) / 60:.1f} min. "
+        f"Datasets {cfg['datasets']} (seeded subsets: {limits} examples); {cfg['epochs']} epochs, batch "
+        f"{cfg['batch_size']}, max length {cfg['max_length']}; seeds {cfg['seeds']}.\n"
+    )
+
+
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several benchmark runs (for example one per model, each with its own subsets).
+
+    Ratios stay within one run: every (model, dataset) must come from exactly one of them.
+    """
+    from ..errors import ConfigError
+
+    seen: dict[tuple[str, str], int] = {}
+    parts, rows = [], []
+    for i, result in enumerate(results):
+        for p in result.get("parts") or [{"environment": result["environment"], "config": result["config"]}]:
+            parts.append(p)
+        for r in result["rows"]:
+            key = (r["model"], r["dataset"])
+            if seen.setdefault(key, i) != i:
+                raise ConfigError(
+                    f"{key[0]} / {key[1]} is in results {seen[key] + 1} and {i + 1}: its ratios would mix two "
+                    "runs. Merge results that cover different (model, dataset) pairs."
+                )
+            rows.append(r)
+    return {"parts": parts, "rows": rows}
 
 
 def update_readme(readme: Path, table: str, link: str) -> bool:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -68,29 +69,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-class PeakMemory:
-    """Peak resident set size above the level at entry, sampled every ``interval`` seconds."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self._proc = psutil.Process()
-
-    def __enter__(self) -> PeakMemory:
-        self.start = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss - self.start)
-            self._stop.wait(self.interval)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every measurement of ``config``; returns ``{"environment", "config", "rows"}`` (also written as JSON)."""
     data_dir = Path(config.data_dir)
@@ -104,6 +82,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> d
             )
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
+    partial = Path(config.out) / ("bench_quick.partial.json" if config.quick else "bench.partial.json")
     with tempfile.TemporaryDirectory(prefix="embrecycle-bench-") as tmp:
         for model_name in config.models:
             model = resolve_model(model_name)
@@ -114,12 +93,16 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> d
                 if config.test_limit and len(test) > config.test_limit:
                     rng = np.random.default_rng(0)
                     test = [test[i] for i in sorted(rng.choice(len(test), config.test_limit, replace=False))]
+                _warm_up(config, tmp, model, ds)
                 caches_seen: set[str] = set()
-                for method_name in config.methods:
-                    method = METHODS[method_name]
-                    layer = round(method.fraction * n_layers)
-                    for seed in config.seeds:
+                # Seeds outside, methods inside: a slow spell of the shared machine hits every method alike.
+                for seed in config.seeds:
+                    for method_name in config.methods:
+                        method = METHODS[method_name]
+                        layer = round(method.fraction * n_layers)
                         row = _train_run(config, tmp, model_name, model, n_layers, ds, method, layer, seed, test)
+                        if seed == config.seeds[0] and config.memory:
+                            row["peak_memory_bytes"] = _peak_memory(config, row["config"])
                         rows.append(row)
                         progress(
                             f"[{time.perf_counter() - started:6.0f}s] {model_name} {ds_name} {method_name} "
@@ -130,9 +113,68 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> d
                         if row["cache"] and row["cache"] not in caches_seen:
                             caches_seen.add(row["cache"])
                             rows.append(_cache_row(row, config))
+                        _write_partial(partial, config, rows, started)
     result = {"environment": environment(), "config": asdict(config), "rows": rows}
     result["environment"]["bench_seconds"] = round(time.perf_counter() - started, 1)
+    partial.unlink(missing_ok=True)
     return result
+
+
+def _write_partial(path: Path, config: BenchConfig, rows: list[dict[str, Any]], started: float) -> None:
+    """Rows so far, so that an interrupted benchmark keeps what it measured (``--from-results`` renders it)."""
+    result = {"environment": environment(), "config": asdict(config), "rows": rows}
+    result["environment"]["bench_seconds"] = round(time.perf_counter() - started, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _warm_up(config: BenchConfig, tmp: str, model: str, ds: Any) -> None:
+    """An unrecorded short full fine-tuning run, so that no measured run pays one-off start-up costs."""
+    cfg = TrainConfig(
+        task=ds.task,
+        model=model,
+        layer=1,
+        train=str(Path(config.data_dir) / ds.name / f"train.{ds.ext}"),
+        dev=str(Path(config.data_dir) / ds.name / f"dev.{ds.ext}"),
+        out=str(Path(tmp) / f"warm-up-{ds.name}"),
+        baseline="full-finetune",
+        epochs=1,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        train_limit=2 * config.batch_size,
+        dev_limit=config.batch_size,
+    )
+    train(cfg, progress=False)
+
+
+def _peak_memory(config: BenchConfig, cfg: dict[str, Any]) -> int:
+    """Peak resident set of a fresh process that trains this configuration for two batches.
+
+    Measured in a child process: in the benchmark's own process, memory freed by one run is
+    reused by the next, so a resident-set reading there says more about run order than about
+    the method.
+    """
+    short = {
+        **cfg,
+        "out": cfg["out"] + "-memory",
+        "cache": cfg["out"] + "-memory-cache" if cfg["cache"] else None,
+        "epochs": 1,
+        "train_limit": 2 * config.batch_size,
+        "dev_limit": config.batch_size,
+    }
+    child = subprocess.run(
+        [sys.executable, "-m", "embrecycle.bench.memory"],
+        input=json.dumps(short),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if child.returncode != 0:
+        log.warning("peak-memory child failed (%s): %s", child.returncode, child.stderr[-2000:])
+        return 0
+    return int(json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_bytes"])
 
 
 def _train_run(config, tmp, model_name, model, n_layers, ds, method, layer, seed, test) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -155,8 +197,7 @@ def _train_run(config, tmp, model_name, model, n_layers, ds, method, layer, seed
         train_limit=config.train_limit,
         dev_limit=config.dev_limit,
     )
-    with PeakMemory() as mem:
-        result = train(cfg, progress=False)
+    result = train(cfg, progress=False)
     task_model = load(run_dir)
     dev_docs = [e.doc for e in read_split(cfg.dev, cfg, cfg.task, cfg.dev_limit, "dev")]  # in the cache
     t0 = time.perf_counter()
@@ -189,7 +230,8 @@ def _train_run(config, tmp, model_name, model, n_layers, ds, method, layer, seed
         "read_fraction": result.read_seconds / result.train_seconds if result.train_seconds else 0.0,
         "cache_build_seconds": result.cache_build_seconds,
         "cache": result.cache,
-        "peak_memory_bytes": mem.peak,
+        "peak_memory_bytes": 0,
+        "config": asdict(cfg),
         "trainable_parameters": result.trainable_parameters,
         "run_weights_bytes": result.weights_bytes,
         "infer_cached_docs": len(dev_docs),
