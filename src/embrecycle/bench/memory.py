@@ -11,6 +11,7 @@ memory is handed back to the system, the kernel's resident-set high-water mark i
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -28,10 +29,8 @@ def _status_bytes(field: str) -> int:
 
 
 def _reset_peak() -> None:
-    try:
+    with contextlib.suppress(OSError):  # not glibc: nothing to hand back
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
     Path("/proc/self/clear_refs").write_text("5")
 
 
