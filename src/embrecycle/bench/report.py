@@ -67,6 +67,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "infer_cached_dps": float(np.median([r["infer_cached_docs_per_second"] for r in rs])),
                 "infer_new_dps": float(np.median([r["infer_new_docs_per_second"] for r in rs])),
                 "peak_memory_mb": max(r["peak_memory_bytes"] for r in rs) / 1e6 or None,
+                "idle_memory_mb": max(r.get("idle_memory_bytes", 0) for r in rs) / 1e6 or None,
                 "trainable_parameters": r0["trainable_parameters"],
                 "run_mb": r0["run_weights_bytes"] / 1e6,
                 "read_fraction": float(np.mean([r["read_fraction"] for r in rs])),
@@ -252,6 +253,7 @@ def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
         "the amortisation table). Inference on cached documents: the dev subset, in the cache; on new documents: "
         "the test subset, not in the cache (its lower layers run).",
         "",
+        *_data_lines(rows),
         "## Results",
         "",
         headline_table(summary),
@@ -263,12 +265,14 @@ def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
         "## Every figure per method",
         "",
         "| model | dataset | method | dev (mean ± std) | test (mean ± std) | train ex/s | train wall (s) "
-        "| infer cached docs/s | infer new docs/s | peak memory (MB) | trainable params | run size (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| infer cached docs/s | infer new docs/s | peak memory (MB) | of which before training (MB) "
+        "| trainable params | run size (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[
             f"| {s['model']} | {s['dataset']} | {s['method']} | {s['dev']:.4f} ± {s['dev_std']:.4f} "
             f"| {s['test']:.4f} ± {s['test_std']:.4f} | {s['train_eps']:.1f} | {s['train_seconds']:.1f} "
             f"| {s['infer_cached_dps']:.1f} | {s['infer_new_dps']:.1f} | {_fmt(s['peak_memory_mb'], '.0f')} "
+            f"| {_fmt(s['idle_memory_mb'], '.0f')} "
             f"| {s['trainable_parameters']:,} | {s['run_mb']:.2f} |"
             for s in summary
         ],
@@ -319,6 +323,26 @@ def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _data_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The subsets each dataset was run on, with the dev/test examples left out for unseen labels."""
+    data = [r for r in rows if r["kind"] == "data"]
+    if not data:
+        return []
+    lines = [
+        "Subsets (seeded, the same for every method and seed; dev and test examples whose class never occurs in "
+        "the training subset are left out, a model cannot predict them):",
+        "",
+        "| model | dataset | train | dev | test | classes in train | dev / test left out |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d in data:
+        lines.append(
+            f"| {d['model']} | {d['dataset']} | {d['train']} | {d['dev']} | {d['test']} "
+            f"| {d['labels'] if d['labels'] is not None else '(NER)'} | {d['dev_left_out']} / {d['test_left_out']} |"
+        )
+    return [*lines, ""]
 
 
 def _part_lines(part: dict[str, Any], n_parts: int) -> str:

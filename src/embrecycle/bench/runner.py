@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,11 @@ import transformers
 
 from .._version import __version__
 from ..cache.store import Cache
-from ..data.readers import read_examples
+from ..data.readers import Example, read_examples
 from ..encoder import load_config
 from ..errors import InputDataError
 from ..predict import load
+from ..tokenization import is_empty
 from ..training import TrainConfig, train
 from ..training.loop import read_split
 from .config import DATASETS, METHODS, BenchConfig
@@ -89,20 +90,18 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> d
             n_layers = int(load_config(model).num_hidden_layers)
             for ds_name in config.datasets:
                 ds = DATASETS[ds_name]
-                test = read_examples(data_dir / ds_name / f"test.{ds.ext}")
-                if config.test_limit and len(test) > config.test_limit:
-                    rng = np.random.default_rng(0)
-                    test = [test[i] for i in sorted(rng.choice(len(test), config.test_limit, replace=False))]
-                _warm_up(config, tmp, model, ds)
+                data = _prepare_data(config, Path(tmp) / "data", ds)
+                rows.append({"kind": "data", "model": model_name, **data.counts})
+                _warm_up(config, tmp, model, ds, data)
                 caches_seen: set[str] = set()
                 # Seeds outside, methods inside: a slow spell of the shared machine hits every method alike.
                 for seed in config.seeds:
                     for method_name in config.methods:
                         method = METHODS[method_name]
                         layer = round(method.fraction * n_layers)
-                        row = _train_run(config, tmp, model_name, model, n_layers, ds, method, layer, seed, test)
+                        row = _train_run(config, tmp, model_name, model, n_layers, ds, data, method, layer, seed)
                         if seed == config.seeds[0] and config.memory:
-                            row["peak_memory_bytes"] = _peak_memory(config, row["config"])
+                            row["peak_memory_bytes"], row["idle_memory_bytes"] = _peak_memory(config, row["config"])
                         rows.append(row)
                         progress(
                             f"[{time.perf_counter() - started:6.0f}s] {model_name} {ds_name} {method_name} "
@@ -120,6 +119,61 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> d
     return result
 
 
+@dataclass
+class BenchData:
+    """One dataset's seeded subsets, the same for every method and seed."""
+
+    train: str
+    dev: str
+    test: list[Example]
+    counts: dict[str, Any]
+
+
+def _prepare_data(config: BenchConfig, folder: Path, ds: Any) -> BenchData:
+    """Seeded subsets of a dataset's splits, written as files for training.
+
+    Every method and seed trains on the same subset (seeds change initialisation and order).
+    Dev and test examples whose class never occurs in the training subset are left out (a
+    model cannot predict a label it was not trained on) and counted in the results.
+    """
+    src = Path(config.data_dir) / ds.name
+    rng = np.random.default_rng(0)
+
+    def subset(split: str, limit: int | None, known: set[str] | None) -> tuple[list[Example], int]:
+        examples = [e for e in read_examples(src / f"{split}.{ds.ext}") if not is_empty(e.doc)]
+        kept = [e for e in examples if known is None or e.label in known]
+        if limit and len(kept) > limit:
+            kept = [kept[i] for i in sorted(rng.choice(len(kept), limit, replace=False))]
+        return kept, len(examples) - len([e for e in examples if known is None or e.label in known])
+
+    train_ex, _ = subset("train", config.train_limit, None)
+    known = {str(e.label) for e in train_ex} if ds.task == "classification" else None
+    dev_ex, dev_dropped = subset("dev", config.dev_limit, known)
+    test_ex, test_dropped = subset("test", config.test_limit, known)
+    out = folder / ds.name
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, examples in (("train", train_ex), ("dev", dev_ex)):
+        paths[split] = out / f"{split}.{ds.ext}"
+        paths[split].write_text(_serialise(examples, ds.ext), encoding="utf-8")
+    counts = {
+        "dataset": ds.name,
+        "train": len(train_ex),
+        "dev": len(dev_ex),
+        "test": len(test_ex),
+        "labels": len(known) if known is not None else None,
+        "dev_left_out": dev_dropped,
+        "test_left_out": test_dropped,
+    }
+    return BenchData(str(paths["train"]), str(paths["dev"]), test_ex, counts)
+
+
+def _serialise(examples: list[Example], ext: str) -> str:
+    if ext == "jsonl":
+        return "".join(json.dumps({"text": e.doc, "label": e.label}, ensure_ascii=False) + "\n" for e in examples)
+    return "\n".join("".join(f"{w}\t{t}\n" for w, t in zip(e.doc, e.label or [], strict=True)) for e in examples)
+
+
 def _write_partial(path: Path, config: BenchConfig, rows: list[dict[str, Any]], started: float) -> None:
     """Rows so far, so that an interrupted benchmark keeps what it measured (``--from-results`` renders it)."""
     result = {"environment": environment(), "config": asdict(config), "rows": rows}
@@ -130,27 +184,28 @@ def _write_partial(path: Path, config: BenchConfig, rows: list[dict[str, Any]], 
     tmp.replace(path)
 
 
-def _warm_up(config: BenchConfig, tmp: str, model: str, ds: Any) -> None:
+def _warm_up(config: BenchConfig, tmp: str, model: str, ds: Any, data: BenchData) -> None:
     """An unrecorded short full fine-tuning run, so that no measured run pays one-off start-up costs."""
     cfg = TrainConfig(
         task=ds.task,
         model=model,
         layer=1,
-        train=str(Path(config.data_dir) / ds.name / f"train.{ds.ext}"),
-        dev=str(Path(config.data_dir) / ds.name / f"dev.{ds.ext}"),
-        out=str(Path(tmp) / f"warm-up-{ds.name}"),
+        train=data.train,
+        dev=data.train,  # the same seeded sample as the training one: no label it has not seen
+        out=str(Path(tmp) / f"warm-up-{ds.name}-{Path(model).name}"),
         baseline="full-finetune",
         epochs=1,
         batch_size=config.batch_size,
         max_length=config.max_length,
         train_limit=2 * config.batch_size,
-        dev_limit=config.batch_size,
+        dev_limit=2 * config.batch_size,
     )
     train(cfg, progress=False)
 
 
-def _peak_memory(config: BenchConfig, cfg: dict[str, Any]) -> int:
-    """Peak resident set of a fresh process that trains this configuration for two batches.
+def _peak_memory(config: BenchConfig, cfg: dict[str, Any]) -> tuple[int, int]:
+    """Peak resident set of a fresh process that trains this configuration for two batches, and its level
+    just before that training (libraries loaded, nothing else held): ``(peak, idle)`` bytes.
 
     Measured in a child process: in the benchmark's own process, memory freed by one run is
     reused by the next, so a resident-set reading there says more about run order than about
@@ -161,8 +216,9 @@ def _peak_memory(config: BenchConfig, cfg: dict[str, Any]) -> int:
         "out": cfg["out"] + "-memory",
         "cache": cfg["out"] + "-memory-cache" if cfg["cache"] else None,
         "epochs": 1,
+        "dev": cfg["train"],  # the same seeded sample as the training one: no label it has not seen
         "train_limit": 2 * config.batch_size,
-        "dev_limit": config.batch_size,
+        "dev_limit": 2 * config.batch_size,
     }
     child = subprocess.run(
         [sys.executable, "-m", "embrecycle.bench.memory"],
@@ -173,18 +229,19 @@ def _peak_memory(config: BenchConfig, cfg: dict[str, Any]) -> int:
     )
     if child.returncode != 0:
         log.warning("peak-memory child failed (%s): %s", child.returncode, child.stderr[-2000:])
-        return 0
-    return int(json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_bytes"])
+        return 0, 0
+    measured = json.loads(child.stdout.strip().splitlines()[-1])
+    return int(measured["peak_rss_bytes"]), int(measured["baseline_rss_bytes"])
 
 
-def _train_run(config, tmp, model_name, model, n_layers, ds, method, layer, seed, test) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _train_run(config, tmp, model_name, model, n_layers, ds, data, method, layer, seed) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     run_dir = Path(tmp) / f"{model_name}-{ds.name}-{method.name}-{seed}"
     cfg = TrainConfig(
         task=ds.task,
         model=model,
         layer=layer if method.baseline is None else max(layer, 1),
-        train=str(Path(config.data_dir) / ds.name / f"train.{ds.ext}"),
-        dev=str(Path(config.data_dir) / ds.name / f"dev.{ds.ext}"),
+        train=data.train,
+        dev=data.dev,
         out=str(run_dir),
         cache=str(Path(tmp) / f"cache-{model_name}-{ds.name}-{layer}") if method.baseline is None else None,
         upper=method.upper,
@@ -194,8 +251,6 @@ def _train_run(config, tmp, model_name, model, n_layers, ds, method, layer, seed
         batch_size=config.batch_size,
         seed=seed,
         max_length=config.max_length,
-        train_limit=config.train_limit,
-        dev_limit=config.dev_limit,
     )
     result = train(cfg, progress=False)
     task_model = load(run_dir)
@@ -204,7 +259,7 @@ def _train_run(config, tmp, model_name, model, n_layers, ds, method, layer, seed
     cached = task_model.predict(dev_docs)
     cached_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scores = task_model.evaluate(test)  # test documents are not in the cache: the lower layers run
+    scores = task_model.evaluate(data.test)  # test documents are not in the cache: the lower layers run
     new_s = time.perf_counter() - t0
     metric = ds.metric
     return {
