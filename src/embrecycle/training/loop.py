@@ -185,7 +185,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     train_index: list[int | None] = [None] * len(train_ex)
     dev_index: list[int | None] = [None] * len(dev_ex)
     if not config.baseline:
-        cache_dir = Path(config.cache) if config.cache else default_cache_dir(settings)
+        cache_dir = config.cache or str(default_cache_dir(settings))
         t0 = time.perf_counter()
         summary = build_cache(
             docs_train + docs_dev,
@@ -227,7 +227,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         "revision": None,
         **settings_meta(settings),
         "cache_dtype": config.cache_dtype,
-        "cache": str(cache.root) if cache else None,
+        "cache": cache.location if cache else None,
         "train_config": dataclasses.asdict(config),
     }
     write_run_metadata(out, meta)
@@ -308,7 +308,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         trainable_parameters=model.num_trainable_parameters(),
         train_examples=len(train_ex),
         dev_examples=len(dev_ex),
-        cache=str(cache.root) if cache else None,
+        cache=cache.location if cache else None,
         read_seconds=read_seconds,
         weights_bytes=(out / WEIGHTS_FILE).stat().st_size if (out / WEIGHTS_FILE).exists() else 0,
         upper=upper,

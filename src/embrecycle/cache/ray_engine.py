@@ -1,0 +1,293 @@
+"""Build a cache with Ray: Ray Data spreads the lower layers over a pool of model actors.
+
+The driver does what a local build does up to the forward passes: it keys every document,
+skips cached ones, and plans the same length-sorted batches (saved, so a re-run after a crash
+plans the same). Consecutive batches are grouped into chunks, one Ray Data row each, and
+``map_batches`` hands the chunks to a pool of actors; each actor loads the lower layers once
+(on a GPU when ``gpus_per_worker`` > 0), computes its chunk and writes it as one shard, named
+after the chunk's documents, in a private staging folder. It then publishes the shard into the
+cache (a directory: renamed in; a URL: uploaded), data files first and index last, so a reader
+never sees half a shard.
+
+Fault tolerance follows: a worker that dies loses only its in-flight chunk; Ray restarts the
+actor and retries the chunk, which rewrites the same shard name. A driver that dies loses
+nothing published: a re-run finds those documents in the cache and plans the rest.
+
+The result is one cache, the same as a local build of the corpus: the same manifest settings,
+the same documents and tokens, states from the same batches (equal up to the floating-point
+differences between thread counts or devices).
+
+Ray is an optional dependency: ``pip install 'embrecycle[ray]'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import check_positive
+from ..encoder import load_encoder
+from ..errors import ConfigError, MissingDependencyError
+from ..tokenization import encode_documents, pad_ids
+from .builder import BuildConfig, BuildSummary, cache_settings_for, plan_batches, to_storage, triage
+from .location import Remote, is_remote, local_path
+from .settings import CacheSettings
+from .shard import SHARD_DIR, Entry, ShardWriter, shard_paths
+from .store import Cache, Document
+
+__all__ = ["RayOptions", "build_cache_ray"]
+
+PLAN_SHARD = "ray-driver"
+"""Name under which the driver saves its batch plan (no shard of this name is ever written)."""
+
+
+@dataclass
+class RayOptions:
+    """How the Ray engine runs.
+
+    Attributes:
+        address: Ray cluster to join (``auto``, ``ray://host:10001``); default: the running one,
+            else a local cluster on this machine.
+        num_workers: Model actors (each holds the lower layers once).
+        gpus_per_worker: GPUs per actor (0: CPU).
+        cpus_per_worker: CPUs per actor (its torch thread count).
+        batches_per_shard: Batches per chunk; each chunk becomes one shard.
+
+    A worker that dies is restarted and its chunk retried (Ray Data's default for actor pools:
+    ``max_restarts=-1``, ``max_task_retries=-1``); an exception raised by the model code is not
+    retried and ends the build (finished shards stay: re-run to resume).
+    """
+
+    address: str | None = None
+    num_workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    batches_per_shard: int = 16
+
+    def __post_init__(self) -> None:
+        check_positive(
+            num_workers=self.num_workers, cpus_per_worker=self.cpus_per_worker, batches_per_shard=self.batches_per_shard
+        )
+        if self.gpus_per_worker < 0:
+            raise ConfigError(f"gpus_per_worker={self.gpus_per_worker}: must be >= 0.")
+
+
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data, or a clear error naming the extra to install."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"the Ray engine needs Ray Data, which is not installed ({e}). Install it with "
+            "`pip install 'embrecycle[ray]'`, or build with the local engine (the default)."
+        ) from e
+    return ray
+
+
+def chunk_name(batches: Sequence[Sequence[bytes]]) -> str:
+    """Shard name of a chunk: a hash of its documents' keys, so a retried chunk rewrites the same shard."""
+    h = hashlib.sha256(b"embrecycle/chunk/v1\0")
+    for batch in batches:
+        h.update(b"".join(batch) + b"\0")
+    return f"ray-{h.hexdigest()[:20]}"
+
+
+def build_cache_ray(
+    documents: Sequence[Document],
+    out: str | os.PathLike[str],
+    config: BuildConfig,
+    options: RayOptions | None = None,
+    sources: Sequence[str] | None = None,
+    progress: bool = True,
+    actor_class: type | None = None,
+) -> BuildSummary:
+    """Compute and store the layer-k states of every document not yet in the cache at ``out``, with Ray.
+
+    Same arguments and result as :func:`~embrecycle.cache.build_cache`, plus ``options``. The
+    cache directory must be reachable from every worker: a shared filesystem path, or a URL
+    (``s3://...``; see :mod:`embrecycle.cache.location`).
+
+    Args:
+        actor_class: A subclass of :class:`LowerLayersActor` (for tests and instrumentation).
+
+    Raises:
+        MissingDependencyError: Ray is not installed.
+    """
+    ray = import_ray()
+    options = options or RayOptions()
+    start = time.perf_counter()
+    encoder = load_encoder(config.model, config.layer, config.revision, config.attn_implementation)
+    settings = cache_settings_for(encoder, config)
+    cache = Cache.create(out, settings)
+    summary = BuildSummary(documents=len(documents))
+    input_keys, todo = triage(cache, documents, summary)
+    if todo:
+        batches, encoded = plan_batches(
+            cache, PLAN_SHARD, documents, input_keys, todo, settings, config, sources, encoder.tokenizer
+        )
+        summary.truncated = sum(encoded[k].truncated for k in todo)
+        del encoder  # the driver needs the tokenizer only; the actors hold the model
+        rows = []
+        for i in range(0, len(batches), options.batches_per_shard):
+            chunk = batches[i : i + options.batches_per_shard]
+            rows.append(
+                {
+                    "shard": chunk_name(chunk),
+                    "payload": json.dumps(
+                        [
+                            [[k.hex(), documents[input_keys[k]], k in todo] for k in batch]  # store only the misses
+                            for batch in chunk
+                        ],
+                        ensure_ascii=False,
+                    ),
+                }
+            )
+        _run(ray, rows, cache, config, settings, options, summary, progress, actor_class or LowerLayersActor)
+        shard_paths(cache.root, PLAN_SHARD)["plan.npz"].unlink(missing_ok=True)
+    if cache.remote is not None:
+        cache.remote.pull_meta()
+    cache.update_manifest_stats()  # the shards' indexes, merged into the manifest's statistics
+    summary.cache = cache.stats()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _run(
+    ray: Any,
+    rows: list[dict[str, Any]],
+    cache: Cache,
+    config: BuildConfig,
+    settings: CacheSettings,
+    options: RayOptions,
+    summary: BuildSummary,
+    progress: bool,
+    actor_class: type,
+) -> None:
+    if not ray.is_initialized():
+        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    results = ds.map_batches(
+        actor_class,
+        batch_size=1,
+        concurrency=options.num_workers,
+        num_cpus=options.cpus_per_worker,
+        num_gpus=options.gpus_per_worker or None,
+        fn_constructor_kwargs={
+            "config": _config_dict(config),
+            "settings": settings.to_dict(),
+            "location": cache.location,
+        },
+    )
+    total = sum(len(json.loads(r["payload"])) and sum(len(b) for b in json.loads(r["payload"])) for r in rows)
+    bar = tqdm(total=total, unit="doc", desc=f"cache layer {settings.layer} (ray)", disable=not progress)
+    t0 = time.perf_counter()
+    for out in results.iter_rows():
+        summary.computed += int(out["computed"])
+        summary.tokens_computed += int(out["tokens"])
+        summary.bytes_written += int(out["bytes"])
+        bar.update(int(out["documents"]))
+        bar.set_postfix(docs_s=f"{bar.n / max(time.perf_counter() - t0, 1e-9):.1f}")
+    bar.close()
+
+
+def _config_dict(config: BuildConfig) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in ("model", "layer", "revision", "attn_implementation", "fsync")}
+
+
+class LowerLayersActor:
+    """A Ray Data actor: holds the lower layers once, turns chunks of planned batches into published shards.
+
+    Args:
+        config: The build's model settings (model, layer, revision, attn_implementation, fsync).
+        settings: The cache's settings (checked against the model this actor loads).
+        location: The cache directory or URL.
+    """
+
+    def __init__(self, config: dict[str, Any], settings: dict[str, Any], location: str) -> None:
+        self.settings = CacheSettings.from_dict(settings)
+        self.location = location
+        self.fsync = bool(config["fsync"])
+        device = "cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
+        self.encoder = load_encoder(config["model"], config["layer"], config["revision"], config["attn_implementation"])
+        self.encoder.split.to(device)
+        self.device = torch.device(device)
+        found = self.encoder.lower_fingerprint()
+        if found != self.settings.lower_fingerprint:
+            raise ConfigError(
+                f"the worker loaded {config['model']!r} with lower-layer weights {found[:16]}, but the cache "
+                f"holds {self.settings.lower_fingerprint[:16]}: install the same model (and revision) on every "
+                "node."
+            )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pairs = zip(batch["shard"], batch["payload"], strict=True)
+        stats = [self.process(str(name), str(payload)) for name, payload in pairs]
+        return {k: np.array([s[k] for s in stats]) for k in ("shard", "documents", "computed", "tokens", "bytes")}
+
+    def process(self, name: str, payload: str) -> dict[str, Any]:
+        """Compute one chunk and publish it as shard ``name``."""
+        chunk = json.loads(payload)
+        s, split, tokenizer = self.settings, self.encoder.split, self.encoder.tokenizer
+        pad_id = tokenizer.pad_token_id or 0
+        staging = Path(tempfile.mkdtemp(prefix="stage-", dir=self._staging_parent()))
+        documents = computed = tokens = 0
+        try:
+            writer = ShardWriter(staging, name, s.hidden_size, s.dtype, fsync=self.fsync)
+            try:
+                for batch in chunk:
+                    keys = [bytes.fromhex(k) for k, _, _ in batch]
+                    docs = [d for _, d, _ in batch]
+                    encs = encode_documents(tokenizer, docs, s.max_length, s.truncation)
+                    ids, mask = pad_ids(encs, pad_id)
+                    with torch.inference_mode():
+                        hidden = split.lower(ids.to(self.device), mask.to(self.device)).to("cpu")
+                    stored = to_storage(hidden, s.dtype)
+                    entries = [
+                        Entry(k, stored[j, : len(e.input_ids)], e.token_table(), e.truncated)
+                        for j, (k, e, (_, _, store)) in enumerate(zip(keys, encs, batch, strict=True))
+                        if store
+                    ]
+                    writer.append(entries)
+                    documents += len(batch)
+                    computed += len(entries)
+                    tokens += sum(len(e.hidden) for e in entries)
+            finally:
+                writer.close()
+            written = self._publish(staging, name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return {"shard": name, "documents": documents, "computed": computed, "tokens": tokens, "bytes": written}
+
+    def _staging_parent(self) -> str | None:
+        """Stage next to the shards of a local cache (so publishing is a rename), in a temp dir otherwise."""
+        if is_remote(self.location):
+            return None
+        parent = local_path(self.location) / ".staging"
+        parent.mkdir(parents=True, exist_ok=True)
+        return str(parent)
+
+    def _publish(self, staging: Path, name: str) -> int:
+        """Move (or upload) a finished shard into the cache: data files first, the index last."""
+        src = staging / SHARD_DIR
+        written = sum((src / f"{name}.{kind}").stat().st_size for kind in ("hidden", "tokens", "index"))
+        if is_remote(self.location):
+            Remote(self.location, mirror=staging).push_shard(name, root=staging)
+            return written
+        dst = local_path(self.location) / SHARD_DIR
+        dst.mkdir(parents=True, exist_ok=True)
+        for kind in ("hidden", "tokens", "index"):
+            os.replace(src / f"{name}.{kind}", dst / f"{name}.{kind}")
+        return written
