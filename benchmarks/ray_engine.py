@@ -24,6 +24,13 @@ from embrecycle.cache import RayOptions, build_cache_ray
 from embrecycle.offline_models import minilm_l6_path
 
 OUT = Path(__file__).parent / "results"
+NOTE = (
+    "Reading: on this 2-core machine every shape shares the same two cores, so Ray cannot be faster than the "
+    "local engine; after its fixed overhead (5-6 s) its throughput equals the local engine's (3,000 documents: "
+    "20 s against 14 s, of which about 6 s overhead). Its gains come from adding machines or GPUs, each worker "
+    "adding its own throughput; on one machine the local engine is the right default. States are bit-identical "
+    "to the local build (the same planned batches)."
+)
 
 
 def _docs(data_dir: Path, n: int) -> list[str]:
@@ -41,7 +48,7 @@ def _max_diff(a: Path, b: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=int, default=600)
+    ap.add_argument("--docs", type=int, default=3000)
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     ap.add_argument("--out", type=Path, default=OUT)
@@ -117,6 +124,8 @@ def main() -> None:
             if r["corpus"] == "tiny corpus" and not r["engine"].startswith("local")
         )
         + ".",
+        "",
+        NOTE,
         "",
     ]
     (args.out / "ray_engine.md").write_text("\n".join(md), encoding="utf-8")
