@@ -46,8 +46,11 @@ integration: $(ASSETS)  ## Integration tests on the offline models and ../shared
 test-all: $(ASSETS)  ## Unit, slow and integration tests
 	$(BIN)/python -m pytest -q -m ""
 
-bench: $(ASSETS)  ## The benchmark: MiniLM + MPNet, 3 datasets, every method and seed; report + README table
-	$(BIN)/embrecycle bench --readme README.md
+BENCH_RUNS := benchmarks/results/bench-runs
+bench: $(ASSETS)  ## The benchmark (about 2 h on 2 cores): MiniLM + MPNet, 3 datasets, every method, 3 seeds; report + README table
+	$(BIN)/embrecycle bench --model minilm-l6 --train-limit 400 --dev-limit 200 --test-limit 300 --epochs 3 --out $(BENCH_RUNS)/minilm-l6
+	$(BIN)/embrecycle bench --model mpnet-base --train-limit 96 --dev-limit 48 --test-limit 64 --epochs 2 --out $(BENCH_RUNS)/mpnet-base
+	$(BIN)/embrecycle bench --from-results $(BENCH_RUNS)/minilm-l6/bench.json --from-results $(BENCH_RUNS)/mpnet-base/bench.json --out benchmarks/results --readme README.md
 
 bench-quick: $(ASSETS)  ## The benchmark's smoke run (tiny subsets, under 2 minutes)
 	$(BIN)/embrecycle bench --quick
