@@ -113,10 +113,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> d
                             caches_seen.add(row["cache"])
                             rows.append(_cache_row(row, config))
                         _write_partial(partial, config, rows, started)
-    result = {"environment": environment(), "config": asdict(config), "rows": rows}
-    result["environment"]["bench_seconds"] = round(time.perf_counter() - started, 1)
     partial.unlink(missing_ok=True)
-    return result
+    return _result(config, rows, started)
 
 
 @dataclass
@@ -142,9 +140,10 @@ def _prepare_data(config: BenchConfig, folder: Path, ds: Any) -> BenchData:
     def subset(split: str, limit: int | None, known: set[str] | None) -> tuple[list[Example], int]:
         examples = [e for e in read_examples(src / f"{split}.{ds.ext}") if not is_empty(e.doc)]
         kept = [e for e in examples if known is None or e.label in known]
+        left_out = len(examples) - len(kept)
         if limit and len(kept) > limit:
             kept = [kept[i] for i in sorted(rng.choice(len(kept), limit, replace=False))]
-        return kept, len(examples) - len([e for e in examples if known is None or e.label in known])
+        return kept, left_out
 
     train_ex, _ = subset("train", config.train_limit, None)
     known = {str(e.label) for e in train_ex} if ds.task == "classification" else None
@@ -174,10 +173,16 @@ def _serialise(examples: list[Example], ext: str) -> str:
     return "\n".join("".join(f"{w}\t{t}\n" for w, t in zip(e.doc, e.label or [], strict=True)) for e in examples)
 
 
-def _write_partial(path: Path, config: BenchConfig, rows: list[dict[str, Any]], started: float) -> None:
-    """Rows so far, so that an interrupted benchmark keeps what it measured (``--from-results`` renders it)."""
+def _result(config: BenchConfig, rows: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    """The results file's content: machine, settings, rows, and the time taken so far."""
     result = {"environment": environment(), "config": asdict(config), "rows": rows}
     result["environment"]["bench_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _write_partial(path: Path, config: BenchConfig, rows: list[dict[str, Any]], started: float) -> None:
+    """Rows so far, so that an interrupted benchmark keeps what it measured (``--from-results`` renders it)."""
+    result = _result(config, rows, started)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

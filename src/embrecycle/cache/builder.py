@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from ..config import check_positive
 from ..encoder import LoadedEncoder, load_encoder
 from ..errors import ConfigError
+from ..split import SplitEncoder
 from ..tokenization import Encoded, encode_documents, is_empty, pad_ids
 from .format import STORAGE_DTYPES
 from .settings import TRUNCATION_MODES, CacheSettings
@@ -282,13 +283,9 @@ def _run(
     tokens = 0
     for batch in batches:
         encs = [encoded[k] for k in batch]
-        lens = [len(e.input_ids) for e in encs]
-        ids, mask = pad_ids(encs, pad_id)
-        with torch.inference_mode():
-            hidden = split.lower(ids.to(device), mask.to(device)).to("cpu")
-        stored = to_storage(hidden, settings.dtype)
+        stored = lower_states(split, encs, pad_id, device, settings.dtype)
         entries = [
-            Entry(k, stored[j, : lens[j]], e.token_table(), e.truncated)
+            Entry(k, stored[j, : len(e.input_ids)], e.token_table(), e.truncated)
             for j, (k, e) in enumerate(zip(batch, encs, strict=True))
             if cache.index_of(k) is None  # a kept batch may hold documents written before the crash
         ]
@@ -301,6 +298,16 @@ def _run(
         bar.update(len(batch))
         bar.set_postfix(tokens_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f}")
     bar.close()
+
+
+def lower_states(
+    split: SplitEncoder, encs: Sequence[Encoded], pad_id: int, device: torch.device, dtype: str
+) -> np.ndarray:
+    """One padded batch through the embeddings and layers 1..k, in the cache's storage dtype (on the CPU)."""
+    ids, mask = pad_ids(encs, pad_id)
+    with torch.inference_mode():
+        hidden = split.lower(ids.to(device), mask.to(device)).to("cpu")
+    return to_storage(hidden, dtype)
 
 
 def to_storage(hidden: torch.Tensor, dtype: str) -> np.ndarray:

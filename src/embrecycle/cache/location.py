@@ -20,7 +20,6 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError
 from .shard import SHARD_DIR
@@ -153,6 +152,3 @@ class Remote:
 
     def size(self, rel: str) -> int:
         return self.sizes.get(rel, 0)
-
-    def describe(self) -> dict[str, Any]:
-        return {"url": self.url, "mirror": str(self.mirror)}

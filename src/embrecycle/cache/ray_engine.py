@@ -40,9 +40,9 @@ from tqdm.auto import tqdm
 from ..config import check_positive
 from ..encoder import load_encoder
 from ..errors import ConfigError, MissingDependencyError
-from ..tokenization import encode_documents, pad_ids
-from .builder import BuildConfig, BuildSummary, cache_settings_for, plan_batches, to_storage, triage
-from .location import Remote, is_remote, local_path
+from ..tokenization import encode_documents
+from .builder import BuildConfig, BuildSummary, cache_settings_for, lower_states, plan_batches, triage
+from .location import SHARD_FILES, Remote, is_remote, local_path
 from .settings import CacheSettings
 from .shard import SHARD_DIR, Entry, ShardWriter, shard_paths
 from .store import Cache, Document
@@ -155,7 +155,8 @@ def build_cache_ray(
                     ),
                 }
             )
-        _run(ray, rows, cache, config, settings, options, summary, progress, actor_class or LowerLayersActor)
+        total = sum(len(b) for b in batches)
+        _run(ray, rows, total, cache, config, settings, options, summary, progress, actor_class or LowerLayersActor)
         shard_paths(cache.root, PLAN_SHARD)["plan.npz"].unlink(missing_ok=True)
     if cache.remote is not None:
         cache.remote.pull_meta()
@@ -168,6 +169,7 @@ def build_cache_ray(
 def _run(
     ray: Any,
     rows: list[dict[str, Any]],
+    total: int,
     cache: Cache,
     config: BuildConfig,
     settings: CacheSettings,
@@ -191,7 +193,6 @@ def _run(
             "location": cache.location,
         },
     )
-    total = sum(len(json.loads(r["payload"])) and sum(len(b) for b in json.loads(r["payload"])) for r in rows)
     bar = tqdm(total=total, unit="doc", desc=f"cache layer {settings.layer} (ray)", disable=not progress)
     t0 = time.perf_counter()
     for out in results.iter_rows():
@@ -251,10 +252,7 @@ class LowerLayersActor:
                     keys = [bytes.fromhex(k) for k, _, _ in batch]
                     docs = [d for _, d, _ in batch]
                     encs = encode_documents(tokenizer, docs, s.max_length, s.truncation)
-                    ids, mask = pad_ids(encs, pad_id)
-                    with torch.inference_mode():
-                        hidden = split.lower(ids.to(self.device), mask.to(self.device)).to("cpu")
-                    stored = to_storage(hidden, s.dtype)
+                    stored = lower_states(split, encs, pad_id, self.device, s.dtype)
                     entries = [
                         Entry(k, stored[j, : len(e.input_ids)], e.token_table(), e.truncated)
                         for j, (k, e, (_, _, store)) in enumerate(zip(keys, encs, batch, strict=True))
@@ -282,12 +280,12 @@ class LowerLayersActor:
     def _publish(self, staging: Path, name: str) -> int:
         """Move (or upload) a finished shard into the cache: data files first, the index last."""
         src = staging / SHARD_DIR
-        written = sum((src / f"{name}.{kind}").stat().st_size for kind in ("hidden", "tokens", "index"))
+        written = sum((src / f"{name}.{kind}").stat().st_size for kind in SHARD_FILES)
         if is_remote(self.location):
             Remote(self.location, mirror=staging).push_shard(name, root=staging)
             return written
         dst = local_path(self.location) / SHARD_DIR
         dst.mkdir(parents=True, exist_ok=True)
-        for kind in ("hidden", "tokens", "index"):
+        for kind in SHARD_FILES:  # the index last
             os.replace(src / f"{name}.{kind}", dst / f"{name}.{kind}")
         return written
