@@ -342,6 +342,85 @@ def export_cmd(
     )
 
 
+@app.command("select-layer")
+def select_layer_cmd(
+    model: Annotated[str, typer.Option(help="Base model name (hub id) or local directory.")],
+    task: Annotated[str, typer.Option(help="classification or ner.")],
+    train: Annotated[Path, typer.Option(help="Training file the real run will use.")],
+    dev: Annotated[Path, typer.Option(help="Development file.")],
+    out: Annotated[Path, typer.Option(help="Where selection.json/.md/.png and the proxy runs go.")] = Path("selection"),
+    target_retention: Annotated[
+        float, typer.Option(help="Share of full fine-tuning's score to keep, in (0, 1].")
+    ] = 0.99,
+    budget_minutes: Annotated[
+        float | None, typer.Option(help="Time budget (default: 25% of one full fine-tuning run).")
+    ] = None,
+    candidates: Annotated[
+        list[int] | None, typer.Option("--candidates", help="Cut k to evaluate (repeat; default 25/50/75%).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs of the planned training (sets the default budget).")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Batch size of the planned training.")] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate of the recycled runs.")] = 5e-5,
+    reference_lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the full fine-tuning reference (default: --lr).")
+    ] = None,
+    sample: Annotated[int | None, typer.Option(help="Training examples per proxy (default: what fits).")] = None,
+    dev_sample: Annotated[int | None, typer.Option(help="Dev examples per proxy.")] = None,
+    proxy_epochs: Annotated[int, typer.Option(help="Epochs of each proxy run.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the sample, heads and batch order.")] = 42,
+    max_length: Annotated[int | None, typer.Option(help="Max tokens per document.")] = None,
+    text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV.")] = "text",
+    label_field: Annotated[str, typer.Option(help="Label field of JSON lines / CSV.")] = "label",
+    cache_root: Annotated[
+        str | None, typer.Option(help="Folder for the per-cut caches (default: where `train` looks).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Recommend the layer to recycle: measured speed, cache size and predicted accuracy per cut."""
+    from .selection import SelectConfig, select_layer
+    from .selection.report import format_table
+
+    try:
+        config = SelectConfig(
+            task=task,
+            model=model,
+            train=str(train),
+            dev=str(dev),
+            out=str(out),
+            target_retention=target_retention,
+            budget_minutes=budget_minutes,
+            candidates=list(candidates) if candidates else None,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            reference_lr=reference_lr,
+            proxy_epochs=proxy_epochs,
+            sample=sample,
+            dev_sample=dev_sample,
+            seed=seed,
+            max_length=max_length,
+            text_field=text_field,
+            label_field=label_field,
+            cache_root=cache_root,
+        )
+        sel = select_layer(config, progress=None if as_json else typer.echo)
+    except (EmbRecycleError, OSError) as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(sel.to_dict(), indent=2))
+        return
+    typer.echo("\n" + format_table(sel) + "\n")
+    for note in sel.notes:
+        typer.echo(f"note: {note}")
+    rec = "none" if sel.recommended is None else f"k = {sel.recommended}"
+    typer.echo(
+        f"recommended: {rec} (target {sel.target_retention:.0%}); took {sel.seconds / 60:.1f} min of a "
+        f"{sel.budget_seconds / 60:.1f}-min budget; report -> {out / 'selection.md'}"
+    )
+    if sel.train_command():
+        typer.echo(f"next: {sel.train_command()}")
+
+
 @app.command("bench")
 def bench_cmd(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny subsets, one epoch, one seed (a smoke run).")] = False,

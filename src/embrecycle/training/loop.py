@@ -72,6 +72,7 @@ class TrainResult:
     weights_bytes: int = 0
     upper: str = "full"
     losses: list[float] = field(default_factory=list, repr=False)
+    step_seconds: list[float] = field(default_factory=list, repr=False)
 
     def summary(self) -> str:
         metric = ", ".join(f"{k} {v:.4f}" for k, v in self.best.items() if k not in ("epoch", "step", "train_loss"))
@@ -234,6 +235,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
     history: list[dict[str, Any]] = []
     losses: list[float] = []
+    step_seconds: list[float] = []
     best: dict[str, Any] = {}
     bad_evals = 0
     train_seconds, epoch_seconds, step, seen, read_seconds = 0.0, [], 0, 0, 0.0
@@ -261,6 +263,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
             t_epoch += dt
+            step_seconds.append(dt)
             step += 1
             seen += len(batch)
             losses.append(loss.item())
@@ -313,8 +316,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         weights_bytes=(out / WEIGHTS_FILE).stat().st_size if (out / WEIGHTS_FILE).exists() else 0,
         upper=upper,
         losses=losses,
+        step_seconds=step_seconds,
     )
-    metrics = {k: v for k, v in dataclasses.asdict(result).items() if k != "losses"}
+    metrics = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("losses", "step_seconds")}
     metrics["primary_metric"] = task.primary_metric
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     plot_curves(

@@ -1,0 +1,341 @@
+"""Estimate, for each candidate cut k, what recycling at k costs and how much accuracy it keeps.
+
+1. read the train/dev files, count their tokens, check candidates against the model's depth;
+2. time a few full fine-tuning steps on real batches: the per-example cost that plans the rest and
+   sets the default budget (25% of one full fine-tuning run);
+3. pick the largest training sample whose proxy runs fit the budget;
+4. proxy runs, all on the same sample, seed and batch order: full fine-tuning (the reference), then
+   recycling at every candidate k from a layer-k cache of the sample (kept: the real training at the
+   recommended k reuses it and computes only the documents the sample left out);
+5. predicted retention = proxy score at k / reference proxy score, made non-increasing in k (a later
+   cut cannot be credited with more than an earlier one kept); recommend the highest k whose
+   predicted retention meets the target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..cache.store import Cache
+from ..encoder import load_config, load_tokenizer
+from ..errors import ConfigError
+from ..tasks import get_task
+from ..tokenization import encode_documents
+from ..training import TrainConfig, train
+from ..training.loop import read_split
+from .config import SelectConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Candidate", "Selection", "select_layer"]
+
+PLAN_MARGIN = 0.85
+"""Share of the remaining budget the plan may use (the per-example cost comes from a few steps)."""
+
+
+@dataclass
+class Candidate:
+    """What one cut measured (``status`` ``skipped (budget)``: no proxy run, only the ceiling)."""
+
+    layer: int
+    fraction: float
+    status: str
+    proxy_score: float | None = None
+    measured_retention: float | None = None
+    predicted_retention: float | None = None
+    train_examples_per_second: float | None = None
+    train_speedup: float | None = None
+    ceiling: float | None = None
+    infer_docs_per_second: float | None = None
+    infer_speedup: float | None = None
+    cache_bytes_per_token: float | None = None
+    corpus_cache_bytes: int | None = None
+    cache_build_seconds: float | None = None
+    cache: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Selection:
+    """The selection's result (``selection.json``)."""
+
+    model: str
+    task: str
+    metric: str
+    num_layers: int
+    target_retention: float
+    recommended: int | None
+    reference: dict[str, Any]
+    candidates: list[Candidate]
+    sample: int
+    dev_sample: int
+    proxy_epochs: int
+    train_examples: int
+    dev_examples: int
+    corpus_tokens: int
+    estimated_full_finetune_seconds: float
+    budget_seconds: float
+    seconds: float
+    config: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    embrecycle_version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def candidate(self, layer: int) -> Candidate:
+        return next(c for c in self.candidates if c.layer == layer)
+
+    def train_command(self) -> str | None:
+        """The ``embrecycle train`` command for the recommended cut (reusing its cache)."""
+        if self.recommended is None:
+            return None
+        c = self.config
+        cache = self.candidate(self.recommended).cache
+        return (
+            f"embrecycle train --task {self.task} --model {self.model} --layer {self.recommended} "
+            f"--train {c['train']} --dev {c['dev']} --epochs {c['epochs']} --lr {c['lr']} "
+            f"--batch-size {c['batch_size']} --cache {cache} --out RUN_DIR"
+        )
+
+
+def _proxy_config(config: SelectConfig, layer: int, folder: Path, **overrides: Any) -> TrainConfig:
+    reference = layer == 0
+    cache = None
+    if not reference and config.cache_root:
+        cache = str(Path(config.cache_root) / f"{Path(config.model.rstrip('/')).name}-L{layer}-{config.cache_dtype}")
+    base: dict[str, Any] = {
+        "task": config.task,
+        "model": config.model,
+        "layer": max(layer, 1),
+        "train": config.train,
+        "dev": config.dev,
+        "out": str(folder / f"k{layer}"),
+        "cache": cache,
+        "baseline": "full-finetune" if reference else None,
+        "epochs": config.proxy_epochs,
+        "lr": (config.reference_lr or config.lr) if reference else config.lr,
+        "batch_size": config.proxy_batch_size,
+        "seed": config.seed,
+        "max_length": config.max_length,
+        "text_field": config.text_field,
+        "label_field": config.label_field,
+        "data_format": config.data_format,
+        "cache_dtype": config.cache_dtype,
+    }
+    return TrainConfig(**{**base, **overrides})
+
+
+@dataclass
+class _Costs:
+    """Seconds per example, measured by the timing probe."""
+
+    train: float  # one full fine-tuning step, per example
+    forward: float  # one full-model forward pass (evaluation), per document
+    overhead: float  # per proxy run: loading the model, tokenizing
+
+
+def _plan_seconds(costs: _Costs, m: int, d: int, epochs: int, ups: list[float]) -> float:
+    """Predicted seconds of the reference + candidate proxies on ``m`` train / ``d`` dev examples.
+
+    ``ups`` are the upper shares (N-k)/N of the candidates; a cache build runs the lower share.
+    """
+    up, low = sum(ups), sum(1 - u for u in ups)
+    runs = (1 + len(ups)) * costs.overhead
+    training = epochs * m * costs.train * (1 + up)
+    builds = (m + d) * costs.forward * low
+    evals = epochs * d * costs.forward * (1 + up)
+    return runs + training + builds + evals
+
+
+def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = print) -> Selection:
+    """Measure every candidate cut and recommend one (see the module docstring); writes ``config.out``."""
+    say = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    out = Path(config.out)
+    model_cfg = load_config(config.model)
+    n_layers = int(model_cfg.num_hidden_layers)
+    candidates = config.resolved_candidates(n_layers)
+    metric = get_task(config.task).primary_metric
+
+    # 1. the data, as the real training will read it
+    ref_cfg = _proxy_config(config, 0, out / "proxies")
+    train_ex = read_split(config.train, ref_cfg, config.task, None, "train")
+    dev_ex = read_split(config.dev, ref_cfg, config.task, None, "dev")
+    tokenizer = load_tokenizer(config.model, model_cfg.model_type)
+    limit = config.max_length or max(2, min(512, int(getattr(tokenizer, "model_max_length", 512) or 512)))
+    docs = [e.doc for e in train_ex + dev_ex]
+    corpus_tokens = sum(len(e.input_ids) for e in encode_documents(tokenizer, docs, limit, "truncate"))
+    n, n_dev = len(train_ex), len(dev_ex)
+
+    # 2. a few timed full fine-tuning steps on real batches
+    probe_batches = 4
+    probe = train(
+        _proxy_config(
+            config,
+            0,
+            out / "proxies",
+            out=str(out / "proxies" / "timing"),
+            epochs=1,
+            train_limit=probe_batches * config.proxy_batch_size,
+            dev_limit=config.proxy_batch_size,
+        ),
+        progress=False,
+    )
+    # the first step pays one-off start-up costs: time the later ones
+    steady = sorted(probe.step_seconds[1:] or probe.step_seconds)[len(probe.step_seconds[1:]) // 2]
+    costs = _Costs(
+        train=steady / config.proxy_batch_size,
+        forward=probe.eval_seconds / max(probe.dev_examples, 1),
+        overhead=max(probe.total_seconds - probe.train_seconds - probe.eval_seconds, 0.0),
+    )
+    full_ft = config.epochs * (n * costs.train + n_dev * costs.forward) + costs.overhead
+    budget = config.budget_minutes * 60 if config.budget_minutes else 0.25 * full_ft
+    say(
+        f"{config.model}: {n_layers} layers, candidates {candidates}; {n} train / {n_dev} dev examples, "
+        f"{corpus_tokens:,} tokens; one full fine-tuning run ~{full_ft / 60:.1f} min "
+        f"({1 / costs.train:.1f} ex/s), budget {budget / 60:.1f} min"
+    )
+
+    # 3. the largest sample whose proxies fit what is left of the budget
+    ups = [(n_layers - k) / n_layers for k in candidates]
+    epochs = config.proxy_epochs
+
+    def dev_for(m: int) -> int:
+        return min(n_dev, config.dev_sample or max(m, 200))
+
+    def cost(m: int) -> float:
+        return _plan_seconds(costs, m, dev_for(m), epochs, ups)
+
+    available = budget - (time.perf_counter() - started)
+    smallest = min(n, 4 * config.proxy_batch_size)
+    if config.sample is not None:
+        m = min(config.sample, n)
+        if cost(m) > available:
+            raise ConfigError(
+                f"sample={config.sample} needs about {cost(m) / 60:.1f} min of proxy runs but "
+                f"{max(available, 0) / 60:.1f} min of the {budget / 60:.1f}-min budget are left; "
+                "raise --budget-minutes or lower --sample."
+            )
+    else:
+        if cost(smallest) > PLAN_MARGIN * available:
+            raise ConfigError(
+                f"budget of {budget / 60:.2f} min is too small: the smallest useful selection ({smallest} examples, "
+                f"{len(candidates)} candidates) needs about "
+                f"{(cost(smallest) / PLAN_MARGIN + time.perf_counter() - started) / 60:.2f} min on this machine; "
+                "raise --budget-minutes or pass fewer --candidates."
+            )
+        lo, hi = smallest, n
+        while lo < hi:  # largest m with cost(m) <= margin * available
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if cost(mid) <= PLAN_MARGIN * available else (lo, mid - 1)
+        m = lo
+    d = dev_for(m)
+    say(f"proxies: {m} train / {d} dev examples, {epochs} epoch(s), planned {cost(m) / 60:.1f} min")
+
+    # 4. the reference, then every candidate
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    ref = train(_proxy_config(config, 0, out / "proxies", train_limit=m, dev_limit=d), progress=False)
+    ref_score = float(ref.best[metric])
+    ref_docs_s = d * epochs / ref.eval_seconds if ref.eval_seconds else 0.0
+    reference = {
+        "proxy_score": ref_score,
+        "train_examples_per_second": ref.examples_per_second,
+        "infer_docs_per_second": ref_docs_s,
+        "seconds": time.perf_counter() - t0,
+    }
+    say(f"  full fine-tuning (reference): {metric} {ref_score:.4f}, {ref.examples_per_second:.1f} ex/s")
+    if ref_score <= 0:
+        notes.append(
+            f"the reference proxy scored {ref_score}: the sample is too small to learn this task, so no "
+            "retention can be predicted; raise --budget-minutes (or --sample)."
+        )
+
+    results: list[Candidate] = []
+    for k, up in zip(candidates, ups, strict=True):
+        ceiling = n_layers / (n_layers - k) if k < n_layers else None
+        spent = time.perf_counter() - started
+        if spent + _plan_seconds(costs, m, d, epochs, [up]) - costs.overhead > budget:
+            results.append(Candidate(k, k / n_layers, "skipped (budget)", ceiling=ceiling))
+            notes.append(f"k={k} skipped: the budget was spent ({spent / 60:.1f} of {budget / 60:.1f} min).")
+            continue
+        t0 = time.perf_counter()
+        r = train(_proxy_config(config, k, out / "proxies", train_limit=m, dev_limit=d), progress=False)
+        stats = Cache.open(r.cache).stats() if r.cache else {}
+        score = float(r.best[metric])
+        docs_s = d * epochs / r.eval_seconds if r.eval_seconds else 0.0
+        bpt = float(stats.get("bytes_per_token", 0.0))
+        results.append(
+            Candidate(
+                layer=k,
+                fraction=k / n_layers,
+                status="measured",
+                proxy_score=score,
+                measured_retention=score / ref_score if ref_score > 0 else None,
+                train_examples_per_second=r.examples_per_second,
+                train_speedup=r.examples_per_second / ref.examples_per_second if ref.examples_per_second else None,
+                ceiling=ceiling,
+                infer_docs_per_second=docs_s,
+                infer_speedup=docs_s / ref_docs_s if ref_docs_s else None,
+                cache_bytes_per_token=bpt,
+                corpus_cache_bytes=int(bpt * corpus_tokens),
+                cache_build_seconds=r.cache_build_seconds,
+                cache=r.cache,
+                seconds=time.perf_counter() - t0,
+            )
+        )
+        say(
+            f"  k={k}: {metric} {score:.4f} (retention {results[-1].measured_retention or 0:.1%}), "
+            f"{r.examples_per_second:.1f} ex/s ({results[-1].train_speedup or 0:.2f}x)"
+        )
+
+    # 5. monotone prediction and the recommendation
+    floor = float("inf")
+    for c in results:
+        if c.measured_retention is not None:
+            floor = min(floor, c.measured_retention)
+            c.predicted_retention = floor
+    meeting = [
+        c.layer
+        for c in results
+        if c.predicted_retention is not None and c.predicted_retention >= config.target_retention
+    ]
+    recommended = max(meeting) if meeting else None
+    if recommended is None and ref_score > 0:
+        notes.append(
+            f"no candidate is predicted to keep {config.target_retention:.0%}: fine-tune fully, try lower cuts "
+            "(--candidates), or lower --target-retention."
+        )
+    selection = Selection(
+        model=config.model,
+        task=config.task,
+        metric=metric,
+        num_layers=n_layers,
+        target_retention=config.target_retention,
+        recommended=recommended,
+        reference=reference,
+        candidates=results,
+        sample=m,
+        dev_sample=d,
+        proxy_epochs=epochs,
+        train_examples=n,
+        dev_examples=n_dev,
+        corpus_tokens=corpus_tokens,
+        estimated_full_finetune_seconds=full_ft,
+        budget_seconds=budget,
+        seconds=time.perf_counter() - started,
+        config=dataclasses.asdict(config),
+        notes=notes,
+    )
+    from .report import write_report
+
+    write_report(selection, out)
+    return selection

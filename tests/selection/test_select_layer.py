@@ -1,0 +1,193 @@
+"""`embrecycle select-layer` on a tiny model and toy data: the command, JSON, budget handling, bad input, reuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from embrecycle import ConfigError
+from embrecycle.cache.store import Cache
+from embrecycle.cli import app
+from embrecycle.selection import SelectConfig, select_layer
+from embrecycle.training import TrainConfig, train
+
+
+def _config(tiny_bert_dir: str, files: dict[str, Path], tmp_path: Path, task: str = "classification", **kw):  # type: ignore[no-untyped-def]
+    base = {
+        "task": task,
+        "model": tiny_bert_dir,
+        "train": str(files["train"]),
+        "dev": str(files["dev"]),
+        "out": str(tmp_path / "sel"),
+        "lr": 1e-3,
+        "cache_root": str(tmp_path / "caches"),
+        "budget_minutes": 5.0,
+    }
+    return SelectConfig(**{**base, **kw})
+
+
+def test_selection_measures_every_candidate_and_recommends_within_target(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
+    sel = select_layer(_config(tiny_bert_dir, toy_classification, tmp_path, target_retention=0.5), progress=None)
+    assert sel.num_layers == 4
+    assert [c.layer for c in sel.candidates] == [1, 2, 3]  # 25/50/75% of 4 layers
+    assert all(c.status == "measured" for c in sel.candidates)
+    for c in sel.candidates:
+        assert c.proxy_score is not None and c.measured_retention is not None
+        assert c.measured_retention == pytest.approx(c.proxy_score / sel.reference["proxy_score"])
+        assert c.train_examples_per_second and c.train_examples_per_second > 0
+        assert c.ceiling == pytest.approx(4 / (4 - c.layer))
+        assert c.cache_bytes_per_token and c.cache_bytes_per_token >= 32 * 2  # hidden 32, float16
+        assert c.corpus_cache_bytes == int(c.cache_bytes_per_token * sel.corpus_tokens)
+    preds = [c.predicted_retention for c in sel.candidates]
+    assert preds == sorted(preds, reverse=True)  # non-increasing in k
+    assert all(p <= c.measured_retention for p, c in zip(preds, sel.candidates, strict=True))  # type: ignore[operator]
+    meeting = [c.layer for c in sel.candidates if c.predicted_retention >= 0.5]  # type: ignore[operator]
+    assert sel.recommended == (max(meeting) if meeting else None)
+    assert sel.sample == 48 and sel.dev_sample == 16  # the whole toy files fit a 5-minute budget
+    assert sel.seconds <= sel.budget_seconds
+    out = Path(sel.config["out"])
+    assert json.loads((out / "selection.json").read_text())["recommended"] == sel.recommended
+    assert (out / "selection.png").stat().st_size > 1000
+    assert "| k |" in (out / "selection.md").read_text()
+
+
+def test_training_at_the_selected_cut_reuses_its_cache(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
+    sel = select_layer(
+        _config(tiny_bert_dir, toy_classification, tmp_path, candidates=[2], sample=24, dev_sample=8), progress=None
+    )
+    cache = sel.candidate(2).cache
+    assert cache is not None and len(Cache.open(cache)) == 24 + 8
+    result = train(
+        TrainConfig(
+            task="classification",
+            model=tiny_bert_dir,
+            layer=2,
+            train=str(toy_classification["train"]),
+            dev=str(toy_classification["dev"]),
+            out=str(tmp_path / "run"),
+            cache=cache,
+            epochs=1,
+        ),
+        progress=False,
+    )
+    assert result.cache == cache
+    assert len(Cache.open(cache)) == 48 + 16  # only the documents the sample left out were added
+
+
+def test_ner_and_explicit_candidates(tiny_bert_dir: str, toy_ner: dict[str, Path], tmp_path: Path) -> None:
+    sel = select_layer(_config(tiny_bert_dir, toy_ner, tmp_path, task="ner", candidates=[4, 2]), progress=None)
+    assert sel.metric == "f1"
+    assert [c.layer for c in sel.candidates] == [2, 4]
+    assert sel.candidate(4).ceiling is None  # k = N: only the head is trained
+
+
+def test_default_budget_is_a_quarter_of_full_finetuning(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
+    sel = select_layer(
+        _config(tiny_bert_dir, toy_classification, tmp_path, budget_minutes=None, candidates=[2], epochs=500),
+        progress=None,
+    )
+    assert sel.budget_seconds == pytest.approx(0.25 * sel.estimated_full_finetune_seconds)
+
+
+def test_too_small_a_budget_is_refused_before_any_proxy(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="budget of 0.00 min is too small.*raise --budget-minutes"):
+        select_layer(_config(tiny_bert_dir, toy_classification, tmp_path, budget_minutes=1e-4), progress=None)
+    assert not (tmp_path / "sel" / "proxies" / "k0").exists()
+    with pytest.raises(ConfigError, match="sample=48 needs about"):
+        select_layer(
+            _config(tiny_bert_dir, toy_classification, tmp_path, budget_minutes=1e-4, sample=48), progress=None
+        )
+
+
+def test_budget_running_out_skips_the_remaining_candidates(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embrecycle.selection.runner as runner
+
+    real = runner._plan_seconds
+    calls = {"n": 0}
+
+    def plan(costs, m, d, epochs, ups):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        # the plan fits, but every per-candidate check after the first says the rest would overrun
+        return real(costs, m, d, epochs, ups) if len(ups) > 1 or calls["n"] <= 2 + 100 * (ups == [0.75]) else 1e9
+
+    monkeypatch.setattr(runner, "_plan_seconds", plan)
+    sel = select_layer(_config(tiny_bert_dir, toy_classification, tmp_path, sample=16), progress=None)
+    statuses = [c.status for c in sel.candidates]
+    assert "skipped (budget)" in statuses and statuses[0] == "measured"
+    assert any("skipped" in n for n in sel.notes)
+    skipped = [c for c in sel.candidates if c.status != "measured"]
+    assert all(c.proxy_score is None and c.predicted_retention is None for c in skipped)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"task": "qa"}, "task='qa'"),
+        ({"target_retention": 0.0}, r"target_retention=0.0 \(must be in \(0, 1\]"),
+        ({"target_retention": 1.5}, r"target_retention=1.5"),
+        ({"candidates": [0]}, "k = 0 is full fine-tuning"),
+        ({"budget_minutes": -1.0}, "budget_minutes=-1.0"),
+    ],
+)
+def test_bad_settings_are_refused(overrides: dict, message: str, tmp_path: Path) -> None:
+    base = {"task": "classification", "model": "m", "train": "t", "dev": "d", "out": str(tmp_path)}
+    with pytest.raises(ConfigError, match=message):
+        SelectConfig(**{**base, **overrides})
+
+
+def test_candidate_out_of_range_names_the_depth(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"\[7\] are out of range.*has 4 layers; choose cuts k in 1..4"):
+        select_layer(_config(tiny_bert_dir, toy_classification, tmp_path, candidates=[2, 7]), progress=None)
+
+
+def test_cli_table_and_json(tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path) -> None:
+    args = [
+        "select-layer", "--model", tiny_bert_dir, "--task", "classification",
+        "--train", str(toy_classification["train"]), "--dev", str(toy_classification["dev"]),
+        "--candidates", "1", "--candidates", "3", "--budget-minutes", "5", "--lr", "1e-3",
+        "--target-retention", "0.5", "--cache-root", str(tmp_path / "caches"),
+    ]  # fmt: skip
+    runner = CliRunner()
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "| k |" in res.output and "recommended:" in res.output
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)  # progress bars of model loading go to stderr
+    assert [c["layer"] for c in data["candidates"]] == [1, 3]
+    assert {"recommended", "reference", "budget_seconds", "seconds", "corpus_tokens"} <= set(data)
+    assert data["candidates"][0]["cache"].startswith(str(tmp_path / "caches"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--candidates", "9"], "out of range"),
+        (["--task", "qa"], "task='qa'"),
+        (["--target-retention", "1.2"], "target_retention=1.2"),
+    ],
+)
+def test_cli_bad_input(
+    extra: list[str], message: str, tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
+    args = ["select-layer", "--model", tiny_bert_dir, "--task", "classification"]
+    args += ["--train", str(toy_classification["train"]), "--dev", str(toy_classification["dev"])]
+    args += ["--out", str(tmp_path / "o"), *extra]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2
+    assert message in res.output
