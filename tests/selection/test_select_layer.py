@@ -22,7 +22,8 @@ def _config(tiny_bert_dir: str, files: dict[str, Path], tmp_path: Path, task: st
         "train": str(files["train"]),
         "dev": str(files["dev"]),
         "out": str(tmp_path / "sel"),
-        "lr": 1e-3,
+        "lr": 3e-3,
+        "proxy_epochs": 6,
         "cache_root": str(tmp_path / "caches"),
         "budget_minutes": 5.0,
     }
@@ -132,6 +133,18 @@ def test_budget_running_out_skips_the_remaining_candidates(
     assert all(c.proxy_score is None and c.predicted_retention is None for c in skipped)
 
 
+def test_a_reference_that_learned_nothing_predicts_nothing(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
+    sel = select_layer(
+        _config(tiny_bert_dir, toy_classification, tmp_path, lr=1e-9, proxy_epochs=1, candidates=[2]), progress=None
+    )
+    assert sel.reference["proxy_score"] <= sel.reference["constant_predictor_score"] + 0.01
+    assert sel.recommended is None
+    assert sel.candidate(2).predicted_retention is None and sel.candidate(2).proxy_score is not None
+    assert any("no better than a constant prediction" in n for n in sel.notes)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -159,7 +172,7 @@ def test_cli_table_and_json(tiny_bert_dir: str, toy_classification: dict[str, Pa
     args = [
         "select-layer", "--model", tiny_bert_dir, "--task", "classification",
         "--train", str(toy_classification["train"]), "--dev", str(toy_classification["dev"]),
-        "--candidates", "1", "--candidates", "3", "--budget-minutes", "5", "--lr", "1e-3",
+        "--candidates", "1", "--candidates", "3", "--budget-minutes", "5", "--lr", "3e-3", "--proxy-epochs", "6",
         "--target-retention", "0.5", "--cache-root", str(tmp_path / "caches"),
     ]  # fmt: skip
     runner = CliRunner()

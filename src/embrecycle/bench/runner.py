@@ -31,6 +31,7 @@ import transformers
 from .._version import __version__
 from ..cache.store import Cache
 from ..data.readers import Example, read_examples
+from ..data.writers import serialise_examples
 from ..encoder import load_config
 from ..errors import InputDataError
 from ..predict import load
@@ -154,7 +155,7 @@ def _prepare_data(config: BenchConfig, folder: Path, ds: Any) -> BenchData:
     paths = {}
     for split, examples in (("train", train_ex), ("dev", dev_ex)):
         paths[split] = out / f"{split}.{ds.ext}"
-        paths[split].write_text(_serialise(examples, ds.ext), encoding="utf-8")
+        paths[split].write_text(serialise_examples(examples, ds.ext), encoding="utf-8")
     counts = {
         "dataset": ds.name,
         "train": len(train_ex),
@@ -165,12 +166,6 @@ def _prepare_data(config: BenchConfig, folder: Path, ds: Any) -> BenchData:
         "test_left_out": test_dropped,
     }
     return BenchData(str(paths["train"]), str(paths["dev"]), test_ex, counts)
-
-
-def _serialise(examples: list[Example], ext: str) -> str:
-    if ext == "jsonl":
-        return "".join(json.dumps({"text": e.doc, "label": e.label}, ensure_ascii=False) + "\n" for e in examples)
-    return "\n".join("".join(f"{w}\t{t}\n" for w, t in zip(e.doc, e.label or [], strict=True)) for e in examples)
 
 
 def _result(config: BenchConfig, rows: list[dict[str, Any]], started: float) -> dict[str, Any]:

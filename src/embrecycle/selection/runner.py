@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +25,10 @@ from typing import Any
 
 from .._version import __version__
 from ..cache.store import Cache
+from ..data.readers import Example, read_examples
+from ..data.writers import write_examples
 from ..encoder import load_config, load_tokenizer
-from ..errors import ConfigError
+from ..errors import ConfigError, InputDataError
 from ..tasks import get_task
 from ..tokenization import encode_documents
 from ..training import TrainConfig, train
@@ -117,6 +120,9 @@ def _proxy_config(config: SelectConfig, layer: int, folder: Path, **overrides: A
         "layer": max(layer, 1),
         "train": config.train,
         "dev": config.dev,
+        "text_field": config.text_field,
+        "label_field": config.label_field,
+        "data_format": config.data_format,
         "out": str(folder / f"k{layer}"),
         "cache": cache,
         "baseline": "full-finetune" if reference else None,
@@ -125,9 +131,6 @@ def _proxy_config(config: SelectConfig, layer: int, folder: Path, **overrides: A
         "batch_size": config.proxy_batch_size,
         "seed": config.seed,
         "max_length": config.max_length,
-        "text_field": config.text_field,
-        "label_field": config.label_field,
-        "data_format": config.data_format,
         "cache_dtype": config.cache_dtype,
     }
     return TrainConfig(**{**base, **overrides})
@@ -155,6 +158,41 @@ def _plan_seconds(costs: _Costs, m: int, d: int, epochs: int, ups: list[float]) 
     return runs + training + builds + evals
 
 
+CHANCE_MARGIN = 0.01
+"""A reference proxy must beat a constant prediction by this much for its ratios to mean anything."""
+
+
+def _write_samples(
+    config: SelectConfig, train_ex: list[Example], dev_ex: list[Example], m: int, d: int, folder: Path
+) -> tuple[str, str, int]:
+    """Seeded train/dev samples for the proxies, as files; dev examples whose class the train sample lacks
+    are left out (a model cannot predict a label it never saw). Returns both paths and the dev count."""
+    rng = random.Random(config.seed)
+    train_s = [train_ex[i] for i in sorted(rng.sample(range(len(train_ex)), m))]
+    if config.task == "classification":
+        known = {str(e.label) for e in train_s}
+        dev_ex = [e for e in dev_ex if str(e.label) in known]
+    dev_s = [dev_ex[i] for i in sorted(rng.sample(range(len(dev_ex)), min(d, len(dev_ex))))]
+    if dev_ex and not dev_s:
+        raise InputDataError("no dev example has a label of the training sample; raise --sample.")
+    ext = "jsonl" if config.task == "classification" else "conll"
+    train_path = write_examples(train_s, folder / f"train.{ext}")
+    dev_path = write_examples(dev_s, folder / f"dev.{ext}")
+    return str(train_path), str(dev_path), len(dev_s)
+
+
+def _constant_score(config: SelectConfig, train_ex: list[Example], dev_path: str) -> float:
+    """Dev-sample score of always predicting the most frequent training label (NER: no entity)."""
+    if config.task != "classification":
+        return 0.0  # predicting no entity scores 0 F1
+    task_cls = get_task(config.task)
+    task = task_cls(task_cls.label_vocabulary(train_ex))
+    dev = read_examples(dev_path)
+    labels = [str(e.label) for e in train_ex]
+    majority = max(set(labels), key=labels.count)
+    return float(task.metrics([task.gold(e) for e in dev], [majority] * len(dev))[task.primary_metric])
+
+
 def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = print) -> Selection:
     """Measure every candidate cut and recommend one (see the module docstring); writes ``config.out``."""
     say = progress or (lambda _msg: None)
@@ -176,16 +214,21 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
     n, n_dev = len(train_ex), len(dev_ex)
 
     # 2. a few timed full fine-tuning steps on real batches
-    probe_batches = 4
-    probe = train(
+    probe_n = min(n, 4 * config.proxy_batch_size)
+    probe_train, _, _ = _write_samples(config, train_ex, [], probe_n, 0, out / "proxies" / "timing-data")
+    probe = train(  # evaluated on its own training sample: no label it has not seen
         _proxy_config(
             config,
             0,
             out / "proxies",
             out=str(out / "proxies" / "timing"),
             epochs=1,
-            train_limit=probe_batches * config.proxy_batch_size,
+            train=probe_train,
+            dev=probe_train,
             dev_limit=config.proxy_batch_size,
+            text_field="text",
+            label_field="label",
+            data_format=None,
         ),
         progress=False,
     )
@@ -238,12 +281,25 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
             lo, hi = (mid, hi) if cost(mid) <= PLAN_MARGIN * available else (lo, mid - 1)
         m = lo
     d = dev_for(m)
+    proxy_train, proxy_dev, d = _write_samples(config, train_ex, dev_ex, m, d, out / "proxies" / "data")
     say(f"proxies: {m} train / {d} dev examples, {epochs} epoch(s), planned {cost(m) / 60:.1f} min")
 
     # 4. the reference, then every candidate
     notes: list[str] = []
     t0 = time.perf_counter()
-    ref = train(_proxy_config(config, 0, out / "proxies", train_limit=m, dev_limit=d), progress=False)
+    ref = train(
+        _proxy_config(
+            config,
+            0,
+            out / "proxies",
+            train=proxy_train,
+            dev=proxy_dev,
+            text_field="text",
+            label_field="label",
+            data_format=None,
+        ),
+        progress=False,
+    )
     ref_score = float(ref.best[metric])
     ref_docs_s = d * epochs / ref.eval_seconds if ref.eval_seconds else 0.0
     reference = {
@@ -253,10 +309,14 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
         "seconds": time.perf_counter() - t0,
     }
     say(f"  full fine-tuning (reference): {metric} {ref_score:.4f}, {ref.examples_per_second:.1f} ex/s")
-    if ref_score <= 0:
+    chance = _constant_score(config, train_ex, proxy_dev)
+    reference["constant_predictor_score"] = chance
+    learned = ref_score > chance + CHANCE_MARGIN
+    if not learned:
         notes.append(
-            f"the reference proxy scored {ref_score}: the sample is too small to learn this task, so no "
-            "retention can be predicted; raise --budget-minutes (or --sample)."
+            f"the full fine-tuning proxy ({m} examples, {epochs} epoch(s)) scored {ref_score:.4f}, no better than "
+            f"a constant prediction ({chance:.4f}): the budget is too short to learn this task, so no retention is "
+            "predicted and nothing is recommended; raise --budget-minutes (or --sample / --proxy-epochs)."
         )
 
     results: list[Candidate] = []
@@ -268,7 +328,19 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
             notes.append(f"k={k} skipped: the budget was spent ({spent / 60:.1f} of {budget / 60:.1f} min).")
             continue
         t0 = time.perf_counter()
-        r = train(_proxy_config(config, k, out / "proxies", train_limit=m, dev_limit=d), progress=False)
+        r = train(
+            _proxy_config(
+                config,
+                k,
+                out / "proxies",
+                train=proxy_train,
+                dev=proxy_dev,
+                text_field="text",
+                label_field="label",
+                data_format=None,
+            ),
+            progress=False,
+        )
         stats = Cache.open(r.cache).stats() if r.cache else {}
         score = float(r.best[metric])
         docs_s = d * epochs / r.eval_seconds if r.eval_seconds else 0.0
@@ -279,7 +351,7 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
                 fraction=k / n_layers,
                 status="measured",
                 proxy_score=score,
-                measured_retention=score / ref_score if ref_score > 0 else None,
+                measured_retention=score / ref_score if learned else None,
                 train_examples_per_second=r.examples_per_second,
                 train_speedup=r.examples_per_second / ref.examples_per_second if ref.examples_per_second else None,
                 ceiling=ceiling,
@@ -309,7 +381,7 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
         if c.predicted_retention is not None and c.predicted_retention >= config.target_retention
     ]
     recommended = max(meeting) if meeting else None
-    if recommended is None and ref_score > 0:
+    if recommended is None and learned:
         notes.append(
             f"no candidate is predicted to keep {config.target_retention:.0%}: fine-tune fully, try lower cuts "
             "(--candidates), or lower --target-retention."
