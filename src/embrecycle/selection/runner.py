@@ -158,6 +158,10 @@ def _plan_seconds(costs: _Costs, m: int, d: int, epochs: int, ups: list[float]) 
     return runs + training + builds + evals
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
 CHANCE_MARGIN = 0.01
 """A reference proxy must beat a constant prediction by this much for its ratios to mean anything."""
 
@@ -365,7 +369,7 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
             )
         )
         say(
-            f"  k={k}: {metric} {score:.4f} (retention {results[-1].measured_retention or 0:.1%}), "
+            f"  k={k}: {metric} {score:.4f} (retention {_pct(results[-1].measured_retention)}), "
             f"{r.examples_per_second:.1f} ex/s ({results[-1].train_speedup or 0:.2f}x)"
         )
 
