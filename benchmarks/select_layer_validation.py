@@ -25,6 +25,7 @@ from typing import Any
 
 from embrecycle.bench.config import DATASETS, METHODS, BenchConfig
 from embrecycle.bench.runner import _prepare_data, environment, resolve_model
+from embrecycle.errors import ConfigError
 from embrecycle.selection import SelectConfig, select_layer
 
 RESULTS = Path(__file__).parent / "results"
@@ -44,23 +45,28 @@ def validate(model_name: str, budget_share: float | None = None) -> dict[str, An
             data = _prepare_data(bench_cfg, Path(tmp) / "data", ds)
             real = {r["layer"]: r for r in rows if r["dataset"] == ds_name}
             t0 = time.perf_counter()
-            sel = select_layer(
-                SelectConfig(
-                    task=ds.task,
-                    model=resolve_model(model_name),
-                    train=data.train,
-                    dev=data.dev,
-                    out=str(Path(tmp) / f"sel-{ds_name}"),
-                    target_retention=TARGETS[ds.task],
-                    epochs=bench_cfg.epochs,
-                    batch_size=bench_cfg.batch_size,
-                    lr=METHODS["recycle-50"].lr[ds.task],
-                    reference_lr=METHODS["full-finetune"].lr[ds.task],
-                    max_length=bench_cfg.max_length,
-                    cache_root=str(Path(tmp) / "caches"),
-                    budget_minutes=budget_share * real[0]["train_seconds"] / 60 if budget_share else None,
-                ),
-            )
+            try:
+                sel = select_layer(
+                    SelectConfig(
+                        task=ds.task,
+                        model=resolve_model(model_name),
+                        train=data.train,
+                        dev=data.dev,
+                        out=str(Path(tmp) / f"sel-{ds_name}"),
+                        target_retention=TARGETS[ds.task],
+                        epochs=bench_cfg.epochs,
+                        batch_size=bench_cfg.batch_size,
+                        lr=METHODS["recycle-50"].lr[ds.task],
+                        reference_lr=METHODS["full-finetune"].lr[ds.task],
+                        max_length=bench_cfg.max_length,
+                        cache_root=str(Path(tmp) / "caches"),
+                        budget_minutes=budget_share * real[0]["train_seconds"] / 60 if budget_share else None,
+                    ),
+                )
+            except ConfigError as e:  # e.g. the budget is below the smallest useful selection
+                out.append({"dataset": ds_name, "task": ds.task, "refused": str(e)})
+                print(out[-1])
+                continue
             seconds = time.perf_counter() - t0
             full = real[0]
             measurable = full["test_score"] >= SCORE_FLOOR
@@ -132,10 +138,15 @@ def _budget(run: dict[str, Any]) -> str:
     return "25% (default)" if not share else f"{share:.0%}"
 
 
+def _done(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return [row for row in run["rows"] if "refused" not in row]
+
+
 def _summary(runs: list[dict[str, Any]]) -> list[str]:
     errors, errors_all, cases, met, shares = [], [], 0, 0, []
+    refused = sum(1 for run in runs for row in run["rows"] if "refused" in row)
     for run in runs:
-        for row in run["rows"]:
+        for row in _done(run):
             shares.append(row["selection_share_of_full_finetune"])
             if row["measurable"]:
                 cases += 1
@@ -145,7 +156,9 @@ def _summary(runs: list[dict[str, Any]]) -> list[str]:
                     errors_all.append(c["error_points"])
                     if row["measurable"]:
                         errors.append(c["error_points"])
-    predicted = sum(len(row["cuts"]) for run in runs for row in run["rows"] if row["measurable"])
+    predicted = sum(len(row["cuts"]) for run in runs for row in _done(run) if row["measurable"])
+    if not shares:
+        return [f"| {_budget(runs[0])} | - | every selection refused ({refused}) | no |"]
     mean = sum(errors) / len(errors) if errors else None
     budget = _budget(runs[0])
     return [
@@ -160,7 +173,9 @@ def _summary(runs: list[dict[str, Any]]) -> list[str]:
         f"{'yes' if cases and met == cases else 'no'} |",
         f"| {budget} | selection <= 25% of one full fine-tuning run | {min(shares):.0%}-{max(shares):.0%} | "
         f"{'yes' if max(shares) <= 0.25 else 'no'} |",
-    ]
+    ] + (
+        [f"| {budget} | selections refused (budget below the smallest useful one) | {refused} | - |"] if refused else []
+    )
 
 
 def report() -> Path:
@@ -182,7 +197,8 @@ def report() -> Path:
         t = run["truth"]
         lines.append(
             f"- {run['model']}, budget {_budget(run)}: train {t['train_limit']} / dev {t['dev_limit']} / test "
-            f"{t['test_limit']} examples; proxies on {', '.join(str(r['sample']) for r in run['rows'])} examples."
+            f"{t['test_limit']} examples; proxies on "
+            f"{', '.join(str(r['sample']) if 'sample' in r else 'refused' for r in run['rows'])} examples."
         )
     lines += [
         "",
@@ -202,7 +218,7 @@ def report() -> Path:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
-        for row in run["rows"]:
+        for row in _done(run):
             flag = "" if row["measurable"] else " (not measurable)"
             for c in row["cuts"]:
                 err = c["error_points"]
@@ -223,6 +239,11 @@ def report() -> Path:
     ]
     for run in runs:
         for row in run["rows"]:
+            if "refused" in row:
+                lines.append(
+                    f"| {_budget(run)} | {run['model']} | {row['dataset']} | refused: {row['refused']} |||||||"
+                )
+                continue
             rec = row["recommended"]
             flag = "" if row["measurable"] else " (not measurable)"
             lines.append(

@@ -342,6 +342,15 @@ def export_cmd(
     )
 
 
+def _int_list(values: list[str], option: str) -> list[int]:
+    """Integers from repeated and/or comma-separated option values."""
+    items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise ConfigError(f"{option} takes layer numbers like 2,3,4; got {values}.") from None
+
+
 @app.command("select-layer")
 def select_layer_cmd(
     model: Annotated[str, typer.Option(help="Base model name (hub id) or local directory.")],
@@ -356,7 +365,8 @@ def select_layer_cmd(
         float | None, typer.Option(help="Time budget (default: 25% of one full fine-tuning run).")
     ] = None,
     candidates: Annotated[
-        list[int] | None, typer.Option("--candidates", help="Cut k to evaluate (repeat; default 25/50/75%).")
+        list[str] | None,
+        typer.Option("--candidates", help="Cuts k to evaluate: 2,3,4 or repeated (default 25/50/75% of layers)."),
     ] = None,
     epochs: Annotated[int, typer.Option(help="Epochs of the planned training (sets the default budget).")] = 3,
     batch_size: Annotated[int, typer.Option(help="Batch size of the planned training.")] = 32,
@@ -389,7 +399,7 @@ def select_layer_cmd(
             out=str(out),
             target_retention=target_retention,
             budget_minutes=budget_minutes,
-            candidates=list(candidates) if candidates else None,
+            candidates=_int_list(candidates, "--candidates") if candidates else None,
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
