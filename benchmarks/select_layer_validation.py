@@ -133,6 +133,10 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _speedup(x: float | None) -> str:
+    return "skipped (budget spent)" if x is None else f"{x:.2f}x"
+
+
 def _budget(run: dict[str, Any]) -> str:
     share = run.get("budget_share")
     return "25% (default)" if not share else f"{share:.0%}"
@@ -227,7 +231,7 @@ def report() -> Path:
                     f"{row['reference_proxy_score']:.3f} ({row.get('constant_score', 0):.3f}) | "
                     f"{_pct(c['predicted_retention'])} | {_pct(c['actual_retention'])} | "
                     f"{_pct(c['actual_dev_retention'])} | {'-' if err is None else f'{err:.1f}'} | "
-                    f"{c['predicted_train_speedup'] or 0:.2f}x / {c['actual_train_speedup']:.2f}x |"
+                    f"{_speedup(c['predicted_train_speedup'])} / {c['actual_train_speedup']:.2f}x |"
                 )
     lines += [
         "",
