@@ -32,8 +32,8 @@ def save_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(to_dict(obj), indent=2) + "\n", encoding="utf-8")
 
 
-def check_positive(**values: float | int) -> None:
-    """Raise one ConfigError listing every value that is not > 0."""
-    bad = [f"{k}={v!r}" for k, v in values.items() if not v > 0]
+def check_positive(**values: float | int | None) -> None:
+    """Raise one ConfigError listing every value that is not > 0 (``None``: an unset optional, not checked)."""
+    bad = [f"{k}={v!r}" for k, v in values.items() if v is not None and not v > 0]
     if bad:
         raise ConfigError(f"these settings must be positive: {', '.join(bad)}.")

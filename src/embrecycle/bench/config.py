@@ -110,16 +110,14 @@ class BenchConfig:
             problems.append("models, datasets, methods and seeds must each name at least one")
         if problems:
             raise ConfigError("invalid benchmark settings: " + "; ".join(problems) + ".")
-        limits = {
-            k: v
-            for k, v in (
-                ("train_limit", self.train_limit),
-                ("dev_limit", self.dev_limit),
-                ("test_limit", self.test_limit),
-            )
-            if v is not None
-        }
-        check_positive(epochs=self.epochs, batch_size=self.batch_size, max_length=self.max_length, **limits)
+        check_positive(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            train_limit=self.train_limit,
+            dev_limit=self.dev_limit,
+            test_limit=self.test_limit,
+        )
 
     @classmethod
     def quick_config(cls, **overrides: object) -> BenchConfig:

@@ -79,24 +79,17 @@ class SelectConfig:
                 problems.append(f"candidates {bad} (a cut k must be >= 1; k = 0 is full fine-tuning, the reference)")
         if problems:
             raise ConfigError("invalid select-layer settings: " + "; ".join(problems) + ".")
-        optional = {
-            k: v
-            for k, v in {
-                "budget_minutes": self.budget_minutes,
-                "reference_lr": self.reference_lr,
-                "sample": self.sample,
-                "dev_sample": self.dev_sample,
-                "max_length": self.max_length,
-            }.items()
-            if v is not None
-        }
         check_positive(
             epochs=self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             proxy_epochs=self.proxy_epochs,
             proxy_batch_size=self.proxy_batch_size,
-            **optional,
+            budget_minutes=self.budget_minutes,
+            reference_lr=self.reference_lr,
+            sample=self.sample,
+            dev_sample=self.dev_sample,
+            max_length=self.max_length,
         )
 
     def resolved_candidates(self, num_layers: int) -> list[int]:

@@ -87,19 +87,17 @@ class TrainConfig:
             problems.append(f"weight_decay={self.weight_decay} (must be >= 0)")
         if problems:
             raise ConfigError("invalid training settings: " + "; ".join(problems) + ".")
-        optional = {
-            k: v
-            for k, v in {
-                "head_lr": self.head_lr,
-                "max_length": self.max_length,
-                "eval_every": self.eval_every,
-                "patience": self.patience,
-                "train_limit": self.train_limit,
-                "dev_limit": self.dev_limit,
-            }.items()
-            if v is not None
-        }
-        check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, **optional)
+        check_positive(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            head_lr=self.head_lr,
+            max_length=self.max_length,
+            eval_every=self.eval_every,
+            patience=self.patience,
+            train_limit=self.train_limit,
+            dev_limit=self.dev_limit,
+        )
 
     @property
     def method(self) -> str:
