@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,10 +112,15 @@ class BuildSummary:
 
 
 def default_max_length(encoder: LoadedEncoder) -> int:
-    limit = int(getattr(encoder.split.config, "max_position_embeddings", 512))
-    if encoder.split.config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+    return max_length_for(encoder.split.config, encoder.tokenizer)
+
+
+def max_length_for(model_config: Any, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens per document a cache keeps when no max length is given: the model's and tokenizer's limit, <= 512."""
+    limit = int(getattr(model_config, "max_position_embeddings", 512))
+    if model_config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
         limit -= 2  # positions start after the padding index
-    tok_limit = getattr(encoder.tokenizer, "model_max_length", limit) or limit
+    tok_limit = getattr(tokenizer, "model_max_length", limit) or limit
     return max(2, min(512, limit, int(tok_limit)))
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..cache.builder import max_length_for
 from ..cache.store import Cache
 from ..data.readers import Example, read_examples
 from ..data.writers import write_examples
@@ -109,7 +110,27 @@ class Selection:
         )
 
 
-def _proxy_config(config: SelectConfig, layer: int, folder: Path, **overrides: Any) -> TrainConfig:
+def _read_config(config: SelectConfig) -> TrainConfig:
+    """How the real training reads the user's files (fields, format, seed): for reading them here."""
+    return TrainConfig(
+        task=config.task,
+        model=config.model,
+        layer=1,
+        train=config.train,
+        dev=config.dev,
+        out=config.out,
+        seed=config.seed,
+        text_field=config.text_field,
+        label_field=config.label_field,
+        data_format=config.data_format,
+    )
+
+
+def _proxy_config(
+    config: SelectConfig, layer: int, folder: Path, train: str, dev: str, **overrides: Any
+) -> TrainConfig:
+    """A proxy run at cut ``layer`` (0: the full fine-tuning reference) on sample files written by
+    :func:`_write_samples` (JSON lines / CoNLL with the default fields)."""
     reference = layer == 0
     cache = None
     if not reference and config.cache_root:
@@ -118,11 +139,8 @@ def _proxy_config(config: SelectConfig, layer: int, folder: Path, **overrides: A
         "task": config.task,
         "model": config.model,
         "layer": max(layer, 1),
-        "train": config.train,
-        "dev": config.dev,
-        "text_field": config.text_field,
-        "label_field": config.label_field,
-        "data_format": config.data_format,
+        "train": train,
+        "dev": dev,
         "out": str(folder / f"k{layer}"),
         "cache": cache,
         "baseline": "full-finetune" if reference else None,
@@ -208,11 +226,11 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
     metric = get_task(config.task).primary_metric
 
     # 1. the data, as the real training will read it
-    ref_cfg = _proxy_config(config, 0, out / "proxies")
-    train_ex = read_split(config.train, ref_cfg, config.task, None, "train")
-    dev_ex = read_split(config.dev, ref_cfg, config.task, None, "dev")
+    read_cfg = _read_config(config)
+    train_ex = read_split(config.train, read_cfg, config.task, None, "train")
+    dev_ex = read_split(config.dev, read_cfg, config.task, None, "dev")
     tokenizer = load_tokenizer(config.model, model_cfg.model_type)
-    limit = config.max_length or max(2, min(512, int(getattr(tokenizer, "model_max_length", 512) or 512)))
+    limit = config.max_length or max_length_for(model_cfg, tokenizer)  # what the caches will keep
     docs = [e.doc for e in train_ex + dev_ex]
     corpus_tokens = sum(len(e.input_ids) for e in encode_documents(tokenizer, docs, limit, "truncate"))
     n, n_dev = len(train_ex), len(dev_ex)
@@ -225,14 +243,11 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
             config,
             0,
             out / "proxies",
+            probe_train,
+            probe_train,
             out=str(out / "proxies" / "timing"),
             epochs=1,
-            train=probe_train,
-            dev=probe_train,
             dev_limit=config.proxy_batch_size,
-            text_field="text",
-            label_field="label",
-            data_format=None,
         ),
         progress=False,
     )
@@ -292,16 +307,7 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
     notes: list[str] = []
     t0 = time.perf_counter()
     ref = train(
-        _proxy_config(
-            config,
-            0,
-            out / "proxies",
-            train=proxy_train,
-            dev=proxy_dev,
-            text_field="text",
-            label_field="label",
-            data_format=None,
-        ),
+        _proxy_config(config, 0, out / "proxies", proxy_train, proxy_dev),
         progress=False,
     )
     ref_score = float(ref.best[metric])
@@ -333,16 +339,7 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
             continue
         t0 = time.perf_counter()
         r = train(
-            _proxy_config(
-                config,
-                k,
-                out / "proxies",
-                train=proxy_train,
-                dev=proxy_dev,
-                text_field="text",
-                label_field="label",
-                data_format=None,
-            ),
+            _proxy_config(config, k, out / "proxies", proxy_train, proxy_dev),
             progress=False,
         )
         stats = Cache.open(r.cache).stats() if r.cache else {}
