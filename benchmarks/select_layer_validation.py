@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from embrecycle.bench.config import DATASETS, METHODS, BenchConfig
-from embrecycle.bench.runner import _prepare_data, environment, resolve_model
+from embrecycle.bench.runner import environment, prepare_data, resolve_model
 from embrecycle.errors import ConfigError
 from embrecycle.selection import SelectConfig, select_layer
 
@@ -42,7 +42,7 @@ def validate(model_name: str, budget_share: float | None = None) -> dict[str, An
     with tempfile.TemporaryDirectory(prefix="select-layer-") as tmp:
         for ds_name in bench_cfg.datasets:
             ds = DATASETS[ds_name]
-            data = _prepare_data(bench_cfg, Path(tmp) / "data", ds)
+            data = prepare_data(bench_cfg, Path(tmp) / "data", ds)
             real = {r["layer"]: r for r in rows if r["dataset"] == ds_name}
             t0 = time.perf_counter()
             try:

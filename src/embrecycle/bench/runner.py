@@ -91,7 +91,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> d
             n_layers = int(load_config(model).num_hidden_layers)
             for ds_name in config.datasets:
                 ds = DATASETS[ds_name]
-                data = _prepare_data(config, Path(tmp) / "data", ds)
+                data = prepare_data(config, Path(tmp) / "data", ds)
                 rows.append({"kind": "data", "model": model_name, **data.counts})
                 _warm_up(config, tmp, model, ds, data)
                 caches_seen: set[str] = set()
@@ -128,7 +128,7 @@ class BenchData:
     counts: dict[str, Any]
 
 
-def _prepare_data(config: BenchConfig, folder: Path, ds: Any) -> BenchData:
+def prepare_data(config: BenchConfig, folder: Path, ds: Any) -> BenchData:
     """Seeded subsets of a dataset's splits, written as files for training.
 
     Every method and seed trains on the same subset (seeds change initialisation and order).
