@@ -337,3 +337,46 @@ def test_adapter_runs_cannot_be_exported(tiny_bert_dir, toy_classification, tmp_
     with pytest.raises(ConfigError, match="--upper lora or --upper full to export"):
         export_run(result.run_dir, tmp_path / "export")
     assert not (tmp_path / "export").exists()
+
+
+def test_warm_start_loads_the_upper_layers_and_head_of_a_full_finetuning_run(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from embrecycle.training.loop import warm_start
+
+    full = train(
+        _config(tmp_path, tiny_bert_dir, toy_classification, "classification", baseline="full-finetune", name="full"),
+        progress=False,
+    )
+    saved = load_file(str(Path(full.run_dir) / "model.safetensors"))
+    cfg = _config(tmp_path, tiny_bert_dir, toy_classification, "classification", init_from=full.run_dir, name="warm")
+    task = ClassificationTask(json.loads((Path(full.run_dir) / "run.json").read_text())["labels"])
+    model = RecyclingModel(build_task_model(tiny_bert_dir, "classification", task.labels), task, 2)
+    loaded = warm_start(model, full.run_dir, cfg)
+    state = model.task_model.state_dict()
+    assert loaded and all(torch.equal(state[k], saved[k]) for k in loaded)  # upper layers + head from the run
+    assert not any(".layer.0." in k or ".layer.1." in k or "embeddings" in k for k in loaded)
+    pretrained = build_task_model(tiny_bert_dir, "classification", task.labels).state_dict()
+    lower = [k for k in state if ".layer.0." in k]
+    assert lower and all(torch.equal(state[k], pretrained[k]) for k in lower)  # below the cut: pretrained
+    assert not torch.equal(saved[lower[0]], pretrained[lower[0]])  # (the full run did change them)
+    result = train(cfg, progress=False)  # the warm-started recycled run trains as usual
+    assert result.best
+
+
+def test_warm_start_refuses_another_task_or_an_incomplete_run(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], toy_ner: dict[str, Path], tmp_path: Path
+) -> None:
+    recycled = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", layer=3), progress=False)
+    with pytest.raises(ConfigError, match="task 'classification'"):
+        train(_config(tmp_path, tiny_bert_dir, toy_ner, "ner", init_from=recycled.run_dir, name="n"), progress=False)
+    # a run cut at 3 did not train layer 3 (index 2): it cannot start a run cut at 2
+    with pytest.raises(ConfigError, match="lacks"):
+        train(
+            _config(
+                tmp_path, tiny_bert_dir, toy_classification, "classification", init_from=recycled.run_dir, name="w"
+            ),
+            progress=False,
+        )

@@ -37,6 +37,10 @@ class TrainConfig:
         train_limit, dev_limit: Use a seeded random subset of at most this many examples.
         text_field, label_field, data_format: How to read JSON lines / CSV input.
         cache_dtype: Storage dtype of the cache.
+        init_from: A run directory of the same base model and task (same labels) whose saved weights start
+            this run's trainable weights, e.g. the upper layers and head of a full fine-tuning run; the
+            weights this run keeps frozen (the layers below the cut) stay pretrained. Default: pretrained
+            weights and a fresh head.
     """
 
     task: str
@@ -67,6 +71,7 @@ class TrainConfig:
     label_field: str = "label"
     data_format: str | None = None
     cache_dtype: str = "float16"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         from ..tasks import TASKS

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 
 from ..batching import train_batches
@@ -35,10 +36,17 @@ from ..cache.settings import CacheSettings
 from ..cache.store import Cache
 from ..data.readers import Example, read_examples
 from ..encoder import LoadedEncoder, load_tokenizer
-from ..errors import InputDataError
+from ..errors import ConfigError, InputDataError
 from ..inference import document_logits
 from ..model import RecyclingModel
-from ..run import WEIGHTS_FILE, build_task_model, save_weights, settings_meta, write_run_metadata
+from ..run import (
+    WEIGHTS_FILE,
+    build_task_model,
+    read_run_metadata,
+    save_weights,
+    settings_meta,
+    write_run_metadata,
+)
 from ..tasks import get_task
 from ..tasks.base import Task
 from ..tokenization import Encoded, encode_documents, is_empty, pad_ids
@@ -169,6 +177,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     layer = 0 if config.baseline == "lora" else config.layer
     upper = {"full-finetune": "all", "lora": "lora"}.get(config.baseline or "", config.upper)
     model = RecyclingModel(task_model, task, layer, upper, config.upper_options)
+    if config.init_from:
+        warm_start(model, config.init_from, config)
     tokenizer = load_tokenizer(config.model, model.split.config.model_type)
     encoder = LoadedEncoder(config.model, None, model.split, tokenizer)
     build_cfg = BuildConfig(
@@ -325,6 +335,39 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         losses, history, task.primary_metric, out / "training_curves.png", title=f"{config.task} {config.method}"
     )
     return result
+
+
+def warm_start(model: RecyclingModel, run_dir: str, config: TrainConfig) -> list[str]:
+    """Load the weights this run trains from another run's ``model.safetensors``; returns their names.
+
+    Raises:
+        ConfigError: the run is of another base model or task, has other labels, or lacks a trained weight.
+    """
+    meta = read_run_metadata(run_dir)
+    problems = [
+        f"{what} {meta.get(key)!r} (this run: {mine!r})"
+        for what, key, mine in (
+            ("base model", "model", config.model),
+            ("task", "task", config.task),
+            ("labels", "labels", model.task.labels),
+        )
+        if meta.get(key) != mine
+    ]
+    if problems:
+        raise ConfigError(
+            f"init_from={run_dir!r} cannot start this run: it was trained with " + "; ".join(problems) + ". "
+            "Warm-start only from a run of the same base model, task and label set."
+        )
+    state = load_file(str(Path(run_dir) / WEIGHTS_FILE))
+    wanted = model.trainable_state_dict()
+    missing = sorted(set(wanted) - set(state))
+    if missing:
+        raise ConfigError(
+            f"init_from={run_dir!r} lacks {len(missing)} of the weights this run trains, e.g. {missing[:3]}: "
+            "warm-start from a run that trained them (e.g. full fine-tuning, or the same cut and upper mode)."
+        )
+    model.task_model.load_state_dict({k: state[k] for k in wanted}, strict=False)
+    return sorted(wanted)
 
 
 def _seed_everything(seed: int) -> None:
