@@ -198,6 +198,10 @@ def train_cmd(
     text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV.")] = "text",
     label_field: Annotated[str, typer.Option(help="Label field of JSON lines / CSV.")] = "label",
     cache_dtype: Annotated[str, typer.Option(help="Cache storage dtype.")] = "float16",
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Run directory (same model, task, labels) whose weights start the trained part."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train a classifier or NER tagger on recycled layer-k states (or fully fine-tune, as a baseline)."""
@@ -238,6 +242,7 @@ def train_cmd(
             text_field=text_field,
             label_field=label_field,
             cache_dtype=cache_dtype,
+            init_from=str(init_from) if init_from else None,
         )
         result = run_training(config, progress=not quiet)
     except (EmbRecycleError, OSError) as e:

@@ -12,6 +12,7 @@ from embrecycle import ConfigError
 from embrecycle.cache.store import Cache
 from embrecycle.cli import app
 from embrecycle.selection import SelectConfig, select_layer
+from embrecycle.selection.runner import Candidate, recommend
 from embrecycle.training import TrainConfig, train
 
 
@@ -47,7 +48,13 @@ def test_selection_measures_every_candidate_and_recommends_within_target(
     preds = [c.predicted_retention for c in sel.candidates]
     assert preds == sorted(preds, reverse=True)  # non-increasing in k
     assert all(p <= c.measured_retention for p, c in zip(preds, sel.candidates, strict=True))  # type: ignore[operator]
-    meeting = [c.layer for c in sel.candidates if c.predicted_retention >= 0.5]  # type: ignore[operator]
+    ref_half = sel.reference["half_proxy_score"]
+    assert 0 < ref_half <= sel.reference["proxy_score"]  # best dev score half-way, then over the whole proxy
+    for c in sel.candidates:  # every proxy was scored half-way; stable: its retention moved by <= 1 - target
+        assert c.half_proxy_score is not None and c.half_proxy_score <= c.proxy_score  # type: ignore[operator]
+        assert c.half_retention == pytest.approx(c.half_proxy_score / ref_half)
+        assert c.stable == (abs(c.measured_retention - c.half_retention) <= 0.5)  # type: ignore[operator]
+    meeting = [c.layer for c in sel.candidates if c.stable and c.predicted_retention >= 0.5]  # type: ignore[operator]
     assert sel.recommended == (max(meeting) if meeting else None)
     assert sel.sample == 48 and sel.dev_sample == 16  # the whole toy files fit the budget
     assert sel.seconds <= sel.budget_seconds
@@ -143,6 +150,50 @@ def test_a_reference_that_learned_nothing_predicts_nothing(
     assert sel.recommended is None
     assert sel.candidate(2).predicted_retention is None and sel.candidate(2).proxy_score is not None
     assert any("no better than a constant prediction" in n for n in sel.notes)
+
+
+def _cut(layer: int, retention: float | None, stable: bool | None) -> Candidate:
+    return Candidate(layer, layer / 6, "measured", measured_retention=retention, stable=stable)
+
+
+@pytest.mark.parametrize(
+    ("cuts", "target", "predicted", "recommended"),
+    [
+        # the highest cut meeting the target is recommended
+        ([_cut(2, 1.0, True), _cut(3, 0.995, True), _cut(4, 0.97, True)], 0.99, [1.0, 0.995, 0.97], 3),
+        # a later cut is never credited with more than an earlier one kept
+        ([_cut(2, 0.97, True), _cut(3, 1.02, True), _cut(4, 1.01, True)], 0.99, [0.97, 0.97, 0.97], None),
+        # an unstable cut is not recommended even when its prediction meets the target: the next stable one is
+        ([_cut(2, 1.0, True), _cut(3, 1.0, True), _cut(4, 1.0, False)], 0.99, [1.0, 1.0, 1.0], 3),
+        ([_cut(2, 1.0, False), _cut(3, 1.0, False)], 0.99, [1.0, 1.0], None),
+        # no prediction (a reference that learned nothing, or a cut skipped for the budget): nothing recommended
+        ([_cut(2, None, None), _cut(3, None, None)], 0.5, [None, None], None),
+        ([_cut(2, 1.0, True), _cut(3, None, None)], 0.99, [1.0, None], 2),
+    ],
+)
+def test_recommendation_rule(cuts: list[Candidate], target: float, predicted: list, recommended: int | None) -> None:
+    assert recommend(cuts, target) == recommended
+    assert [c.predicted_retention for c in cuts] == predicted
+
+
+def test_unstable_cuts_are_named_in_the_notes(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embrecycle.selection.runner as runner
+
+    # the reference scores 0.9 half-way and 0.9 at the end; every cut 0.9 half-way and 0.6 at the end
+    def half_and_best(result, metric):  # type: ignore[no-untyped-def]
+        return (0.9, 0.9) if result.method == "full-finetune" else (0.9, 0.6)
+
+    monkeypatch.setattr(runner, "_half_and_best", half_and_best)
+    sel = select_layer(
+        _config(tiny_bert_dir, toy_classification, tmp_path, candidates=[2], target_retention=0.5), progress=None
+    )
+    c = sel.candidate(2)
+    assert c.half_retention == pytest.approx(1.0) and c.measured_retention == pytest.approx(2 / 3)
+    assert c.stable is False and sel.recommended is None  # 66.7% meets 50%, but moved 33 points
+    assert any("k=2 is unstable" in n and "100.0%" in n and "66.7%" in n for n in sel.notes)
+    assert "unstable" in (Path(sel.config["out"]) / "selection.md").read_text()
 
 
 @pytest.mark.parametrize(

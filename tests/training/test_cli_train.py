@@ -62,3 +62,17 @@ def test_bad_train_settings_exit_2(tiny_bert_dir, toy_classification, tmp_path: 
     assert r.exit_code == 2 and "epochs=0" in r.output
     r = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "nope"), "--data", str(toy_classification["dev"])])
     assert r.exit_code == 2 and "run.json is missing" in r.output
+
+
+def test_train_init_from_a_run(tiny_bert_dir, toy_classification, toy_ner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first, second = tmp_path / "first", tmp_path / "second"
+    quick = ["--task", "classification", "--cache", str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "8", "-q"]
+    r = runner.invoke(app, [*_train_args(tiny_bert_dir, toy_classification, first), *quick])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*_train_args(tiny_bert_dir, toy_classification, second), *quick, "--init-from", str(first)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((second / "run.json").read_text())["train_config"]["init_from"] == str(first)
+    r = runner.invoke(
+        app, [*_train_args(tiny_bert_dir, toy_ner, tmp_path / "ner"), "--task", "ner", "--init-from", str(first)]
+    )
+    assert r.exit_code == 2 and "init_from=" in r.output and "same base model, task and label set" in r.output

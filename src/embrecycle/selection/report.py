@@ -23,19 +23,25 @@ def _x(x: float | None) -> str:
 def format_table(sel: Selection) -> str:
     """Markdown table: one row per cut, the reference first, the recommendation marked."""
     lines = [
-        f"| k | layers cached | proxy {sel.metric} | predicted retention | train speed-up (ceiling) | "
+        f"| k | layers cached | proxy {sel.metric} | predicted retention | half-way | train speed-up (ceiling) | "
         "inference speed-up | cache bytes/token | cache for this corpus | |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| 0 | full fine-tuning | {sel.reference['proxy_score']:.4f} | 100.0% | 1.00x | 1.00x | - | - | reference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| 0 | full fine-tuning | {sel.reference['proxy_score']:.4f} | 100.0% | 100.0% | 1.00x | 1.00x | - | - | "
+        "reference |",
     ]
     for c in sel.candidates:
         score = "-" if c.proxy_score is None else f"{c.proxy_score:.4f}"
         ceiling = "head only" if c.ceiling is None else f"{c.ceiling:.2f}x"
         size = "-" if c.corpus_cache_bytes is None else f"{c.corpus_cache_bytes / 1e6:.1f} MB"
         bpt = "-" if c.cache_bytes_per_token is None else f"{c.cache_bytes_per_token:,.0f}"
-        mark = "**recommended**" if c.layer == sel.recommended else c.status if c.status != "measured" else ""
+        if c.layer == sel.recommended:
+            mark = "**recommended**"
+        elif c.status != "measured":
+            mark = c.status
+        else:
+            mark = "unstable" if c.stable is False else ""
         lines.append(
-            f"| {c.layer} | {c.fraction:.0%} | {score} | {_pct(c.predicted_retention)} | "
+            f"| {c.layer} | {c.fraction:.0%} | {score} | {_pct(c.predicted_retention)} | {_pct(c.half_retention)} | "
             f"{_x(c.train_speedup)} ({ceiling}) | {_x(c.infer_speedup)} | {bpt} | {size} | {mark} |"
         )
     return "\n".join(lines)
@@ -52,6 +58,16 @@ def plot_selection(sel: Selection, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     ks = [0] + [c.layer for c in measured]
     ax.plot(ks, [100.0] + [100 * (c.predicted_retention or 0) for c in measured], "o-", color="C0", label="retention")
+    shaky = [c for c in measured if c.stable is False]
+    if shaky:
+        ax.plot(
+            [c.layer for c in shaky],
+            [100 * (c.predicted_retention or 0) for c in shaky],
+            "o",
+            mfc="white",
+            color="C0",
+            label="unstable (not recommended)",
+        )
     ax.axhline(100 * sel.target_retention, color="C0", ls="--", lw=0.8, label=f"target {sel.target_retention:.0%}")
     if sel.recommended is not None:
         ax.axvline(sel.recommended, color="0.6", ls=":", lw=1, label=f"recommended k={sel.recommended}")

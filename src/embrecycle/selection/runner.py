@@ -8,8 +8,12 @@
    recycling at every candidate k from a layer-k cache of the sample (kept: the real training at the
    recommended k reuses it and computes only the documents the sample left out);
 5. predicted retention = proxy score at k / reference proxy score, made non-increasing in k (a later
-   cut cannot be credited with more than an earlier one kept); recommend the highest k whose
-   predicted retention meets the target.
+   cut cannot be credited with more than an earlier one kept);
+6. stability: every proxy is also scored half-way through; a cut whose retention at the half-way point
+   differs from the final one by more than the target's margin is still moving with the length of the
+   proxies (short proxies measure how fast a configuration learns, not how well it ends up), so it is
+   marked unstable and not recommended; recommend the highest stable k whose predicted retention
+   meets the target.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from .config import SelectConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Candidate", "Selection", "select_layer"]
+__all__ = ["Candidate", "Selection", "recommend", "select_layer"]
 
 PLAN_MARGIN = 0.85
 """Share of the remaining budget the plan may use (the per-example cost comes from a few steps)."""
@@ -54,6 +58,9 @@ class Candidate:
     proxy_score: float | None = None
     measured_retention: float | None = None
     predicted_retention: float | None = None
+    half_proxy_score: float | None = None
+    half_retention: float | None = None
+    stable: bool | None = None
     train_examples_per_second: float | None = None
     train_speedup: float | None = None
     ceiling: float | None = None
@@ -150,8 +157,21 @@ def _proxy_config(
         "seed": config.seed,
         "max_length": config.max_length,
         "cache_dtype": config.cache_dtype,
+        "eval_every": _half_way(len(read_examples(train)), config),
     }
     return TrainConfig(**{**base, **overrides})
+
+
+def _half_way(m: int, config: SelectConfig) -> int:
+    """Evaluate half-way and at the end of a proxy (the stability check compares the two)."""
+    steps = -(-m // config.proxy_batch_size) * config.proxy_epochs
+    return max(1, -(-steps // 2))
+
+
+def _half_and_best(result: Any, metric: str) -> tuple[float, float]:
+    """Best dev score up to the half-way evaluation, and over the whole proxy."""
+    scores = [float(h[metric]) for h in result.history]
+    return (max(scores[: max(1, len(scores) - 1)]), max(scores)) if scores else (0.0, 0.0)
 
 
 @dataclass
@@ -172,7 +192,7 @@ def _plan_seconds(costs: _Costs, m: int, d: int, epochs: int, ups: list[float]) 
     runs = (1 + len(ups)) * costs.overhead
     training = epochs * m * costs.train * (1 + up)
     builds = (m + d) * costs.forward * low
-    evals = epochs * d * costs.forward * (1 + up)
+    evals = 2 * d * costs.forward * (1 + up)  # half-way and at the end
     return runs + training + builds + evals
 
 
@@ -182,6 +202,10 @@ def _pct(x: float | None) -> str:
 
 CHANCE_MARGIN = 0.01
 """A reference proxy must beat a constant prediction by this much for its ratios to mean anything."""
+
+MIN_TOLERANCE = 0.01
+"""Largest change of a cut's retention between the half-way and the final evaluation of the proxies for
+the cut to count as stable, unless the target's margin (1 - target) is larger."""
 
 
 def _write_samples(
@@ -213,6 +237,23 @@ def _constant_score(config: SelectConfig, train_ex: list[Example], dev_path: str
     labels = [str(e.label) for e in train_ex]
     majority = max(set(labels), key=labels.count)
     return float(task.metrics([task.gold(e) for e in dev], [majority] * len(dev))[task.primary_metric])
+
+
+def recommend(candidates: list[Candidate], target: float) -> int | None:
+    """Set each measured cut's predicted retention (its proxy retention, made non-increasing in k: a later
+    cut cannot be credited with more than an earlier one kept) and return the highest stable cut whose
+    prediction meets ``target`` (None: none does, fine-tune fully)."""
+    floor = float("inf")
+    for c in sorted(candidates, key=lambda c: c.layer):
+        if c.measured_retention is not None:
+            floor = min(floor, c.measured_retention)
+            c.predicted_retention = floor
+    trusted = [
+        c.layer
+        for c in candidates
+        if c.stable and c.predicted_retention is not None and c.predicted_retention >= target
+    ]
+    return max(trusted) if trusted else None
 
 
 def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = print) -> Selection:
@@ -255,7 +296,7 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
     steady = sorted(probe.step_seconds[1:] or probe.step_seconds)[len(probe.step_seconds[1:]) // 2]
     costs = _Costs(
         train=steady / config.proxy_batch_size,
-        forward=probe.eval_seconds / max(probe.dev_examples, 1),
+        forward=probe.eval_seconds / max(probe.dev_examples * len(probe.history), 1),
         overhead=max(probe.total_seconds - probe.train_seconds - probe.eval_seconds, 0.0),
     )
     full_ft = config.epochs * (n * costs.train + n_dev * costs.forward) + costs.overhead
@@ -310,10 +351,11 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
         _proxy_config(config, 0, out / "proxies", proxy_train, proxy_dev),
         progress=False,
     )
-    ref_score = float(ref.best[metric])
-    ref_docs_s = d * epochs / ref.eval_seconds if ref.eval_seconds else 0.0
+    ref_half, ref_score = _half_and_best(ref, metric)
+    ref_docs_s = d * len(ref.history) / ref.eval_seconds if ref.eval_seconds else 0.0
     reference = {
         "proxy_score": ref_score,
+        "half_proxy_score": ref_half,
         "train_examples_per_second": ref.examples_per_second,
         "infer_docs_per_second": ref_docs_s,
         "seconds": time.perf_counter() - t0,
@@ -322,6 +364,8 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
     chance = _constant_score(config, train_ex, proxy_dev)
     reference["constant_predictor_score"] = chance
     learned = ref_score > chance + CHANCE_MARGIN
+    learned_half = ref_half > chance + CHANCE_MARGIN
+    tolerance = max(1 - config.target_retention, MIN_TOLERANCE)
     if not learned:
         notes.append(
             f"the full fine-tuning proxy ({m} examples, {epochs} epoch(s)) scored {ref_score:.4f}, no better than "
@@ -343,8 +387,11 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
             progress=False,
         )
         stats = Cache.open(r.cache).stats() if r.cache else {}
-        score = float(r.best[metric])
-        docs_s = d * epochs / r.eval_seconds if r.eval_seconds else 0.0
+        half, score = _half_and_best(r, metric)
+        retention = score / ref_score if learned else None
+        half_retention = half / ref_half if learned and learned_half else None
+        stable = retention is not None and half_retention is not None and abs(retention - half_retention) <= tolerance
+        docs_s = d * len(r.history) / r.eval_seconds if r.eval_seconds else 0.0
         bpt = float(stats.get("bytes_per_token", 0.0))
         results.append(
             Candidate(
@@ -352,7 +399,10 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
                 fraction=k / n_layers,
                 status="measured",
                 proxy_score=score,
-                measured_retention=score / ref_score if learned else None,
+                measured_retention=retention,
+                half_proxy_score=half,
+                half_retention=half_retention,
+                stable=stable if learned else None,
                 train_examples_per_second=r.examples_per_second,
                 train_speedup=r.examples_per_second / ref.examples_per_second if ref.examples_per_second else None,
                 ceiling=ceiling,
@@ -366,26 +416,23 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
             )
         )
         say(
-            f"  k={k}: {metric} {score:.4f} (retention {_pct(results[-1].measured_retention)}), "
+            f"  k={k}: {metric} {score:.4f} (retention {_pct(retention)}, half-way {_pct(half_retention)}), "
             f"{r.examples_per_second:.1f} ex/s ({results[-1].train_speedup or 0:.2f}x)"
         )
+        if learned and not stable:
+            notes.append(
+                f"k={k} is unstable: its retention was {_pct(half_retention)} half-way through the proxies and "
+                f"{_pct(retention)} at their end (more than {tolerance:.0%} apart), so the proxies are too short to "
+                "judge it (they measure how fast each configuration learns, not where it ends); it is not "
+                "recommended. Raise --budget-minutes for longer proxies."
+            )
 
     # 5. monotone prediction and the recommendation
-    floor = float("inf")
-    for c in results:
-        if c.measured_retention is not None:
-            floor = min(floor, c.measured_retention)
-            c.predicted_retention = floor
-    meeting = [
-        c.layer
-        for c in results
-        if c.predicted_retention is not None and c.predicted_retention >= config.target_retention
-    ]
-    recommended = max(meeting) if meeting else None
+    recommended = recommend(results, config.target_retention)
     if recommended is None and learned:
         notes.append(
-            f"no candidate is predicted to keep {config.target_retention:.0%}: fine-tune fully, try lower cuts "
-            "(--candidates), or lower --target-retention."
+            f"no candidate is predicted to keep {config.target_retention:.0%} with stable proxies: fine-tune fully, "
+            "raise --budget-minutes, try lower cuts (--candidates), or lower --target-retention."
         )
     selection = Selection(
         model=config.model,

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from safetensors.torch import load_file
+from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from ..batching import train_batches
