@@ -197,6 +197,45 @@ def _summary(runs: list[dict[str, Any]]) -> list[str]:
     )
 
 
+def _alternatives() -> list[str]:
+    """The other estimators measured by ``select_layer_alternatives.py`` (if it was run)."""
+    path = FOLDER / "alternatives.json"
+    if not path.exists():
+        return []
+    alt = json.loads(path.read_text())
+    truth = alt["truth"]
+    lines = [
+        "",
+        "## Other estimators tried (MiniLM-L6, `benchmarks/select_layer_alternatives.py`)",
+        "",
+        "Retention predicted at k = 2 / 3 / 4 against the truth above; share = the estimator's time over the real",
+        "full fine-tuning run's. A: proxies from scratch in other shapes (epochs x examples, batch; the default",
+        f"selection is 1 epoch on what the budget allows, batch 16). B: warm start, full fine-tuning for 1 epoch on "
+        f"{alt['warm_start']['reference_examples']} examples, then each cut's upper layers and head re-tuned for 1 "
+        f"epoch on {alt['warm_start']['retune_examples']} examples from pretrained layer-k states (learning rate "
+        f"{alt['warm_start']['retune_lr_share']:g} x full fine-tuning's), against the proxy (and against the same "
+        "re-tuning at k = 0).",
+        "",
+        "| dataset | estimator | predicted at k = 2 / 3 / 4 | actual | mean error (points) | share |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def row(ds: str, name: str, cuts: dict[str, float | None], share: float | None) -> str:
+        real = truth[ds]
+        pred = " / ".join(_pct(cuts.get(k)) for k in ("2", "3", "4"))
+        errs = [abs(cuts[k] - real[k]) * 100 for k in ("2", "3", "4") if cuts.get(k) is not None]
+        mean = f"{sum(errs) / len(errs):.1f}" if errs else "-"
+        actual = " / ".join(_pct(real[k]) for k in ("2", "3", "4"))
+        return f"| {ds} | {name} | {pred} | {actual} | {mean} | {'same run' if share is None else f'{share:.0%}'} |"
+
+    for r in alt["short_proxies"]:
+        lines.append(row(r["dataset"], f"A: {r['proxy']}", r["cuts"], r["share_of_full_finetune"]))
+    for r in alt["warm_start_rows"]:
+        lines.append(row(r["dataset"], "B: warm start", r["cuts"], r["share_of_full_finetune"]))
+        lines.append(row(r["dataset"], "B: warm start, vs k = 0 control", r["cuts_vs_control"], None))
+    return lines
+
+
 def report() -> Path:
     runs = [json.loads(p.read_text()) for p in sorted(FOLDER.glob("validation-*.json"))]
     runs.sort(key=lambda r: (r.get("budget_share") or 0, r["model"]))
@@ -209,6 +248,9 @@ def report() -> Path:
         "subsets with the same learning rates, 3 epochs and batch 32; budget: its default (25% of its own estimate",
         "of one full fine-tuning run) or a stated share of the real run's training time. Retention = score at k /",
         "full fine-tuning's score; cases whose full fine-tuning scored below 0.3 (at chance) are not measurable.",
+        "The estimator: short proxies on a sample (full fine-tuning and recycling at each k, same seed and batch",
+        "order), retention = proxy score ratio, scored half-way and at the end; a cut whose retention moved by more",
+        "than the target's margin between the two is *unstable* and never recommended.",
         "Reproduce: `make bench-select`.",
         "",
     ]
@@ -272,6 +314,7 @@ def report() -> Path:
                 f"{_pct(row['recommended_actual_retention'])} | {'yes' if row['recommended_meets_target'] else 'no'} | "
                 f"{row['selection_seconds']:.0f} s | {row['selection_share_of_full_finetune']:.0%} |"
             )
+    lines += _alternatives()
     path = RESULTS / "select_layer.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(path.read_text())

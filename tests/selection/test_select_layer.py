@@ -256,3 +256,16 @@ def test_cli_bad_input(
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2
     assert message in res.output
+
+
+def test_chance_level_is_the_best_constant_prediction_not_only_the_majority(tmp_path: Path) -> None:
+    from embrecycle.data import read_examples
+    from embrecycle.selection.runner import _constant_score
+
+    rows = [("a", "x"), ("a", "y"), ("a", "z"), ("b", "w")]
+    train_file, dev_file = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    train_file.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for lab, t in rows))
+    dev_file.write_text("".join(json.dumps({"text": f"d{i}", "label": "b"}) + "\n" for i in range(3)))
+    cfg = SelectConfig(task="classification", model="m", train=str(train_file), dev=str(dev_file), out=str(tmp_path))
+    # "a" is the training majority but scores 0 on this dev sample; always predicting "b" scores macro-F1 0.5
+    assert _constant_score(cfg, read_examples(train_file), str(dev_file)) == pytest.approx(0.5)

@@ -228,15 +228,20 @@ def _write_samples(
 
 
 def _constant_score(config: SelectConfig, train_ex: list[Example], dev_path: str) -> float:
-    """Dev-sample score of always predicting the most frequent training label (NER: no entity)."""
+    """Best dev-sample score of always predicting one label, over every training label (NER: no entity).
+
+    The best, not the majority's: with macro-F1 over many classes, a model stuck on a label that is rarer in
+    training than in the dev sample can outscore the majority prediction while having learned nothing.
+    """
     if config.task != "classification":
         return 0.0  # predicting no entity scores 0 F1
     task_cls = get_task(config.task)
     task = task_cls(task_cls.label_vocabulary(train_ex))
-    dev = read_examples(dev_path)
-    labels = [str(e.label) for e in train_ex]
-    majority = max(set(labels), key=labels.count)
-    return float(task.metrics([task.gold(e) for e in dev], [majority] * len(dev))[task.primary_metric])
+    gold = [task.gold(e) for e in read_examples(dev_path)]
+    return max(
+        float(task.metrics(gold, [label] * len(gold))[task.primary_metric])
+        for label in {str(e.label) for e in train_ex}
+    )
 
 
 def recommend(candidates: list[Candidate], target: float) -> int | None:
