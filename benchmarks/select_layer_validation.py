@@ -209,8 +209,9 @@ def _alternatives() -> list[str]:
         "## Other estimators tried (MiniLM-L6, `benchmarks/select_layer_alternatives.py`)",
         "",
         "Retention predicted at k = 2 / 3 / 4 against the truth above; share = the estimator's time over the real",
-        "full fine-tuning run's. A: proxies from scratch in other shapes (epochs x examples, batch; the default",
-        f"selection is 1 epoch on what the budget allows, batch 16). B: warm start, full fine-tuning for 1 epoch on "
+        "full fine-tuning run's. A: proxies from scratch in other shapes (epochs x examples, batch, scored on as",
+        "many dev examples; the default selection is 1 epoch on what the budget allows, batch 16, dev >= 200).",
+        f"B: warm start, full fine-tuning for 1 epoch on "
         f"{alt['warm_start']['reference_examples']} examples, then each cut's upper layers and head re-tuned for 1 "
         f"epoch on {alt['warm_start']['retune_examples']} examples from pretrained layer-k states (learning rate "
         f"{alt['warm_start']['retune_lr_share']:g} x full fine-tuning's), against the proxy (and against the same "

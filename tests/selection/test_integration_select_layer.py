@@ -46,7 +46,9 @@ def test_select_layer_on_minilm_and_bc5cdr(tmp_path: Path) -> None:
     assert sel.reference["proxy_score"] > 0.3  # the reference learned the task, so retention is predicted
     for c in sel.candidates:
         assert c.predicted_retention is not None and 0.5 < c.predicted_retention < 1.5
+        assert c.half_retention is not None and isinstance(c.stable, bool)  # scored half-way and at the end
         assert c.train_speedup is not None and c.train_speedup > 1.2  # fewer layers run (ceiling 1.5x-3x)
         assert c.cache_bytes_per_token == pytest.approx(384 * 2, rel=0.2)  # hidden 384 in float16, plus tokens
         assert c.cache and len(Cache.open(c.cache)) == 400 + 100
+    assert sel.recommended is None or sel.candidate(sel.recommended).stable
     assert (tmp_path / "sel" / "selection.md").exists()
