@@ -108,6 +108,9 @@ def test_default_budget_is_a_quarter_of_full_finetuning(
         progress=None,
     )
     assert sel.budget_seconds == pytest.approx(0.25 * sel.estimated_full_finetune_seconds)
+    # timed at the planned run's batch size (32, the default) and at the proxies' (16)
+    timing = Path(sel.config["out"]) / "proxies"
+    assert (timing / "timing-b32" / "run").is_dir() and (timing / "timing-b16" / "run").is_dir()
 
 
 def test_too_small_a_budget_is_refused_before_any_proxy(

@@ -24,8 +24,9 @@ class SelectConfig:
         out: Directory for ``selection.json``, ``selection.md`` and ``selection.png`` (and the proxy runs).
         target_retention: Recommend the highest cut whose predicted score is at least this share of
             full fine-tuning's, in (0, 1].
-        budget_minutes: Wall-clock budget of the selection; default: 25% of the estimated time of one
-            full fine-tuning run with ``epochs`` epochs on the whole training file.
+        budget_minutes: Wall-clock budget of the selection; default: 25% of the estimated training time of
+            one full fine-tuning run with ``epochs`` epochs of ``batch_size`` on the whole training file
+            (timed on a few real batches of that size).
         candidates: Cuts k to evaluate (1..N); default: 25/50/75% of the layers.
         epochs, batch_size: The planned training (they set the default budget).
         lr: Learning rate of the recycled runs; reference_lr: of the full fine-tuning reference (default ``lr``).

@@ -244,6 +244,32 @@ def _constant_score(config: SelectConfig, train_ex: list[Example], dev_path: str
     )
 
 
+def _timing_probe(config: SelectConfig, train_ex: list[Example], out: Path, batch: int) -> Any:
+    """A few full fine-tuning steps of ``batch`` examples on real training examples (a ``TrainResult``)."""
+    folder = out / "proxies" / f"timing-b{batch}"
+    probe_train, _, _ = _write_samples(config, train_ex, [], min(len(train_ex), 4 * batch), 0, folder)
+    return train(  # evaluated on its own training sample: no label it has not seen
+        _proxy_config(
+            config,
+            0,
+            folder,
+            probe_train,
+            probe_train,
+            out=str(folder / "run"),
+            epochs=1,
+            dev_limit=config.proxy_batch_size,
+            batch_size=batch,
+        ),
+        progress=False,
+    )
+
+
+def _per_example(probe: Any, batch: int) -> float:
+    """Seconds per training example: the median step after the first (which pays one-off start-up costs)."""
+    steps = probe.step_seconds[1:] or probe.step_seconds
+    return sorted(steps)[len(steps) // 2] / batch
+
+
 def recommend(candidates: list[Candidate], target: float) -> int | None:
     """Set each measured cut's predicted retention (its proxy retention, made non-increasing in k: a later
     cut cannot be credited with more than an earlier one kept) and return the highest stable cut whose
@@ -281,35 +307,23 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
     corpus_tokens = sum(len(e.input_ids) for e in encode_documents(tokenizer, docs, limit, "truncate"))
     n, n_dev = len(train_ex), len(dev_ex)
 
-    # 2. a few timed full fine-tuning steps on real batches
-    probe_n = min(n, 4 * config.proxy_batch_size)
-    probe_train, _, _ = _write_samples(config, train_ex, [], probe_n, 0, out / "proxies" / "timing-data")
-    probe = train(  # evaluated on its own training sample: no label it has not seen
-        _proxy_config(
-            config,
-            0,
-            out / "proxies",
-            probe_train,
-            probe_train,
-            out=str(out / "proxies" / "timing"),
-            epochs=1,
-            dev_limit=config.proxy_batch_size,
-        ),
-        progress=False,
-    )
-    # the first step pays one-off start-up costs: time the later ones
-    steady = sorted(probe.step_seconds[1:] or probe.step_seconds)[len(probe.step_seconds[1:]) // 2]
+    # 2. a few timed full fine-tuning steps on real batches: at the planned run's batch size (the cost of
+    # one full fine-tuning run, which sets the default budget) and at the proxies' (which plans them)
+    probe = _timing_probe(config, train_ex, out, config.proxy_batch_size)
     costs = _Costs(
-        train=steady / config.proxy_batch_size,
+        train=_per_example(probe, config.proxy_batch_size),
         forward=probe.eval_seconds / max(probe.dev_examples * len(probe.history), 1),
         overhead=max(probe.total_seconds - probe.train_seconds - probe.eval_seconds, 0.0),
     )
-    full_ft = config.epochs * (n * costs.train + n_dev * costs.forward) + costs.overhead
+    real_train = costs.train
+    if config.batch_size != config.proxy_batch_size:
+        real_train = _per_example(_timing_probe(config, train_ex, out, config.batch_size), config.batch_size)
+    full_ft = config.epochs * n * real_train + costs.overhead  # its training time, as a run reports it
     budget = config.budget_minutes * 60 if config.budget_minutes else 0.25 * full_ft
     say(
         f"{config.model}: {n_layers} layers, candidates {candidates}; {n} train / {n_dev} dev examples, "
         f"{corpus_tokens:,} tokens; one full fine-tuning run ~{full_ft / 60:.1f} min "
-        f"({1 / costs.train:.1f} ex/s), budget {budget / 60:.1f} min"
+        f"({1 / real_train:.1f} ex/s), budget {budget / 60:.1f} min"
     )
 
     # 3. the largest sample whose proxies fit what is left of the budget
