@@ -276,3 +276,21 @@ def test_chance_level_is_the_best_constant_prediction_not_only_the_majority(tmp_
     cfg = SelectConfig(task="classification", model="m", train=str(train_file), dev=str(dev_file), out=str(tmp_path))
     # "a" is the training majority but scores 0 on this dev sample; always predicting "b" scores macro-F1 0.5
     assert _constant_score(cfg, read_examples(train_file), str(dev_file)) == pytest.approx(0.5)
+
+
+def test_run_cost_is_planned_from_the_loops_own_batches() -> None:
+    import numpy as np
+
+    from embrecycle.batching import train_batches
+    from embrecycle.selection.runner import _padded_tokens, _seconds_per_token
+
+    lengths = np.array([3, 9, 5, 7, 4, 8])
+    tokens = _padded_tokens(lengths, 2, 42, 2)
+    batches = [b for e in range(2) for b in train_batches(lengths, 2, 42, e)]
+    assert tokens == [2 * int(lengths[b].max()) for b in batches] and len(tokens) == 6
+
+    from types import SimpleNamespace
+
+    # two passes of three steps; the first pass pays one-off costs and is not timed
+    probe = SimpleNamespace(step_seconds=[9.0, 9.0, 9.0, *(t / 100 for t in tokens[3:])])
+    assert _seconds_per_token(probe, lengths, 2, 42) == pytest.approx(0.01)

@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .._version import __version__
+from ..batching import train_batches
 from ..cache.builder import max_length_for
 from ..cache.store import Cache
 from ..data.readers import Example, read_examples
@@ -244,10 +247,19 @@ def _constant_score(config: SelectConfig, train_ex: list[Example], dev_path: str
     )
 
 
-def _timing_probe(config: SelectConfig, train_ex: list[Example], out: Path, batch: int) -> Any:
-    """A few full fine-tuning steps of ``batch`` examples on real training examples (a ``TrainResult``)."""
+def _timing_probe(
+    config: SelectConfig, train_ex: list[Example], out: Path, batch: int, tokenizer: Any, limit: int
+) -> tuple[float, Any]:
+    """Seconds per padded token of full fine-tuning steps of ``batch`` real training examples, and the probe."""
     folder = out / "proxies" / f"timing-b{batch}"
     probe_train, _, _ = _write_samples(config, train_ex, [], min(len(train_ex), 4 * batch), 0, folder)
+    probe = _run_probe(config, folder, probe_train, batch)
+    docs = [e.doc for e in read_examples(probe_train)]
+    lengths = np.array([len(e.input_ids) for e in encode_documents(tokenizer, docs, limit, "truncate")])
+    return _seconds_per_token(probe, lengths, batch, config.seed), probe
+
+
+def _run_probe(config: SelectConfig, folder: Path, probe_train: str, batch: int) -> Any:
     return train(  # evaluated on its own training sample: no label it has not seen
         _proxy_config(
             config,
@@ -256,7 +268,7 @@ def _timing_probe(config: SelectConfig, train_ex: list[Example], out: Path, batc
             probe_train,
             probe_train,
             out=str(folder / "run"),
-            epochs=1,
+            epochs=2,  # timed on the second pass: the batch shapes seen before, as in a real run's later epochs
             dev_limit=config.proxy_batch_size,
             batch_size=batch,
         ),
@@ -264,10 +276,21 @@ def _timing_probe(config: SelectConfig, train_ex: list[Example], out: Path, batc
     )
 
 
-def _per_example(probe: Any, batch: int) -> float:
-    """Seconds per training example: the median step after the first (which pays one-off start-up costs)."""
-    steps = probe.step_seconds[1:] or probe.step_seconds
-    return sorted(steps)[len(steps) // 2] / batch
+def _padded_tokens(lengths: np.ndarray, batch: int, seed: int, epochs: int) -> list[int]:
+    """Padded tokens (examples x longest of them) of every step of a run, in order: the batches the training
+    loop will draw (:func:`~embrecycle.batching.train_batches`)."""
+    return [len(b) * int(lengths[b].max()) for e in range(epochs) for b in train_batches(lengths, batch, seed, e)]
+
+
+def _seconds_per_token(probe: Any, lengths: np.ndarray, batch: int, seed: int) -> float:
+    """Seconds per padded token of a full fine-tuning step, from the probe's second pass (on CPU the first
+    step of each new batch shape pays one-off costs that a real run's later epochs do not)."""
+    tokens = _padded_tokens(lengths, batch, seed, 2)
+    half = len(tokens) // 2
+    steps, tokens = probe.step_seconds[half:], tokens[half:]
+    if not steps or len(steps) != len(tokens):  # a one-step probe: time what there is
+        steps, tokens = probe.step_seconds, _padded_tokens(lengths, batch, seed, 1)
+    return sum(steps) / max(sum(tokens), 1)
 
 
 def recommend(candidates: list[Candidate], target: float) -> int | None:
@@ -304,21 +327,27 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
     tokenizer = load_tokenizer(config.model, model_cfg.model_type)
     limit = config.max_length or max_length_for(model_cfg, tokenizer)  # what the caches will keep
     docs = [e.doc for e in train_ex + dev_ex]
-    corpus_tokens = sum(len(e.input_ids) for e in encode_documents(tokenizer, docs, limit, "truncate"))
+    doc_lengths = [len(e.input_ids) for e in encode_documents(tokenizer, docs, limit, "truncate")]
+    corpus_tokens = sum(doc_lengths)
     n, n_dev = len(train_ex), len(dev_ex)
+    train_lengths = np.array(doc_lengths[:n])
 
-    # 2. a few timed full fine-tuning steps on real batches: at the planned run's batch size (the cost of
-    # one full fine-tuning run, which sets the default budget) and at the proxies' (which plans them)
-    probe = _timing_probe(config, train_ex, out, config.proxy_batch_size)
+    # 2. a few timed full fine-tuning steps on real batches, as seconds per padded token: at the planned run's
+    # batch size (its steps, batched as the loop will batch the whole training file, give the cost of one
+    # full fine-tuning run, which sets the default budget) and at the proxies' (which plans them)
+    per_token, probe = _timing_probe(config, train_ex, out, config.proxy_batch_size, tokenizer, limit)
+    real_per_token = per_token
+    if config.batch_size != config.proxy_batch_size:
+        real_per_token, _ = _timing_probe(config, train_ex, out, config.batch_size, tokenizer, limit)
+    proxy_tokens = _padded_tokens(train_lengths, config.proxy_batch_size, config.seed, 1)
     costs = _Costs(
-        train=_per_example(probe, config.proxy_batch_size),
+        train=per_token * sum(proxy_tokens) / n,
         forward=probe.eval_seconds / max(probe.dev_examples * len(probe.history), 1),
         overhead=max(probe.total_seconds - probe.train_seconds - probe.eval_seconds, 0.0),
     )
-    real_train = costs.train
-    if config.batch_size != config.proxy_batch_size:
-        real_train = _per_example(_timing_probe(config, train_ex, out, config.batch_size), config.batch_size)
-    full_ft = config.epochs * n * real_train + costs.overhead  # its training time, as a run reports it
+    run_tokens = sum(_padded_tokens(train_lengths, config.batch_size, config.seed, config.epochs))
+    full_ft = real_per_token * run_tokens + costs.overhead  # its training time, as a run reports it
+    real_train = full_ft / (config.epochs * n)
     budget = config.budget_minutes * 60 if config.budget_minutes else 0.25 * full_ft
     say(
         f"{config.model}: {n_layers} layers, candidates {candidates}; {n} train / {n_dev} dev examples, "
