@@ -79,10 +79,14 @@ def validate(model_name: str, budget_share: float | None = None) -> dict[str, An
                         "predicted_retention": c.predicted_retention,
                         "proxy_retention": c.measured_retention,
                         "half_retention": c.half_retention,
+                        "retention_interval": c.retention_interval,
                         "stable": c.stable,
                         "actual_retention": actual,
                         "actual_dev_retention": real[c.layer]["dev_score"] / full["dev_score"]
                         if full["dev_score"]
+                        else None,
+                        "within_interval": c.retention_interval[0] <= actual <= c.retention_interval[1]
+                        if c.retention_interval is not None and actual is not None
                         else None,
                         "error_points": abs(c.predicted_retention - actual) * 100
                         if c.predicted_retention is not None and actual is not None
@@ -139,6 +143,10 @@ def _speedup(x: float | None) -> str:
     return "skipped (budget spent)" if x is None else f"{x:.2f}x"
 
 
+def _interval(span: list[float] | None) -> str:
+    return "-" if not span else f"{_pct(span[0])}-{_pct(span[1])}"
+
+
 def _stable(flag: bool | None) -> str:
     return {True: "yes", False: "no"}.get(flag, "-")  # type: ignore[arg-type]
 
@@ -158,6 +166,7 @@ def _mean(xs: list[float]) -> float | None:
 
 def _summary(runs: list[dict[str, Any]]) -> list[str]:
     stable_err, all_err, cases, met, shares, measurable_cuts = [], [], 0, 0, [], 0
+    covered, widths = [], []
     refused = sum(1 for run in runs for row in run["rows"] if "refused" in row)
     for run in runs:
         for row in _done(run):
@@ -168,6 +177,9 @@ def _summary(runs: list[dict[str, Any]]) -> list[str]:
             met += bool(row["recommended_meets_target"])
             measurable_cuts += len(row["cuts"])
             for c in row["cuts"]:
+                if c.get("within_interval") is not None:
+                    covered.append(bool(c["within_interval"]))
+                    widths.append(100 * (c["retention_interval"][1] - c["retention_interval"][0]))
                 if c["error_points"] is not None:
                     all_err.append(c["error_points"])
                     if c.get("stable"):
@@ -183,17 +195,30 @@ def _summary(runs: list[dict[str, Any]]) -> list[str]:
         return f"{mean:.1f} points over {len(errors)} of {measurable_cuts} measurable cuts"
 
     stable_mean = _mean(stable_err)
-    return [
-        f"| {budget} | mean error of the stable predictions (those it recommends on) <= 1.5 points, every cut "
-        f"predicted | {err(stable_err, 'stable prediction')} | "
-        f"{'yes' if stable_mean is not None and stable_mean <= 1.5 and len(stable_err) == measurable_cuts else 'no'} |",
-        f"| {budget} | (every prediction, unstable ones too) | {err(all_err, 'prediction')} | - |",
-        f"| {budget} | recommended cut meets the target when trained | {met} of {cases} measurable cases | "
-        f"{'yes' if cases and met == cases else 'no'} |",
-        f"| {budget} | selection <= 25% of one full fine-tuning run | {min(shares):.0%}-{max(shares):.0%} | "
-        f"{'yes' if max(shares) <= 0.25 else 'no'} |",
-    ] + (
-        [f"| {budget} | selections refused (budget below the smallest useful one) | {refused} | - |"] if refused else []
+    return (
+        [
+            f"| {budget} | mean error of the stable predictions (those it recommends on) <= 1.5 points, every cut "
+            f"predicted | {err(stable_err, 'stable prediction')} | "
+            f"{'yes' if stable_mean is not None and stable_mean <= 1.5 and len(stable_err) == measurable_cuts else 'no'} |",
+            f"| {budget} | (every prediction, unstable ones too) | {err(all_err, 'prediction')} | - |",
+            f"| {budget} | recommended cut meets the target when trained | {met} of {cases} measurable cases | "
+            f"{'yes' if cases and met == cases else 'no'} |",
+            f"| {budget} | selection <= 25% of one full fine-tuning run | {min(shares):.0%}-{max(shares):.0%} | "
+            f"{'yes' if max(shares) <= 0.25 else 'no'} |",
+        ]
+        + (
+            [
+                f"| {budget} | (90% dev-bootstrap intervals contain the real retention) | {sum(covered)} of "
+                f"{len(covered)}; interval width {min(widths):.0f}-{max(widths):.0f} points | - |"
+            ]
+            if covered
+            else []
+        )
+        + (
+            [f"| {budget} | selections refused (budget below the smallest useful one) | {refused} | - |"]
+            if refused
+            else []
+        )
     )
 
 
@@ -275,9 +300,9 @@ def report() -> Path:
         "",
         "## Every cut",
         "",
-        "| budget | model | dataset | k | reference proxy (constant) | predicted retention | half-way | stable | "
-        "actual (test) | actual (dev) | error (points) | predicted / actual train speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| budget | model | dataset | k | reference proxy (constant) | predicted retention | 90% interval | half-way | "
+        "stable | actual (test) | actual (dev) | error (points) | predicted / actual train speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         for row in _done(run):
@@ -287,7 +312,8 @@ def report() -> Path:
                 lines.append(
                     f"| {_budget(run)} | {run['model']} | {row['dataset']}{flag} | {c['layer']}/{row['num_layers']} | "
                     f"{row['reference_proxy_score']:.3f} ({row.get('constant_score', 0):.3f}) | "
-                    f"{_pct(c['predicted_retention'])} | {_pct(c.get('half_retention'))} | "
+                    f"{_pct(c['predicted_retention'])} | {_interval(c.get('retention_interval'))} | "
+                    f"{_pct(c.get('half_retention'))} | "
                     f"{_stable(c.get('stable'))} | {_pct(c['actual_retention'])} | "
                     f"{_pct(c['actual_dev_retention'])} | {'-' if err is None else f'{err:.1f}'} | "
                     f"{_speedup(c['predicted_train_speedup'])} / {c['actual_train_speedup']:.2f}x |"

@@ -13,6 +13,7 @@ from embrecycle.cache.store import Cache
 from embrecycle.cli import app
 from embrecycle.selection import SelectConfig, select_layer
 from embrecycle.selection.runner import Candidate, recommend
+from embrecycle.tasks.classification import ClassificationTask
 from embrecycle.training import TrainConfig, train
 
 
@@ -58,6 +59,9 @@ def test_selection_measures_every_candidate_and_recommends_within_target(
         else:
             assert c.half_retention == pytest.approx(c.half_proxy_score / ref_half)
             assert c.stable == (abs(c.measured_retention - c.half_retention) <= 0.5)  # type: ignore[operator]
+        if chance + 0.01 < sel.reference["proxy_score"]:  # the reference learned: each ratio has an interval
+            lo, hi = c.retention_interval  # type: ignore[misc]
+            assert lo <= hi
     meeting = [c.layer for c in sel.candidates if c.stable and c.predicted_retention >= 0.5]  # type: ignore[operator]
     assert sel.recommended == (max(meeting) if meeting else None)
     assert sel.sample == 48 and sel.dev_sample == 16  # the whole toy files fit the budget
@@ -104,7 +108,7 @@ def test_default_budget_is_a_quarter_of_full_finetuning(
     tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
 ) -> None:
     sel = select_layer(
-        _config(tiny_bert_dir, toy_classification, tmp_path, budget_minutes=None, candidates=[2], epochs=500),
+        _config(tiny_bert_dir, toy_classification, tmp_path, budget_minutes=None, candidates=[2], epochs=5000),
         progress=None,
     )
     assert sel.budget_seconds == pytest.approx(0.25 * sel.estimated_full_finetune_seconds)
@@ -274,8 +278,29 @@ def test_chance_level_is_the_best_constant_prediction_not_only_the_majority(tmp_
     train_file.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for lab, t in rows))
     dev_file.write_text("".join(json.dumps({"text": f"d{i}", "label": "b"}) + "\n" for i in range(3)))
     cfg = SelectConfig(task="classification", model="m", train=str(train_file), dev=str(dev_file), out=str(tmp_path))
+    train_ex = read_examples(train_file)
+    task = ClassificationTask(ClassificationTask.label_vocabulary(train_ex))
+    gold = [task.gold(e) for e in read_examples(dev_file)]
     # "a" is the training majority but scores 0 on this dev sample; always predicting "b" scores macro-F1 0.5
-    assert _constant_score(cfg, read_examples(train_file), str(dev_file)) == pytest.approx(0.5)
+    assert _constant_score(cfg, train_ex, task, gold) == pytest.approx(0.5)
+
+
+def test_retention_interval_is_a_paired_bootstrap_over_dev_documents() -> None:
+    from embrecycle.selection.runner import retention_interval
+
+    task = ClassificationTask(["a", "b"])
+    gold = ["a", "b"] * 50
+    same = retention_interval(task, gold, gold, gold, seed=0)
+    assert same == pytest.approx([1.0, 1.0])  # identical predictions: the ratio is 1 on every draw
+    worse = ["a", "b"] * 40 + ["b", "a"] * 10  # the cut gets 20 of 100 wrong, the reference none
+    lo, hi = retention_interval(task, gold, gold, worse, seed=0)  # type: ignore[misc]
+    point = task.metrics(gold, worse)["macro_f1"]
+    assert lo < point < hi < 1.0  # the point ratio lies inside, the interval excludes "as good"
+    assert retention_interval(task, gold, gold, worse, seed=0) == [lo, hi]  # seeded
+    small = retention_interval(task, gold[60:], gold[60:], worse[60:], seed=0)  # 40 documents, 20 wrong
+    assert small is not None and small[1] - small[0] > hi - lo  # fewer documents, a wider interval
+    assert retention_interval(task, gold, gold[:10], worse, seed=0) is None  # predictions missing
+    assert retention_interval(task, [], [], [], seed=0) is None
 
 
 def test_run_cost_is_planned_from_the_loops_own_batches() -> None:

@@ -23,10 +23,10 @@ def _x(x: float | None) -> str:
 def format_table(sel: Selection) -> str:
     """Markdown table: one row per cut, the reference first, the recommendation marked."""
     lines = [
-        f"| k | layers cached | proxy {sel.metric} | predicted retention | half-way | train speed-up (ceiling) | "
-        "inference speed-up | cache bytes/token | cache for this corpus | |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| 0 | full fine-tuning | {sel.reference['proxy_score']:.4f} | 100.0% | 100.0% | 1.00x | 1.00x | - | - | "
+        f"| k | layers cached | proxy {sel.metric} | predicted retention | 90% interval | half-way | "
+        "train speed-up (ceiling) | inference speed-up | cache bytes/token | cache for this corpus | |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| 0 | full fine-tuning | {sel.reference['proxy_score']:.4f} | 100.0% | - | 100.0% | 1.00x | 1.00x | - | - | "
         "reference |",
     ]
     for c in sel.candidates:
@@ -40,8 +40,10 @@ def format_table(sel: Selection) -> str:
             mark = c.status
         else:
             mark = "unstable" if c.stable is False else ""
+        span = "-" if c.retention_interval is None else "-".join(_pct(x) for x in c.retention_interval)
         lines.append(
-            f"| {c.layer} | {c.fraction:.0%} | {score} | {_pct(c.predicted_retention)} | {_pct(c.half_retention)} | "
+            f"| {c.layer} | {c.fraction:.0%} | {score} | {_pct(c.predicted_retention)} | {span} | "
+            f"{_pct(c.half_retention)} | "
             f"{_x(c.train_speedup)} ({ceiling}) | {_x(c.infer_speedup)} | {bpt} | {size} | {mark} |"
         )
     return "\n".join(lines)
@@ -58,6 +60,17 @@ def plot_selection(sel: Selection, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     ks = [0] + [c.layer for c in measured]
     ax.plot(ks, [100.0] + [100 * (c.predicted_retention or 0) for c in measured], "o-", color="C0", label="retention")
+    spans = [c for c in measured if c.retention_interval]
+    if spans:
+        ax.vlines(
+            [c.layer for c in spans],
+            [100 * c.retention_interval[0] for c in spans],  # type: ignore[index]
+            [100 * c.retention_interval[1] for c in spans],  # type: ignore[index]
+            color="C0",
+            alpha=0.4,
+            lw=4,
+            label="90% interval (dev sample)",
+        )
     shaky = [c for c in measured if c.stable is False]
     if shaky:
         ax.plot(

@@ -9,7 +9,10 @@
    recommended k reuses it and computes only the documents the sample left out);
 5. predicted retention = proxy score at k / reference proxy score, made non-increasing in k (a later
    cut cannot be credited with more than an earlier one kept);
-6. stability: every proxy is also scored half-way through; a cut whose retention at the half-way point
+6. uncertainty: a paired bootstrap over the dev sample (the same resampled documents for the cut and the
+   reference) gives each retention a 90% interval: how far the dev sample alone can move it (seed
+   variation comes on top); a note says when it is wider than the target's margin;
+7. stability: every proxy is also scored half-way through; a cut whose retention at the half-way point
    differs from the final one by more than the target's margin is still moving with the length of the
    proxies (short proxies measure how fast a configuration learns, not how well it ends up), so it is
    marked unstable and not recommended; recommend the highest stable k whose predicted retention
@@ -63,6 +66,7 @@ class Candidate:
     predicted_retention: float | None = None
     half_proxy_score: float | None = None
     half_retention: float | None = None
+    retention_interval: list[float] | None = None
     stable: bool | None = None
     train_examples_per_second: float | None = None
     train_speedup: float | None = None
@@ -206,6 +210,12 @@ def _pct(x: float | None) -> str:
 CHANCE_MARGIN = 0.01
 """A reference proxy must beat a constant prediction by this much for its ratios to mean anything."""
 
+BOOTSTRAP_SAMPLES = 300
+"""Resamples of the dev sample for the retention intervals."""
+
+INTERVAL = 0.9
+"""Coverage of the retention intervals (5th to 95th percentile of the bootstrap)."""
+
 MIN_TOLERANCE = 0.01
 """Largest change of a cut's retention between the half-way and the final evaluation of the proxies for
 the cut to count as stable, unless the target's margin (1 - target) is larger."""
@@ -230,7 +240,7 @@ def _write_samples(
     return str(train_path), str(dev_path), len(dev_s)
 
 
-def _constant_score(config: SelectConfig, train_ex: list[Example], dev_path: str) -> float:
+def _constant_score(config: SelectConfig, train_ex: list[Example], task: Any, gold: list[Any]) -> float:
     """Best dev-sample score of always predicting one label, over every training label (NER: no entity).
 
     The best, not the majority's: with macro-F1 over many classes, a model stuck on a label that is rarer in
@@ -238,9 +248,6 @@ def _constant_score(config: SelectConfig, train_ex: list[Example], dev_path: str
     """
     if config.task != "classification":
         return 0.0  # predicting no entity scores 0 F1
-    task_cls = get_task(config.task)
-    task = task_cls(task_cls.label_vocabulary(train_ex))
-    gold = [task.gold(e) for e in read_examples(dev_path)]
     return max(
         float(task.metrics(gold, [label] * len(gold))[task.primary_metric])
         for label in {str(e.label) for e in train_ex}
@@ -291,6 +298,33 @@ def _seconds_per_token(probe: Any, lengths: np.ndarray, batch: int, seed: int) -
     if not steps or len(steps) != len(tokens):  # a one-step probe: time what there is
         steps, tokens = probe.step_seconds, _padded_tokens(lengths, batch, seed, 1)
     return sum(steps) / max(sum(tokens), 1)
+
+
+def retention_interval(
+    task: Any, gold: list[Any], reference: list[Any], cut: list[Any], seed: int, samples: int = BOOTSTRAP_SAMPLES
+) -> list[float] | None:
+    """90% paired-bootstrap interval of ``metric(cut) / metric(reference)`` over the dev documents.
+
+    Each resample draws documents with replacement and scores both models' predictions on the same draw, so
+    the interval shows how much the ratio depends on which dev documents were sampled. None when the
+    predictions do not cover the dev sample or the reference scores 0 on most draws.
+    """
+    n = len(gold)
+    if not n or len(reference) != n or len(cut) != n:
+        return None
+    metric = task.primary_metric
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(samples):
+        idx = rng.integers(0, n, n)
+        g = [gold[i] for i in idx]
+        ref = float(task.metrics(g, [reference[i] for i in idx])[metric])
+        if ref > 0:
+            ratios.append(float(task.metrics(g, [cut[i] for i in idx])[metric]) / ref)
+    if len(ratios) < samples // 2:
+        return None
+    lo, hi = np.quantile(ratios, [(1 - INTERVAL) / 2, (1 + INTERVAL) / 2])
+    return [float(lo), float(hi)]
 
 
 def recommend(candidates: list[Candidate], target: float) -> int | None:
@@ -409,7 +443,10 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
         "seconds": time.perf_counter() - t0,
     }
     say(f"  full fine-tuning (reference): {metric} {ref_score:.4f}, {ref.examples_per_second:.1f} ex/s")
-    chance = _constant_score(config, train_ex, proxy_dev)
+    task_cls = get_task(config.task)
+    scorer = task_cls(task_cls.label_vocabulary(train_ex))
+    dev_gold = [scorer.gold(e) for e in read_examples(proxy_dev)]
+    chance = _constant_score(config, train_ex, scorer, dev_gold)
     reference["constant_predictor_score"] = chance
     learned = ref_score > chance + CHANCE_MARGIN
     learned_half = ref_half > chance + CHANCE_MARGIN
@@ -439,6 +476,11 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
         retention = score / ref_score if learned else None
         half_retention = half / ref_half if learned and learned_half else None
         stable = retention is not None and half_retention is not None and abs(retention - half_retention) <= tolerance
+        interval = (
+            retention_interval(scorer, dev_gold, ref.dev_predictions, r.dev_predictions, config.seed)
+            if learned
+            else None
+        )
         docs_s = d * len(r.history) / r.eval_seconds if r.eval_seconds else 0.0
         bpt = float(stats.get("bytes_per_token", 0.0))
         results.append(
@@ -450,6 +492,7 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
                 measured_retention=retention,
                 half_proxy_score=half,
                 half_retention=half_retention,
+                retention_interval=interval,
                 stable=stable if learned else None,
                 train_examples_per_second=r.examples_per_second,
                 train_speedup=r.examples_per_second / ref.examples_per_second if ref.examples_per_second else None,
@@ -463,8 +506,9 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
                 seconds=time.perf_counter() - t0,
             )
         )
+        span = f" [{_pct(interval[0])}, {_pct(interval[1])}]" if interval else ""
         say(
-            f"  k={k}: {metric} {score:.4f} (retention {_pct(retention)}, half-way {_pct(half_retention)}), "
+            f"  k={k}: {metric} {score:.4f} (retention {_pct(retention)}{span}, half-way {_pct(half_retention)}), "
             f"{r.examples_per_second:.1f} ex/s ({results[-1].train_speedup or 0:.2f}x)"
         )
         if learned and not stable:
@@ -474,6 +518,16 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
                 "judge it (they measure how fast each configuration learns, not where it ends); it is not "
                 "recommended. Raise --budget-minutes for longer proxies."
             )
+
+    spans = {c.layer: c.retention_interval[1] - c.retention_interval[0] for c in results if c.retention_interval}
+    wide = [k for k, span in spans.items() if span > 2 * tolerance]
+    if wide:
+        widest = max(spans[k] for k in wide)
+        notes.append(
+            f"the dev sample ({d} documents) leaves the retention of k={wide} uncertain by up to "
+            f"{widest:.0%} (90% interval, paired bootstrap over dev documents), more than twice the target's margin "
+            f"({tolerance:.0%}): the predictions cannot separate cuts that close; raise --dev-sample (and the budget)."
+        )
 
     # 5. monotone prediction and the recommendation
     recommended = recommend(results, config.target_retention)

@@ -81,6 +81,8 @@ class TrainResult:
     upper: str = "full"
     losses: list[float] = field(default_factory=list, repr=False)
     step_seconds: list[float] = field(default_factory=list, repr=False)
+    dev_predictions: list[Any] = field(default_factory=list, repr=False)
+    """Per dev document, the prediction of the best evaluation (labels or tag lists; not in ``metrics.json``)."""
 
     def summary(self) -> str:
         metric = ", ".join(f"{k} {v:.4f}" for k, v in self.best.items() if k not in ("epoch", "step", "train_loss"))
@@ -145,6 +147,7 @@ class _Evaluator:
         self.model, self.task, self.examples, self.encoded = model, task, examples, encoded
         self.cache, self.cache_index, self.pad_id, self.batch_size = cache, cache_index, pad_id, batch_size
         self.gold = [task.gold(e) for e in examples]
+        self.predictions: list[Any] = []
         self.seconds = 0.0
 
     def __call__(self) -> dict[str, float]:
@@ -158,6 +161,7 @@ class _Evaluator:
         ]
         self.model.train()
         self.seconds += time.perf_counter() - t0
+        self.predictions = preds
         return self.task.metrics(self.gold, preds)
 
 
@@ -247,6 +251,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     losses: list[float] = []
     step_seconds: list[float] = []
     best: dict[str, Any] = {}
+    best_predictions: list[Any] = []
     bad_evals = 0
     train_seconds, epoch_seconds, step, seen, read_seconds = 0.0, [], 0, 0, 0.0
     stop = False
@@ -294,7 +299,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
                 }
                 history.append(point)
                 if not best or scores[task.primary_metric] > best[task.primary_metric]:
-                    best, bad_evals = point, 0
+                    best, best_predictions, bad_evals = point, evaluate.predictions, 0
                     save_weights(model, out)
                 else:
                     bad_evals += 1
@@ -327,8 +332,10 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         upper=upper,
         losses=losses,
         step_seconds=step_seconds,
+        dev_predictions=best_predictions,
     )
-    metrics = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("losses", "step_seconds")}
+    per_step = ("losses", "step_seconds", "dev_predictions")
+    metrics = {k: v for k, v in dataclasses.asdict(result).items() if k not in per_step}
     metrics["primary_metric"] = task.primary_metric
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     plot_curves(
