@@ -70,7 +70,7 @@ SELECT_TRUTH = --method full-finetune --method recycle-25 --method recycle-50 --
 bench-ray: $(RAY) $(ASSETS)  ## Ray engine (1 and 2 workers) vs the local engine; Ray's fixed overhead
 	$(BIN)/python benchmarks/ray_engine.py
 
-bench-select: $(STAMP) $(ASSETS)  ## select-layer vs real training runs (truth: bench at 25/50/75%; ~2.5 h)
+bench-select: $(STAMP) $(ASSETS)  ## select-layer vs real training runs (truth: bench at 25/50/75%, its seed noise; ~3.5 h)
 	$(BIN)/embrecycle bench --model minilm-l6 $(SELECT_TRUTH) --train-limit 2000 --dev-limit 500 --test-limit 2000 \
 		--out benchmarks/results/select-layer/truth-minilm-l6
 	$(BIN)/embrecycle bench --model mpnet-base $(SELECT_TRUTH) --train-limit 500 --dev-limit 300 --test-limit 800 \
@@ -80,6 +80,9 @@ bench-select: $(STAMP) $(ASSETS)  ## select-layer vs real training runs (truth: 
 	$(BIN)/python benchmarks/select_layer_validation.py --model minilm-l6 --budget-share 1
 	$(BIN)/python benchmarks/select_layer_validation.py --model mpnet-base --budget-share 1
 	$(BIN)/python benchmarks/select_layer_alternatives.py
+	$(BIN)/embrecycle bench --model minilm-l6 --dataset sci-cite --dataset bc5cdr --method full-finetune --method recycle-50 \
+		--seed 1 --seed 2 --seed 3 --no-memory --epochs 3 --train-limit 2000 --dev-limit 500 --test-limit 2000 \
+		--out benchmarks/results/select-layer/truth-noise-minilm-l6
 	$(BIN)/python benchmarks/select_layer_validation.py --report
 
 lint: $(STAMP)  ## ruff lint + format check

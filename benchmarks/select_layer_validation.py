@@ -113,6 +113,9 @@ def validate(model_name: str, budget_share: float | None = None) -> dict[str, An
                     "recommended_meets_target": rec_actual is not None and rec_actual >= TARGETS[ds.task],
                     "selection_seconds": seconds,
                     "selection_share_of_full_finetune": seconds / full["train_seconds"],
+                    # the truth was timed on another day; the selection's own estimate of one run is from today
+                    "estimated_full_finetune_seconds": sel.estimated_full_finetune_seconds,
+                    "selection_share_of_estimate": seconds / sel.estimated_full_finetune_seconds,
                     "sample": sel.sample,
                     "dev_sample": sel.dev_sample,
                     "budget_seconds": sel.budget_seconds,
@@ -143,6 +146,10 @@ def _speedup(x: float | None) -> str:
     return "skipped (budget spent)" if x is None else f"{x:.2f}x"
 
 
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def _interval(span: list[float] | None) -> str:
     return "-" if not span else f"{_pct(span[0])}-{_pct(span[1])}"
 
@@ -166,11 +173,13 @@ def _mean(xs: list[float]) -> float | None:
 
 def _summary(runs: list[dict[str, Any]]) -> list[str]:
     stable_err, all_err, cases, met, shares, measurable_cuts = [], [], 0, 0, [], 0
-    covered, widths = [], []
+    covered, widths, own = [], [], []
     refused = sum(1 for run in runs for row in run["rows"] if "refused" in row)
     for run in runs:
         for row in _done(run):
             shares.append(row["selection_share_of_full_finetune"])
+            if row.get("selection_share_of_estimate") is not None:
+                own.append(row["selection_share_of_estimate"])
             if not row["measurable"]:
                 continue
             cases += 1
@@ -195,11 +204,12 @@ def _summary(runs: list[dict[str, Any]]) -> list[str]:
         return f"{mean:.1f} points over {len(errors)} of {measurable_cuts} measurable cuts"
 
     stable_mean = _mean(stable_err)
+    accurate = stable_mean is not None and stable_mean <= 1.5 and len(stable_err) == measurable_cuts
     return (
         [
             f"| {budget} | mean error of the stable predictions (those it recommends on) <= 1.5 points, every cut "
             f"predicted | {err(stable_err, 'stable prediction')} | "
-            f"{'yes' if stable_mean is not None and stable_mean <= 1.5 and len(stable_err) == measurable_cuts else 'no'} |",
+            f"{'yes' if accurate else 'no'} |",
             f"| {budget} | (every prediction, unstable ones too) | {err(all_err, 'prediction')} | - |",
             f"| {budget} | recommended cut meets the target when trained | {met} of {cases} measurable cases | "
             f"{'yes' if cases and met == cases else 'no'} |",
@@ -220,6 +230,45 @@ def _summary(runs: list[dict[str, Any]]) -> list[str]:
             else []
         )
     )
+
+
+def _truth_noise() -> list[str]:
+    """How much the ground truth's retention moves with the training seed alone (``truth-noise-<model>``: the
+    truth's subsets, full fine-tuning and recycling at 50%, three seeds)."""
+    lines: list[str] = []
+    for path in sorted(FOLDER.glob("truth-noise-*/bench.json")):
+        noise = json.loads(path.read_text())
+        cfg = noise["config"]
+        rows = [r for r in noise["rows"] if r["kind"] == "train"]
+        if not lines:
+            lines = [
+                "",
+                "## How precise is the ground truth?",
+                "",
+                "The truth above is one training seed per method. Re-running the same subsets with seeds "
+                f"{cfg['seeds']} ([{path.parent.name}]({path.parent.relative_to(RESULTS)}/bench.md); full fine-tuning "
+                "and recycling at 50%, same learning rates and epochs) shows how far the real retention moves with "
+                "the seed alone, before any estimator is involved:",
+                "",
+                "| model | dataset | full fine-tuning test (per seed) | recycling at 50% test (per seed) | "
+                "retention per seed | std of the retention (points) | spread (points) |",
+                "|---|---|---|---|---|---|---|",
+            ]
+        for ds in cfg["datasets"]:
+            full = {r["seed"]: r["test_score"] for r in rows if r["dataset"] == ds and r["layer"] == 0}
+            cut = {r["seed"]: r["test_score"] for r in rows if r["dataset"] == ds and r["layer"] > 0}
+            seeds = sorted(set(full) & set(cut))
+            ret = [cut[s] / full[s] for s in seeds if full[s]]
+            if len(ret) < 2:
+                continue
+            mean = sum(ret) / len(ret)
+            std = (sum((x - mean) ** 2 for x in ret) / (len(ret) - 1)) ** 0.5
+            lines.append(
+                f"| {rows[0]['model']} | {ds} | {' / '.join(f'{full[s]:.3f}' for s in seeds)} | "
+                f"{' / '.join(f'{cut[s]:.3f}' for s in seeds)} | {' / '.join(_pct(x) for x in ret)} | "
+                f"{100 * std:.1f} | {100 * (max(ret) - min(ret)):.1f} |"
+            )
+    return lines
 
 
 def _alternatives() -> list[str]:
@@ -323,14 +372,14 @@ def report() -> Path:
         "## Recommendations",
         "",
         "| budget | model | dataset | target | recommended k | its real retention | meets target | selection time | "
-        "share of one full fine-tuning run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "share of the truth's full fine-tuning run (timed another day) | share of today's estimate of one |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         for row in run["rows"]:
             if "refused" in row:
                 lines.append(
-                    f"| {_budget(run)} | {run['model']} | {row['dataset']} | refused: {row['refused']} |||||||"
+                    f"| {_budget(run)} | {run['model']} | {row['dataset']} | refused: {row['refused']} ||||||||"
                 )
                 continue
             rec = row["recommended"]
@@ -339,8 +388,10 @@ def report() -> Path:
                 f"| {_budget(run)} | {run['model']} | {row['dataset']}{flag} "
                 f"| {row['target']:.0%} | {rec if rec is not None else 'none (full fine-tuning)'} | "
                 f"{_pct(row['recommended_actual_retention'])} | {'yes' if row['recommended_meets_target'] else 'no'} | "
-                f"{row['selection_seconds']:.0f} s | {row['selection_share_of_full_finetune']:.0%} |"
+                f"{row['selection_seconds']:.0f} s | {row['selection_share_of_full_finetune']:.0%} | "
+                f"{_share(row.get('selection_share_of_estimate'))} |"
             )
+    lines += _truth_noise()
     lines += _alternatives()
     path = RESULTS / "select_layer.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
