@@ -367,8 +367,11 @@ def select_layer_cmd(
         float, typer.Option(help="Share of full fine-tuning's score to keep, in (0, 1].")
     ] = 0.99,
     budget_minutes: Annotated[
-        float | None, typer.Option(help="Time budget (default: 25% of one full fine-tuning run).")
+        float | None, typer.Option(help="Time budget (default: --budget-share of one full fine-tuning run).")
     ] = None,
+    budget_share: Annotated[
+        float, typer.Option(help="Default budget as a share of one full fine-tuning run, in (0, 1].")
+    ] = 0.25,
     candidates: Annotated[
         list[str] | None,
         typer.Option("--candidates", help="Cuts k to evaluate: 2,3,4 or repeated (default 25/50/75% of layers)."),
@@ -404,6 +407,7 @@ def select_layer_cmd(
             out=str(out),
             target_retention=target_retention,
             budget_minutes=budget_minutes,
+            budget_share=budget_share,
             candidates=_int_list(candidates, "--candidates") if candidates else None,
             epochs=epochs,
             batch_size=batch_size,

@@ -107,11 +107,10 @@ def test_ner_and_explicit_candidates(tiny_bert_dir: str, toy_ner: dict[str, Path
 def test_default_budget_is_a_quarter_of_full_finetuning(
     tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
 ) -> None:
-    sel = select_layer(
-        _config(tiny_bert_dir, toy_classification, tmp_path, budget_minutes=None, candidates=[2], epochs=5000),
-        progress=None,
-    )
-    assert sel.budget_seconds == pytest.approx(0.25 * sel.estimated_full_finetune_seconds)
+    settings = {"budget_minutes": None, "budget_share": 0.5, "candidates": [2], "epochs": 5000}
+    sel = select_layer(_config(tiny_bert_dir, toy_classification, tmp_path, **settings), progress=None)
+    assert sel.budget_seconds == pytest.approx(0.5 * sel.estimated_full_finetune_seconds)
+    assert _config(tiny_bert_dir, toy_classification, tmp_path).budget_share == 0.25  # the default: a quarter
     # timed at the planned run's batch size (32, the default) and at the proxies' (16)
     timing = Path(sel.config["out"]) / "proxies"
     assert (timing / "timing-b32" / "run").is_dir() and (timing / "timing-b16" / "run").is_dir()
@@ -215,6 +214,8 @@ def test_unstable_cuts_are_named_in_the_notes(
         ({"target_retention": 1.5}, r"target_retention=1.5"),
         ({"candidates": [0]}, "k = 0 is full fine-tuning"),
         ({"budget_minutes": -1.0}, "budget_minutes=-1.0"),
+        ({"budget_share": 0.0}, r"budget_share=0.0 \(must be in \(0, 1\]"),
+        ({"budget_share": 2.0}, "budget_share=2.0"),
     ],
 )
 def test_bad_settings_are_refused(overrides: dict, message: str, tmp_path: Path) -> None:
@@ -256,6 +257,7 @@ def test_cli_table_and_json(tiny_bert_dir: str, toy_classification: dict[str, Pa
         (["--candidates", "two"], "--candidates takes layer numbers"),
         (["--task", "qa"], "task='qa'"),
         (["--target-retention", "1.2"], "target_retention=1.2"),
+        (["--budget-share", "1.5"], "budget_share=1.5"),
     ],
 )
 def test_cli_bad_input(

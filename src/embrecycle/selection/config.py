@@ -24,9 +24,10 @@ class SelectConfig:
         out: Directory for ``selection.json``, ``selection.md`` and ``selection.png`` (and the proxy runs).
         target_retention: Recommend the highest cut whose predicted score is at least this share of
             full fine-tuning's, in (0, 1].
-        budget_minutes: Wall-clock budget of the selection; default: 25% of the estimated training time of
-            one full fine-tuning run with ``epochs`` epochs of ``batch_size`` on the whole training file
-            (timed on a few real batches of that size).
+        budget_minutes: Wall-clock budget of the selection; default: ``budget_share`` of the estimated
+            training time of one full fine-tuning run with ``epochs`` epochs of ``batch_size`` on the whole
+            training file (timed on a few real batches of that size).
+        budget_share: The default budget as a share of that run, in (0, 1] (ignored with ``budget_minutes``).
         candidates: Cuts k to evaluate (1..N); default: 25/50/75% of the layers.
         epochs, batch_size: The planned training (they set the default budget).
         lr: Learning rate of the recycled runs; reference_lr: of the full fine-tuning reference (default ``lr``).
@@ -45,6 +46,7 @@ class SelectConfig:
     out: str
     target_retention: float = 0.99
     budget_minutes: float | None = None
+    budget_share: float = 0.25
     candidates: list[int] | None = None
     epochs: int = 3
     batch_size: int = 32
@@ -71,6 +73,11 @@ class SelectConfig:
         if not 0 < self.target_retention <= 1:
             problems.append(
                 f"target_retention={self.target_retention} (must be in (0, 1]: 0.99 keeps 99% of full fine-tuning)"
+            )
+        if not 0 < self.budget_share <= 1:
+            problems.append(
+                f"budget_share={self.budget_share} (must be in (0, 1]: 0.25 spends a quarter of one full fine-tuning "
+                "run; for more, give budget_minutes)"
             )
         if self.candidates is not None:
             if not self.candidates:

@@ -2,7 +2,7 @@
 
 1. read the train/dev files, count their tokens, check candidates against the model's depth;
 2. time a few full fine-tuning steps on real batches: the per-example cost that plans the rest and
-   sets the default budget (25% of one full fine-tuning run);
+   sets the default budget (``budget_share``, 25%, of one full fine-tuning run);
 3. pick the largest training sample whose proxy runs fit the budget;
 4. proxy runs, all on the same sample, seed and batch order: full fine-tuning (the reference), then
    recycling at every candidate k from a layer-k cache of the sample (kept: the real training at the
@@ -382,7 +382,7 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
     run_tokens = sum(_padded_tokens(train_lengths, config.batch_size, config.seed, config.epochs))
     full_ft = real_per_token * run_tokens + costs.overhead  # its training time, as a run reports it
     real_train = full_ft / (config.epochs * n)
-    budget = config.budget_minutes * 60 if config.budget_minutes else 0.25 * full_ft
+    budget = config.budget_minutes * 60 if config.budget_minutes else config.budget_share * full_ft
     say(
         f"{config.model}: {n_layers} layers, candidates {candidates}; {n} train / {n_dev} dev examples, "
         f"{corpus_tokens:,} tokens; one full fine-tuning run ~{full_ft / 60:.1f} min "
