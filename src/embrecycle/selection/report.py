@@ -23,8 +23,8 @@ def _x(x: float | None) -> str:
 def format_table(sel: Selection) -> str:
     """Markdown table: one row per cut, the reference first, the recommendation marked."""
     lines = [
-        f"| k | layers cached | proxy {sel.metric} | predicted retention | 90% interval | half-way | "
-        "train speed-up (ceiling) | inference speed-up | cache bytes/token | cache for this corpus | |",
+        f"| k | layers cached | proxy {sel.metric} | predicted retention | proxy ratio, 90% interval | "
+        "half-way | train speed-up (ceiling) | inference speed-up | cache bytes/token | cache for this corpus | |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| 0 | full fine-tuning | {sel.reference['proxy_score']:.4f} | 100.0% | - | 100.0% | 1.00x | 1.00x | - | - | "
         "reference |",
