@@ -56,6 +56,8 @@ def test_selection_measures_every_candidate_and_recommends_within_target(
         assert c.half_proxy_score is not None and c.half_proxy_score <= c.proxy_score  # type: ignore[operator]
         if ref_half <= chance + 0.01:  # the reference had not learned yet half-way: no ratio, not stable
             assert c.half_retention is None and c.stable is False
+            note = f"k={c.layer} is unstable: the full fine-tuning reference had not learned"
+            assert any(note in n for n in sel.notes)
         else:
             assert c.half_retention == pytest.approx(c.half_proxy_score / ref_half)
             assert c.stable == (abs(c.measured_retention - c.half_retention) <= 0.5)  # type: ignore[operator]

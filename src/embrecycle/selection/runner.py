@@ -511,7 +511,13 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
             f"  k={k}: {metric} {score:.4f} (retention {_pct(retention)}{span}, half-way {_pct(half_retention)}), "
             f"{r.examples_per_second:.1f} ex/s ({results[-1].train_speedup or 0:.2f}x)"
         )
-        if learned and not stable:
+        if learned and half_retention is None:
+            notes.append(
+                f"k={k} is unstable: the full fine-tuning reference had not learned anything half-way through the "
+                f"proxies, so its final retention ({_pct(retention)}) cannot be checked for stability; it is not "
+                "recommended. Raise --budget-minutes for longer proxies."
+            )
+        elif learned and not stable:
             notes.append(
                 f"k={k} is unstable: its retention was {_pct(half_retention)} half-way through the proxies and "
                 f"{_pct(retention)} at their end (more than {tolerance:.0%} apart), so the proxies are too short to "
