@@ -240,18 +240,15 @@ def _write_samples(
     return str(train_path), str(dev_path), len(dev_s)
 
 
-def _constant_score(config: SelectConfig, train_ex: list[Example], task: Any, gold: list[Any]) -> float:
-    """Best dev-sample score of always predicting one label, over every training label (NER: no entity).
+def _constant_score(task: Any, gold: list[Any]) -> float:
+    """Best dev-sample score of always predicting one of the task's (training) labels (NER: no entity).
 
     The best, not the majority's: with macro-F1 over many classes, a model stuck on a label that is rarer in
     training than in the dev sample can outscore the majority prediction while having learned nothing.
     """
-    if config.task != "classification":
+    if task.name != "classification":
         return 0.0  # predicting no entity scores 0 F1
-    return max(
-        float(task.metrics(gold, [label] * len(gold))[task.primary_metric])
-        for label in {str(e.label) for e in train_ex}
-    )
+    return max(float(task.metrics(gold, [label] * len(gold))[task.primary_metric]) for label in task.labels)
 
 
 def _timing_probe(
@@ -446,7 +443,7 @@ def select_layer(config: SelectConfig, progress: Callable[[str], None] | None = 
     task_cls = get_task(config.task)
     scorer = task_cls(task_cls.label_vocabulary(train_ex))
     dev_gold = [scorer.gold(e) for e in read_examples(proxy_dev)]
-    chance = _constant_score(config, train_ex, scorer, dev_gold)
+    chance = _constant_score(scorer, dev_gold)
     reference["constant_predictor_score"] = chance
     learned = ref_score > chance + CHANCE_MARGIN
     learned_half = ref_half > chance + CHANCE_MARGIN
