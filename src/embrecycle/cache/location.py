@@ -20,11 +20,15 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .shard import SHARD_DIR
 
-__all__ = ["Remote", "is_remote", "local_path", "mirror_home"]
+if TYPE_CHECKING:
+    from .settings import CacheSettings
+
+__all__ = ["Remote", "cache_home", "default_cache_dir", "is_remote", "local_path", "mirror_home"]
 
 SHARD_FILES = ("hidden", "tokens", "index")
 """A shard's files, in upload order: the index goes last."""
@@ -42,10 +46,24 @@ def local_path(location: str | os.PathLike[str]) -> Path:
     return Path(text[len("file://") :]) if text.startswith("file://") else Path(text)
 
 
+def cache_home() -> Path:
+    """``$EMBRECYCLE_CACHE_HOME``, default ``~/.cache/embrecycle/caches``: where caches go when none is named."""
+    return Path(os.environ.get("EMBRECYCLE_CACHE_HOME", Path.home() / ".cache" / "embrecycle" / "caches"))
+
+
+def default_cache_dir(settings: CacheSettings, root: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory of ``settings`` under ``root`` (default :func:`cache_home`).
+
+    Named ``<model>-L<k>-<dtype>-<fingerprint of the key settings>``, so two settings never share a directory.
+    """
+    name = Path(settings.model.rstrip("/")).name or "model"
+    base = Path(root) if root is not None else cache_home()
+    return base / f"{name}-L{settings.layer}-{settings.dtype}-{settings.fingerprint()[:12]}"
+
+
 def mirror_home() -> Path:
     """Folder holding the local mirrors of caches at URLs."""
-    home = os.environ.get("EMBRECYCLE_CACHE_HOME", Path.home() / ".cache" / "embrecycle" / "caches")
-    return Path(home) / "remote"
+    return cache_home() / "remote"
 
 
 class Remote:
