@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from embrecycle import BuildConfig, ConfigError, build_cache, open_cache
 from embrecycle.cache.location import Remote, is_remote, local_path
 from embrecycle.cli import app
+from embrecycle.run_record import read_run_record
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ def test_cli_build_info_verify_train_predict_on_a_url(tiny_bert_dir, toy_classif
     args += ["--dev", str(toy_classification["dev"]), "--out", str(run), "--cache", url, "--epochs", "1"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
-    assert json.loads((run / "run.json").read_text())["cache"] == url
+    assert read_run_record(run).cache == url
     texts = [json.loads(line)["text"] for line in data.read_text().splitlines()][:6]
     from embrecycle import load
 

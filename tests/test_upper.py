@@ -11,7 +11,8 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 from embrecycle import ConfigError
 from embrecycle.model import RecyclingModel
 from embrecycle.tasks import ClassificationTask, NerTask
-from embrecycle.upper import UPPER_MODES, Adapter, UpperOptions
+from embrecycle.modes import UPPER_CHOICES
+from embrecycle.upper import Adapter, UpperOptions
 from tiny_models import VOCAB, tiny_configs
 
 FAMILIES = tiny_configs()
@@ -59,8 +60,8 @@ def test_fresh_lora_and_adapters_leave_outputs_unchanged(family: str, upper: str
 
 @pytest.mark.parametrize("family", ["bert", "distilbert", "deberta-v2", "mpnet"])
 def test_trainable_parameter_counts_per_mode(family: str) -> None:
-    counts = {mode: _model(family, mode).num_trainable_parameters() for mode in [*UPPER_MODES, "all"]}
-    assert counts["head"] < counts["lora"] < counts["full"] < counts["all"]
+    counts = {mode: _model(family, mode).num_trainable_parameters() for mode in [*UPPER_CHOICES, "full-finetune"]}
+    assert counts["head"] < counts["lora"] < counts["full"] < counts["full-finetune"]
     assert counts["head"] < counts["adapter"] < counts["full"]
     head = counts["head"]
     # LoRA on every linear module of one layer: r * (in + out) each

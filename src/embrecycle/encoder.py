@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +18,17 @@ from .errors import ConfigError, ModelLoadError
 from .families import get_family
 from .split import SplitEncoder
 
-__all__ = ["LoadedEncoder", "load_encoder", "load_tokenizer", "module_fingerprint", "tokenizer_fingerprint"]
+__all__ = [
+    "LoadedEncoder",
+    "attn_kwargs",
+    "load_encoder",
+    "load_tokenizer",
+    "model_identity",
+    "module_fingerprint",
+    "tokenizer_fingerprint",
+]
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
 
 # BPE tokenizers that need a prefix space to accept pre-split words (CoNLL input).
 _PREFIX_SPACE_TYPES = {"roberta", "camembert", "deberta", "longformer"}
@@ -91,7 +104,7 @@ def load_encoder(
     get_family(config.model_type)  # unsupported architectures fail before loading weights
     try:
         model = AutoModel.from_pretrained(
-            name_or_path, revision=revision, dtype=dtype, **_attn_kwargs(config.model_type, attn_implementation)
+            name_or_path, revision=revision, dtype=dtype, **attn_kwargs(config.model_type, attn_implementation)
         )
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the weights of {name_or_path!r}: {e}") from e
@@ -100,7 +113,7 @@ def load_encoder(
     return LoadedEncoder(name_or_path, revision, SplitEncoder(model, layer), tokenizer)
 
 
-def _attn_kwargs(model_type: str, attn_implementation: str | None) -> dict[str, str]:
+def attn_kwargs(model_type: str, attn_implementation: str | None) -> dict[str, str]:
     if attn_implementation is not None:
         if attn_implementation not in ("sdpa", "eager"):
             raise ConfigError(f"attn_implementation={attn_implementation!r}: choose 'sdpa' or 'eager'.")
@@ -129,3 +142,24 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     payload = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps({"class": type(tokenizer).__name__, "special": tokenizer.special_tokens_map}, sort_keys=True)
     return hashlib.sha256((payload + extra).encode()).hexdigest()
+
+
+def model_identity(name_or_path: str, config: Any = None) -> str | None:
+    """What the base model exactly is: ``sha256:<digest>`` of a local directory's weight files, else the hub
+    commit the config was resolved to (None when unknown)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+        return _files_digest(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)) if files else None
+    return getattr(config, "_commit_hash", None) if config is not None else None
+
+
+@functools.lru_cache(maxsize=16)
+def _files_digest(files: tuple[tuple[str, int, int], ...]) -> str:
+    """sha256 over the names and bytes of files (cached per path, size and mtime: a base model is hashed once)."""
+    h = hashlib.sha256(b"embrecycle/files/v1")
+    for name, _size, _mtime in files:
+        h.update(os.path.basename(name).encode() + b"\0")
+        with open(name, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return "sha256:" + h.hexdigest()

@@ -47,12 +47,12 @@ def export_run(run: str | os.PathLike[str] | TaskModel, out: str | os.PathLike[s
         EmbRecycleError: the exported model does not reproduce the run's logits.
     """
     model = run if isinstance(run, TaskModel) else load(run)
-    meta = model.meta
+    record = model.record
     state = model.model.canonical_state_dict()  # raises for adapter runs
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty: choose a new directory for the export.")
-    plain = build_task_model(meta["model"], meta["task"], meta["labels"], meta.get("revision"))
+    plain = build_task_model(record.model, record.task, list(record.labels), record.revision)
     missing, unexpected = plain.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(f"cannot stitch the run into {type(plain).__name__}: missing {missing}, extra {unexpected}.")
@@ -71,7 +71,7 @@ def _check(model: TaskModel, out: Path) -> float:
     """Largest logit difference between the run and its export, loaded back with ``from_pretrained``."""
     exported = model.task.auto_class.from_pretrained(out).eval()
     docs: list[Any] = [t.split() if model.task.name == "ner" else t for t in PROBE_TEXTS]
-    enc = encode_documents(model.tokenizer, docs, model.meta["max_length"], "truncate")
+    enc = encode_documents(model.tokenizer, docs, model.record.states.max_length, "truncate")
     ids, mask = pad_ids(enc, model.tokenizer.pad_token_id or 0)
     model.model.eval()
     ours = model.model.forward_text(ids, mask)
@@ -89,11 +89,11 @@ def _check(model: TaskModel, out: Path) -> float:
 
 
 def _model_card(model: TaskModel, diff: float) -> str:
-    meta = model.meta
+    record, states = model.record, model.record.states
     metrics_path = model.run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     best = {k: v for k, v in metrics.get("best", {}).items() if isinstance(v, float) and k != "train_loss"}
-    cfg = meta.get("train_config", {})
+    cfg = record.train_config
     settings = {
         k: cfg.get(k)
         for k in ("epochs", "lr", "head_lr", "batch_size", "seed", "warmup_ratio", "weight_decay", "train_limit")
@@ -102,7 +102,7 @@ def _model_card(model: TaskModel, diff: float) -> str:
     auto = model.task.auto_class.__name__
     lines = [
         "---",
-        f"base_model: {meta['model']}",
+        f"base_model: {record.model}",
         "library_name: transformers",
         f"pipeline_tag: {'token-classification' if model.task.name == 'ner' else 'text-classification'}",
         "tags: [embrecycle, embedding-recycling]",
@@ -116,11 +116,12 @@ def _model_card(model: TaskModel, diff: float) -> str:
         "|---|---|",
         f"| task | {model.task.name} |",
         f"| labels | {', '.join(model.labels)} |",
-        f"| base model | `{meta['model']}` ({meta['model_type']}, {meta['num_layers']} layers) |",
-        f"| method | {meta['method']} |",
-        f"| cached layer k | {meta['layer']} (layers 1..{meta['layer']} frozen, from the cache) |",
-        f"| trained above the cut | {meta['upper']} |",
-        f"| max length | {meta['max_length']} tokens ({meta['truncation']}) |",
+        f"| base model | `{record.model}` ({states.model_type}, {states.num_layers} layers) |",
+        f"| method | {record.method} |",
+        f"| training mode | {record.mode} ({record.training_mode.description}) |",
+        f"| cached layer k | {states.layer} (layers 1..{states.layer} frozen, from the cache) |",
+        f"| trained above the cut | {record.training_mode.upper} |",
+        f"| max length | {states.max_length} tokens ({states.truncation}) |",
         f"| training settings | {', '.join(f'{k}={v}' for k, v in settings.items())} |",
         f"| dev scores (best) | {', '.join(f'{k} {v:.4f}' for k, v in best.items()) or 'n/a'} |",
         f"| export check | logits within {diff:.1e} of the run's |",

@@ -15,17 +15,12 @@ from torch import nn
 
 from .encoder import module_fingerprint
 from .errors import ConfigError
+from .modes import TrainingMode, get_mode
 from .split import SplitEncoder
 from .tasks.base import Task
-from .upper import FROZEN_BASE_MODES, UPPER_MODES, UpperOptions, canonical_name, head_parameters
+from .upper import UpperOptions, canonical_name, head_parameters
 
-__all__ = ["UPPER_MODES", "RecyclingModel"]
-
-
-def _everything(model: RecyclingModel, options: UpperOptions) -> None:
-    """Full fine-tuning from text: every weight is trained."""
-    for p in model.task_model.parameters():
-        p.requires_grad_(True)
+__all__ = ["RecyclingModel"]
 
 
 class RecyclingModel(nn.Module):
@@ -35,8 +30,7 @@ class RecyclingModel(nn.Module):
         task_model: ``AutoModelFor{Sequence,Token}Classification`` instance.
         task: The task (labels, logits, loss).
         layer: Cut position k.
-        upper: Key of :data:`~embrecycle.upper.UPPER_MODES`, or ``"all"`` to train every weight from text
-            (full fine-tuning).
+        mode: The training mode (:mod:`embrecycle.modes`), or its name.
         options: Settings of the LoRA and adapter modes.
     """
 
@@ -45,7 +39,7 @@ class RecyclingModel(nn.Module):
         task_model: nn.Module,
         task: Task,
         layer: int,
-        upper: str = "full",
+        mode: TrainingMode | str = "full",
         options: UpperOptions | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -53,22 +47,20 @@ class RecyclingModel(nn.Module):
         self.task = task
         self.layer = layer
         self.split = SplitEncoder(task_model.base_model, layer)
-        if upper != "all" and upper not in UPPER_MODES:
-            raise ConfigError(f"upper={upper!r}: choose one of {sorted(UPPER_MODES)}.")
-        self.upper_mode = upper
+        self.mode = mode if isinstance(mode, TrainingMode) else get_mode(mode)
         self.options = options if isinstance(options, UpperOptions) else UpperOptions.from_dict(options)
         # The pretrained upper layers a frozen-base run depends on, fingerprinted before anything is added.
         self.upper_fingerprint = (
             module_fingerprint({str(i): m for i, m in enumerate(self.split.upper_layers())})
-            if upper in FROZEN_BASE_MODES
+            if self.mode.frozen_base
             else None
         )
-        (UPPER_MODES.get(upper) or _everything)(self, self.options)
+        self.mode.apply(self, self.options)
         self.upper_trainable = any(p.requires_grad for layer in self.split.upper_layers() for p in layer.parameters())
 
     def train(self, mode: bool = True) -> RecyclingModel:
         super().train(mode)
-        if mode and self.upper_mode != "all":
+        if mode and not self.mode.trains_lower:
             # Frozen parts run as at caching time: no dropout.
             for mod in self.split.lower_modules().values():
                 mod.eval()
@@ -88,7 +80,7 @@ class RecyclingModel(nn.Module):
 
     def forward_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits from token ids: the whole model, as transformers would run it."""
-        if self.upper_mode == "all":
+        if self.mode.trains_lower:
             hidden = self.split.lower(input_ids, attention_mask)
         else:
             with torch.no_grad():
@@ -105,22 +97,21 @@ class RecyclingModel(nn.Module):
         Raises:
             ConfigError: for adapter runs (a bottleneck adapter is not a weight of the plain model).
         """
-        if self.upper_mode == "adapter":
+        if not self.mode.exportable:
             raise ConfigError(
-                "a run with bottleneck adapters cannot become a plain transformers model (the adapters are extra "
-                "layers, not weight updates). Train with --upper lora or --upper full to export."
+                f"a {self.mode.name} run ({self.mode.description}) cannot become a plain transformers model: its "
+                "weights are extra layers, not weight updates. Train with --upper lora or --upper full to export."
             )
         state = {
             canonical_name(k): v.detach().clone() for k, v in self.task_model.state_dict().items() if "lora_" not in k
         }
-        if self.upper_mode == "lora":
-            from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import LoraLayer
 
-            for name, module in self.task_model.named_modules():
-                if isinstance(module, LoraLayer):
-                    for adapter in module.lora_A:
-                        key = canonical_name(f"{name}.base_layer.weight")
-                        state[key] = state[key] + module.get_delta_weight(adapter).detach()
+        for name, module in self.task_model.named_modules():
+            if isinstance(module, LoraLayer):  # merged into the weight it adapts
+                for adapter in module.lora_A:
+                    key = canonical_name(f"{name}.base_layer.weight")
+                    state[key] = state[key] + module.get_delta_weight(adapter).detach()
         return state
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -24,9 +24,6 @@ from .upper import canonical_name
 
 __all__ = ["TaskSet"]
 
-# Settings every run in a set must share: together they decide the layer-k states.
-SHARED_KEYS = ("model", "lower_fingerprint", "layer", "tokenizer_fingerprint", "max_length", "truncation")
-
 
 class TaskSet:
     """Several trained runs over one base model and cut, predicted together.
@@ -49,7 +46,7 @@ class TaskSet:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"runs named {dupes} appear twice: give each run directory its own name.")
-        baselines = [str(m.run_dir) for m in self.models if m.meta["method"] != "recycle" and len(self.models) > 1]
+        baselines = [str(m.run_dir) for m in self.models if m.record.training_mode.from_text and len(self.models) > 1]
         if baselines:
             raise ConfigError(
                 f"{baselines} were trained from text (baselines): their lower layers are their own, so they cannot "
@@ -57,9 +54,9 @@ class TaskSet:
             )
         ref = self.models[0]
         for m in self.models[1:]:
-            diff = [k for k in SHARED_KEYS if m.meta.get(k) != ref.meta.get(k)]
+            diff = ref.record.state_differences(m.record)
             if diff:
-                shown = "; ".join(f"{k}: {ref.meta.get(k)!r} vs {m.meta.get(k)!r}" for k in diff)
+                shown = "; ".join(diff)
                 raise ConfigError(
                     f"runs {ref.run_dir} and {m.run_dir} do not share their base model and cut ({shown}). "
                     "A task set predicts runs of one base model and layer; split the call."

@@ -15,7 +15,8 @@ from .encoder import LoadedEncoder
 from .errors import InputDataError
 from .inference import shared_document_logits
 from .model import RecyclingModel
-from .run import expected_cache_settings, load_run
+from .run import load_run
+from .run_record import RunRecord
 from .tasks.ner import words_of
 from .tokenization import Encoded, encode_documents, is_empty
 
@@ -50,11 +51,11 @@ class Predictions:
 class TaskModel:
     """A trained run, ready to predict. Create with :func:`load`."""
 
-    def __init__(self, run_dir: Path, model: RecyclingModel, tokenizer: Any, meta: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, model: RecyclingModel, tokenizer: Any, record: RunRecord) -> None:
         self.run_dir = run_dir
         self.model = model
         self.tokenizer = tokenizer
-        self.meta = meta
+        self.record = record
         self.task = model.task
 
     @property
@@ -63,12 +64,12 @@ class TaskModel:
 
     def open_cache(self, cache: str | os.PathLike[str] | Cache | None) -> Cache | None:
         """The given cache (checked against the run), the run's own training cache, or None."""
-        if self.meta["method"] != "recycle":
+        if self.record.training_mode.from_text:
             return None  # a baseline trained from text: no cache of its settings exists
         if isinstance(cache, Cache):
             c = cache
         else:
-            path = cache or self.meta.get("cache")
+            path = cache or self.record.cache
             if not path:
                 return None
             try:
@@ -77,7 +78,7 @@ class TaskModel:
                 if cache:
                     raise FileNotFoundError(f"no cache at {cache}") from None
                 return None  # the run's training cache was deleted: compute everything
-        c.settings.check_matches(expected_cache_settings(self.meta, c.settings.dtype), c.location)
+        c.settings.check_matches(self.record.expected_states(c.settings.dtype), c.location)
         return c
 
     def predict(
@@ -150,15 +151,16 @@ def predict_shared(
     hits = sum(i is not None for i in index)
     added = 0
     if c is not None and update_cache and hits < len(live):
-        meta = first.meta
+        states = first.record.states
         cfg = BuildConfig(
-            model=meta["model"],
-            layer=meta["layer"],
-            max_length=meta["max_length"],
-            truncation=meta["truncation"],
+            model=states.model,
+            layer=states.layer,
+            max_length=states.max_length,
+            truncation=states.truncation,
             dtype=c.settings.dtype,
+            revision=states.model_revision,
         )
-        encoder = LoadedEncoder(meta["model"], meta.get("revision"), first.model.split, first.tokenizer)
+        encoder = LoadedEncoder(states.model, states.model_revision, first.model.split, first.tokenizer)
         misses = [d for d, i in zip(live, index, strict=True) if i is None]
         added = build_cache(misses, c.location, cfg, encoder=encoder, progress=False).computed
         c.refresh()
@@ -167,11 +169,10 @@ def predict_shared(
     if c is not None:
         for j, i in enumerate(index):
             if i is not None:
-                encoded[j] = Encoded.from_table(*c.token_table(i))
+                encoded[j] = c.encoded(i)
     todo = [j for j, e in enumerate(encoded) if e is None]
-    fresh = encode_documents(
-        first.tokenizer, [live[j] for j in todo], first.meta["max_length"], first.meta["truncation"]
-    )
+    states = first.record.states
+    fresh = encode_documents(first.tokenizer, [live[j] for j in todo], states.max_length, states.truncation)
     for j, e in zip(todo, fresh, strict=True):
         encoded[j] = e
     pad_id = first.tokenizer.pad_token_id or 0
@@ -179,8 +180,8 @@ def predict_shared(
     for m, result, task_logits in zip(models, results, logits, strict=True):
         result.hits, result.misses, result.added_to_cache = hits, len(live) - hits, added
         result.skipped_empty = len(docs) - len(keep)
-        if m.meta["method"] != "recycle":
-            result.notes.append(f"{m.meta['method']} baseline run: every document runs all layers from its text")
+        if m.record.training_mode.from_text:
+            result.notes.append(f"{m.record.method} baseline run: every document runs all layers from its text")
         for i, lg, enc, doc in zip(keep, task_logits, encoded, live, strict=True):
             result.items[i] = m.task.decode(lg, enc, doc)  # type: ignore[arg-type]
     return results
@@ -194,5 +195,5 @@ def load(run_dir: str | os.PathLike[str]) -> TaskModel:
         >>> model.predict(["We follow the method of ..."])[0]["label"]  # doctest: +SKIP
         'method'
     """
-    model, tokenizer, meta = load_run(run_dir)  # an unknown task fails there, naming the known ones
-    return TaskModel(Path(run_dir), model, tokenizer, meta)
+    model, tokenizer, record = load_run(run_dir)  # an unknown task fails there, naming the known ones
+    return TaskModel(Path(run_dir), model, tokenizer, record)

@@ -1,8 +1,9 @@
 """What is trained above the cut: the upper layers in full, the head only, LoRA, or bottleneck adapters.
 
-Each mode is a function ``(model, options) -> None`` that freezes and unfreezes
-(and, for LoRA and adapters, adds) parameters of a :class:`~embrecycle.model.RecyclingModel`.
-Only layers k+1..N are ever adapted: the lower layers are the cache's.
+Each ``train_*`` function ``(model, options) -> None`` freezes and unfreezes (and, for
+LoRA and adapters, adds) parameters of a split task model; :mod:`embrecycle.modes`
+registers them as training modes. Only layers k+1..N are ever adapted: the lower
+layers are the cache's (full fine-tuning from text, ``train_everything``, is the exception).
 
 * ``full``: layers k+1..N and the head are trained.
 * ``head``: everything frozen but the head (the frozen-features baseline).
@@ -16,61 +17,72 @@ Only layers k+1..N are ever adapted: the lower layers are the cache's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from .config import check_positive, from_dict
+from .config import Checks, Settings, setting
 from .errors import ConfigError
+from .split import SplitEncoder
 
-if TYPE_CHECKING:
-    from .model import RecyclingModel
-
-__all__ = ["FROZEN_BASE_MODES", "UPPER_MODES", "Adapter", "UpperOptions", "canonical_name"]
+__all__ = [
+    "Adapter",
+    "SplitTaskModel",
+    "UpperOptions",
+    "canonical_name",
+    "head_parameters",
+    "train_adapters",
+    "train_everything",
+    "train_head",
+    "train_lora",
+    "train_upper_layers",
+]
 
 ADAPTER_PLACEMENTS = ("pfeiffer", "houlsby")
 
 
+class SplitTaskModel(Protocol):
+    """What a mode works on: a task model, its base model split at layer ``layer``."""
+
+    task_model: nn.Module
+    split: SplitEncoder
+    layer: int
+
+
 @dataclass
-class UpperOptions:
-    """Settings of the parameter-efficient modes (ignored by ``full`` and ``head``).
+class UpperOptions(Settings):
+    """Settings of the parameter-efficient modes (ignored by ``full`` and ``head``)."""
 
-    Attributes:
-        lora_r, lora_alpha, lora_dropout: LoRA rank, scaling numerator (update scale = alpha / r) and input dropout.
-        lora_targets: Linear modules to adapt inside each upper layer, by name suffix (e.g. ``query value``);
-            default: every linear module of the layer (attention and feed-forward).
-        adapter_size: Bottleneck width of the adapters.
-        adapter_placement: ``pfeiffer`` (after the feed-forward output) or ``houlsby`` (after attention and
-            feed-forward outputs).
-    """
+    lora_r: int = setting(8, "LoRA rank.")
+    lora_alpha: float = setting(16.0, "LoRA alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = setting(0.1, "LoRA input dropout, in [0, 1).")
+    lora_targets: list[str] | None = setting(
+        None,
+        "Linear modules to adapt inside each upper layer, by name suffix, comma-separated (e.g. query,value); "
+        "default: every linear module of the layer.",
+    )
+    adapter_size: int = setting(64, "Bottleneck width of the adapters.")
+    adapter_placement: str = setting(
+        "pfeiffer",
+        "pfeiffer (after the feed-forward output) or houlsby (after the attention and feed-forward outputs).",
+        choices=ADAPTER_PLACEMENTS,
+    )
 
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    lora_targets: list[str] | None = field(default=None)
-    adapter_size: int = 64
-    adapter_placement: str = "pfeiffer"
-
-    def __post_init__(self) -> None:
-        check_positive(lora_r=self.lora_r, lora_alpha=self.lora_alpha, adapter_size=self.adapter_size)
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"lora_dropout={self.lora_dropout}: must be in [0, 1).")
-        if self.adapter_placement not in ADAPTER_PLACEMENTS:
-            raise ConfigError(
-                f"adapter_placement={self.adapter_placement!r}: choose one of {list(ADAPTER_PLACEMENTS)}."
-            )
-        if self.lora_targets is not None and not self.lora_targets:
-            raise ConfigError("lora_targets is empty: name at least one module, or leave it unset for all.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> UpperOptions:
-        return from_dict(cls, data or {})
+    def problems(self) -> list[str]:
+        checks = (
+            Checks()
+            .positive(lora_r=self.lora_r, lora_alpha=self.lora_alpha, adapter_size=self.adapter_size)
+            .within("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
+            .choice("adapter_placement", self.adapter_placement, ADAPTER_PLACEMENTS)
+        )
+        checks.require(
+            self.lora_targets is None or bool(self.lora_targets),
+            "lora_targets is empty (name at least one module, or leave it unset for all)",
+        )
+        return checks.problems
 
 
 def canonical_name(name: str) -> str:
@@ -78,12 +90,12 @@ def canonical_name(name: str) -> str:
     return name.replace(".base_layer.", ".")
 
 
-def _freeze_all(model: RecyclingModel) -> None:
+def _freeze_all(model: SplitTaskModel) -> None:
     for p in model.task_model.parameters():
         p.requires_grad_(False)
 
 
-def head_parameters(model: RecyclingModel) -> Iterator[nn.Parameter]:
+def head_parameters(model: SplitTaskModel) -> Iterator[nn.Parameter]:
     """The task head's parameters: everything outside the base model, plus BERT's pooler."""
     base = {id(p) for p in model.split.base.parameters()}
     pooler = getattr(model.split.base, "pooler", None)
@@ -93,27 +105,33 @@ def head_parameters(model: RecyclingModel) -> Iterator[nn.Parameter]:
             yield p
 
 
-def _train_head(model: RecyclingModel) -> None:
+def _unfreeze_head(model: SplitTaskModel) -> None:
     for p in head_parameters(model):
         p.requires_grad_(True)
 
 
-def _upper_full(model: RecyclingModel, options: UpperOptions) -> None:
+def train_everything(model: SplitTaskModel, options: UpperOptions) -> None:
+    """Full fine-tuning from text: every weight is trained."""
+    for p in model.task_model.parameters():
+        p.requires_grad_(True)
+
+
+def train_upper_layers(model: SplitTaskModel, options: UpperOptions) -> None:
     """Layers k+1..N and the head are trained."""
     _freeze_all(model)
     for layer in model.split.upper_layers():
         for p in layer.parameters():
             p.requires_grad_(True)
-    _train_head(model)
+    _unfreeze_head(model)
 
 
-def _upper_head(model: RecyclingModel, options: UpperOptions) -> None:
+def train_head(model: SplitTaskModel, options: UpperOptions) -> None:
     """Only the head is trained; the upper layers run frozen (the frozen-features baseline)."""
     _freeze_all(model)
-    _train_head(model)
+    _unfreeze_head(model)
 
 
-def _upper_layers(model: RecyclingModel, mode: str) -> list[nn.Module]:
+def _upper_layers(model: SplitTaskModel, mode: str) -> list[nn.Module]:
     """Layers k+1..N, which a LoRA or adapter mode needs at least one of."""
     layers = model.split.upper_layers()
     if not layers:
@@ -125,7 +143,7 @@ def _linear_names(layer: nn.Module) -> list[str]:
     return [n for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
 
 
-def _upper_lora(model: RecyclingModel, options: UpperOptions) -> None:
+def train_lora(model: SplitTaskModel, options: UpperOptions) -> None:
     """LoRA (via ``peft``) on the linear modules of layers k+1..N; the head is trained."""
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -149,7 +167,7 @@ def _upper_lora(model: RecyclingModel, options: UpperOptions) -> None:
     inject_adapter_in_model(config, model.task_model)
     for name, p in model.task_model.named_parameters():
         p.requires_grad_("lora_" in name)
-    _train_head(model)
+    _unfreeze_head(model)
 
 
 class Adapter(nn.Module):
@@ -174,7 +192,7 @@ class Adapter(nn.Module):
         return y + self.adapter_up(nn.functional.gelu(self.adapter_down(y)))
 
 
-def _upper_adapter(model: RecyclingModel, options: UpperOptions) -> None:
+def train_adapters(model: SplitTaskModel, options: UpperOptions) -> None:
     """Bottleneck adapters in layers k+1..N (Pfeiffer or Houlsby placement); the head is trained."""
     _freeze_all(model)
     layers = _upper_layers(model, "adapter")
@@ -192,16 +210,4 @@ def _upper_adapter(model: RecyclingModel, options: UpperOptions) -> None:
             setattr(parent, attr, Adapter(linear, options.adapter_size))
     for name, p in model.task_model.named_parameters():
         p.requires_grad_(".adapter_" in name)
-    _train_head(model)
-
-
-UPPER_MODES: dict[str, Callable[[RecyclingModel, UpperOptions], None]] = {
-    "full": _upper_full,
-    "head": _upper_head,
-    "lora": _upper_lora,
-    "adapter": _upper_adapter,
-}
-"""What is trained above the cut, by name."""
-
-FROZEN_BASE_MODES = frozenset({"head", "lora", "adapter"})
-"""Modes whose upper layers keep the pretrained weights (so a run depends on them, and tasks can share them)."""
+    _unfreeze_head(model)

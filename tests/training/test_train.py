@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,8 +14,15 @@ import embrecycle
 from embrecycle import CacheMismatchError, ConfigError, InputDataError, open_cache
 from embrecycle.model import RecyclingModel
 from embrecycle.run import build_task_model
+from embrecycle.run_record import read_run_record
 from embrecycle.tasks import ClassificationTask, NerTask
 from embrecycle.training import TrainConfig, train
+
+
+def _repoint(run_dir: str, model: str) -> None:
+    """Point a run at another base model directory (as a user who moved the model would)."""
+    record = read_run_record(run_dir)
+    dataclasses.replace(record, states=dataclasses.replace(record.states, model=model)).write(run_dir)
 
 
 def _config(tmp_path: Path, model: str, data: dict[str, Path], task: str, **kw) -> TrainConfig:  # type: ignore[no-untyped-def]
@@ -45,8 +53,8 @@ def test_training_lowers_the_loss_and_writes_a_run(task, tiny_bert_dir, toy_clas
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["best"][metrics["primary_metric"]] == result.best[metrics["primary_metric"]]
     assert len(metrics["history"]) == 4 and metrics["examples_per_second"] > 0
-    meta = json.loads((run / "run.json").read_text())
-    assert meta["layer"] == 2 and meta["lower_fingerprint"] == open_cache(tmp_path / "cache").settings.lower_fingerprint
+    record = read_run_record(run)
+    assert record.layer == 2 and record.states == open_cache(tmp_path / "cache").settings
 
 
 @pytest.mark.parametrize("task", ["classification", "ner"])
@@ -110,15 +118,15 @@ def test_recycled_logits_equal_the_unsplit_task_model(tiny_bert_dir: str, texts:
 def test_upper_modes_train_the_right_parameters(tiny_bert_dir: str) -> None:
     task = ClassificationTask(["x", "y"])
     counts = {}
-    for upper in ("full", "head", "all"):
+    for upper in ("full", "head", "full-finetune"):
         model = RecyclingModel(build_task_model(tiny_bert_dir, task.name, task.labels), task, 2, upper)
         counts[upper] = model.num_trainable_parameters()
         lower = [p for m in model.split.lower_modules().values() for p in m.parameters()]
-        assert all(p.requires_grad == (upper == "all") for p in lower)
+        assert all(p.requires_grad == (upper == "full-finetune") for p in lower)
         upper_params = [p for layer in model.split.upper_layers() for p in layer.parameters()]
-        assert all(p.requires_grad == (upper in ("full", "all")) for p in upper_params)
+        assert all(p.requires_grad == (upper in ("full", "full-finetune")) for p in upper_params)
         assert all(p.requires_grad for p in model.task_model.classifier.parameters())
-    assert counts["head"] < counts["full"] < counts["all"]
+    assert counts["head"] < counts["full"] < counts["full-finetune"]
     with pytest.raises(ConfigError, match="upper='prefix'"):
         TrainConfig(task="classification", model="m", layer=1, train="t", dev="d", out="o", upper="prefix")
 
@@ -197,9 +205,7 @@ def test_run_and_cache_of_other_weights_do_not_mix(tiny_bert_dir, other_bert_dir
     build_cache(["the protein"], tmp_path / "other", BuildConfig(model=other_bert_dir, layer=2), progress=False)
     with pytest.raises(CacheMismatchError, match="lower_fingerprint"):
         embrecycle.load(result.run_dir).predict(["the protein"], cache=tmp_path / "other")
-    meta = json.loads((Path(result.run_dir) / "run.json").read_text())
-    meta["model"] = other_bert_dir  # the base model the run points at changed
-    (Path(result.run_dir) / "run.json").write_text(json.dumps(meta))
+    _repoint(result.run_dir, other_bert_dir)  # the base model the run points at changed
     with pytest.raises(CacheMismatchError, match="lower-layer weights"):
         embrecycle.load(result.run_dir)
 
@@ -245,8 +251,8 @@ def test_parameter_efficient_runs_store_only_what_was_trained(upper, tiny_bert_d
     assert result.weights_bytes == (Path(result.run_dir) / "model.safetensors").stat().st_size
     marker = {"lora": "lora_", "adapter": ".adapter_", "head": "classifier"}[upper]
     assert all(marker in k or k.startswith("classifier.") for k in saved)
-    meta = json.loads((Path(result.run_dir) / "run.json").read_text())
-    assert meta["upper"] == upper and meta["upper_fingerprint"] and meta["upper_options"]["lora_r"] == 4
+    record = read_run_record(result.run_dir)
+    assert record.mode == upper and record.upper_fingerprint and record.upper_options.lora_r == 4
     # the round trip is exact: a fresh load predicts what the trained model evaluated
     model = embrecycle.load(result.run_dir)
     assert model.evaluate(model.read(toy_ner["dev"]))["f1"] == pytest.approx(result.best["f1"])
@@ -273,9 +279,7 @@ def test_frozen_upper_layers_must_be_the_ones_trained_over(tiny_bert_dir, toy_cl
     with torch.no_grad():
         base.encoder.layer[3].output.dense.weight.add_(0.01)
     base.save_pretrained(other)
-    meta = json.loads((Path(result.run_dir) / "run.json").read_text())
-    meta["model"] = str(other)
-    (Path(result.run_dir) / "run.json").write_text(json.dumps(meta))
+    _repoint(result.run_dir, str(other))
     with pytest.raises(CacheMismatchError, match="upper-layer weights"):
         embrecycle.load(result.run_dir)
 
@@ -286,13 +290,15 @@ def test_lora_baseline_trains_every_layer_from_text(tiny_bert_dir, toy_classific
         progress=False,
     )
     assert result.method == "lora" and result.cache is None and result.upper == "lora"
-    saved = json.loads((Path(result.run_dir) / "run.json").read_text())
-    assert saved["layer"] == 0
+    saved = read_run_record(result.run_dir)
+    assert saved.layer == 0 and saved.mode == "lora-text"
     preds = embrecycle.load(result.run_dir).predict(["the protein"])
     assert preds.hits == 0 and preds.notes
 
 
-@pytest.mark.parametrize(("upper", "task"), [("lora", "classification"), ("full", "ner"), ("all", "classification")])
+@pytest.mark.parametrize(
+    ("upper", "task"), [("lora", "classification"), ("full", "ner"), ("full-finetune", "classification")]
+)
 def test_export_loads_with_transformers_alone(upper, task, tiny_bert_dir, toy_classification, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -300,7 +306,7 @@ def test_export_loads_with_transformers_alone(upper, task, tiny_bert_dir, toy_cl
     from embrecycle.tokenization import encode_documents, pad_ids
 
     data = toy_ner if task == "ner" else toy_classification
-    kw = {"baseline": "full-finetune"} if upper == "all" else {"upper": upper}
+    kw = {"baseline": "full-finetune"} if upper == "full-finetune" else {"upper": upper}
     result = train(_config(tmp_path, tiny_bert_dir, data, task, epochs=2, lr=1e-2, **kw), progress=False)
     model = embrecycle.load(result.run_dir)
     exported = export_run(model, tmp_path / "export")
@@ -319,13 +325,15 @@ def test_export_loads_with_transformers_alone(upper, task, tiny_bert_dir, toy_cl
         theirs = plain(input_ids=ids, attention_mask=mask).logits
     m = mask.bool() if task == "ner" else slice(None)
     assert (ours[m] - theirs[m]).abs().max().item() <= 1e-4
-    if upper != "all":  # training moved the weights: the export is not the base model
+    if upper != "full-finetune":  # training moved the weights: the export is not the base model
         base = auto.from_pretrained(tiny_bert_dir, num_labels=len(model.labels))
         assert not torch.equal(
             base.base_model.encoder.layer[3].output.dense.weight, plain.base_model.encoder.layer[3].output.dense.weight
         )
     card = (Path(exported.out) / "README.md").read_text()
-    assert "cached layer k | 2" in card and f"trained above the cut | {upper}" in card
+    above = "full" if upper == "full-finetune" else upper
+    assert "cached layer k | 2" in card and f"trained above the cut | {above}" in card
+    assert f"training mode | {'full-finetune' if upper == 'full-finetune' else upper}" in card
     with pytest.raises(FileExistsError, match="not empty"):
         export_run(model, tmp_path / "export")
 
@@ -344,7 +352,7 @@ def test_warm_start_loads_the_upper_layers_and_head_of_a_full_finetuning_run(
 ) -> None:
     from safetensors.torch import load_file
 
-    from embrecycle.training.loop import warm_start
+    from embrecycle.training import warm_start
 
     full = train(
         _config(tmp_path, tiny_bert_dir, toy_classification, "classification", baseline="full-finetune", name="full"),
@@ -352,7 +360,7 @@ def test_warm_start_loads_the_upper_layers_and_head_of_a_full_finetuning_run(
     )
     saved = load_file(str(Path(full.run_dir) / "model.safetensors"))
     cfg = _config(tmp_path, tiny_bert_dir, toy_classification, "classification", init_from=full.run_dir, name="warm")
-    task = ClassificationTask(json.loads((Path(full.run_dir) / "run.json").read_text())["labels"])
+    task = ClassificationTask(list(read_run_record(full.run_dir).labels))
     model = RecyclingModel(build_task_model(tiny_bert_dir, "classification", task.labels), task, 2)
     loaded = warm_start(model, full.run_dir, cfg)
     state = model.task_model.state_dict()

@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from ..config import check_positive
+from ..config import Checks, Settings, setting
 from ..encoder import LoadedEncoder, load_encoder
 from ..errors import ConfigError
+from ..progress import progress_bar
 from ..split import SplitEncoder
 from ..tokenization import Encoded, encode_documents, is_empty, pad_ids
 from .format import STORAGE_DTYPES
@@ -41,44 +41,44 @@ __all__ = ["BuildConfig", "BuildSummary", "build_cache", "cache_settings_for"]
 
 
 @dataclass
-class BuildConfig:
-    """Settings of a cache build.
+class BuildConfig(Settings):
+    """Settings of a cache build (what ``embrecycle cache build`` takes)."""
 
-    Attributes:
-        model: Model name (hub id) or local directory.
-        layer: Number of layers run before caching (``0..N``).
-        max_length: Maximum tokens per document; ``None`` uses the model's limit (at most 512).
-        truncation: ``"truncate"`` longer documents (counted in the summary) or ``"error"``.
-        dtype: Storage dtype: ``float16`` (default), ``bfloat16`` or ``float32``.
-        batch_size: Documents per forward pass.
-        revision: Hub revision of the model.
-        attn_implementation: ``"sdpa"`` or ``"eager"``; default: the fastest the family has.
-        shard: Shard name to write (for several writers on one cache); default: a free local shard.
-        fsync: Flush each batch to stable storage.
-    """
+    model: str = setting(help="Model name (hub id) or local directory.")
+    layer: int = setting(help="Layers run before caching (0..N; 0 = the embeddings' output).")
+    max_length: int | None = setting(None, "Max tokens per document (default: the model's limit, at most 512).")
+    truncation: str = setting(
+        "truncate", "'truncate' longer documents (counted) or stop with an 'error'.", choices=TRUNCATION_MODES
+    )
+    dtype: str = setting("float16", "Storage dtype of the states.", choices=sorted(STORAGE_DTYPES))
+    batch_size: int = setting(32, "Documents per forward pass.")
+    revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the model.")
+    attn_implementation: str | None = setting(
+        None, "Attention kernel, sdpa or eager (default: the fastest the family has).", choices=("sdpa", "eager")
+    )
+    shard: str | None = setting(None, "Shard name, for several writers on one cache (default: a free local shard).")
+    fsync: bool = setting(True, "Flush each batch to stable storage (--no-fsync skips it).")
 
-    model: str
-    layer: int
-    max_length: int | None = None
-    truncation: str = "truncate"
-    dtype: str = "float16"
-    batch_size: int = 32
-    revision: str | None = None
-    attn_implementation: str | None = None
-    shard: str | None = None
-    fsync: bool = True
-
-    def __post_init__(self) -> None:
-        check_positive(batch_size=self.batch_size, **({"max_length": self.max_length} if self.max_length else {}))
-        if self.dtype not in STORAGE_DTYPES:
-            raise ConfigError(f"dtype={self.dtype!r}: choose one of {sorted(STORAGE_DTYPES)}.")
-        if self.truncation not in TRUNCATION_MODES:
-            raise ConfigError(f"truncation={self.truncation!r}: choose one of {list(TRUNCATION_MODES)}.")
+    def problems(self) -> list[str]:
+        return (
+            Checks()
+            .positive(batch_size=self.batch_size, max_length=self.max_length)
+            .choice("dtype", self.dtype, sorted(STORAGE_DTYPES))
+            .choice("truncation", self.truncation, TRUNCATION_MODES)
+            .choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"), optional=True)
+            .problems
+        )
 
 
 @dataclass
 class BuildSummary:
-    """What a build did."""
+    """What a build did, and what it already computed for the caller.
+
+    ``opened`` is the cache as it stands after the build, ``keys`` the content key of each input document
+    (None for an empty one) and ``encoded`` the tokenization of every document the build computed, so a
+    caller (training, prediction) needs neither to reopen the cache, re-key the documents nor tokenize
+    them again (a document that was already cached has its tokens in the cache: ``Cache.encoded(i)``).
+    """
 
     documents: int = 0
     computed: int = 0
@@ -90,6 +90,14 @@ class BuildSummary:
     bytes_written: int = 0
     seconds: float = 0.0
     cache: dict = field(default_factory=dict)
+    opened: Cache | None = field(default=None, repr=False, compare=False)
+    keys: list[bytes | None] = field(default_factory=list, repr=False, compare=False)
+    encoded: dict[bytes, Encoded] = field(default_factory=dict, repr=False, compare=False)
+
+    def indices(self) -> list[int | None]:
+        """Each input document's entry in :attr:`opened` (None: empty)."""
+        assert self.opened is not None
+        return [None if k is None else self.opened.index_of(k) for k in self.keys]
 
     @property
     def docs_per_s(self) -> float:
@@ -177,10 +185,10 @@ def build_cache(
     writer = cache.writer(config.shard, fsync=config.fsync)
     try:
         if todo:
-            batches, encoded = plan_batches(
+            batches, summary.encoded = plan_batches(
                 cache, writer.name, documents, input_keys, todo, settings, config, sources, encoder.tokenizer
             )
-            _run(cache, writer, encoder, batches, encoded, settings, summary, progress)
+            _run(cache, writer, encoder, batches, summary.encoded, settings, summary, progress)
         shard_paths(cache.root, writer.name)["plan.npz"].unlink(missing_ok=True)
     except BaseException:
         writer.close()
@@ -195,6 +203,7 @@ def build_cache(
         cache.update_manifest_stats()
     summary.bytes_written = writer.bytes_written
     summary.cache = cache.stats()
+    summary.opened = cache  # refreshed by the manifest update: it holds what this build wrote
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -205,15 +214,17 @@ def triage(
     """Key every document; count empty ones, duplicates and cache hits in ``summary``.
 
     Returns ``(input_keys, todo)``: every non-empty input document's key and the ones to compute,
-    each mapped to its position in ``documents``.
+    each mapped to its position in ``documents``; ``summary.keys`` gets each input document's key.
     """
     todo: dict[bytes, int] = {}
     input_keys: dict[bytes, int] = {}
+    summary.keys = [None] * len(documents)
     for i, doc in enumerate(documents):
         if is_empty(doc):
             summary.skipped_empty += 1
             continue
         key = cache.key(doc)
+        summary.keys[i] = key
         if key in input_keys:
             summary.duplicates += 1
             continue
@@ -284,7 +295,7 @@ def _run(
     device = next(split.parameters()).device
     pad_id = encoder.tokenizer.pad_token_id or 0
     total = sum(len(b) for b in batches)
-    bar = tqdm(total=total, unit="doc", desc=f"cache layer {settings.layer}", disable=not progress)
+    bar = progress_bar(total, f"cache layer {settings.layer}", "doc", enabled=progress)
     t0 = time.perf_counter()
     tokens = 0
     for batch in batches:

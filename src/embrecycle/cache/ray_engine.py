@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..config import check_positive
+from ..config import Checks, Settings, setting
 from ..encoder import load_encoder
 from ..errors import ConfigError, MissingDependencyError
+from ..progress import progress_bar
 from ..tokenization import encode_documents
 from .builder import BuildConfig, BuildSummary, cache_settings_for, lower_states, plan_batches, triage
 from .location import SHARD_FILES, Remote, is_remote, local_path
@@ -54,34 +54,33 @@ PLAN_SHARD = "ray-driver"
 
 
 @dataclass
-class RayOptions:
-    """How the Ray engine runs.
-
-    Attributes:
-        address: Ray cluster to join (``auto``, ``ray://host:10001``); default: the running one,
-            else a local cluster on this machine.
-        num_workers: Model actors (each holds the lower layers once).
-        gpus_per_worker: GPUs per actor (0: CPU).
-        cpus_per_worker: CPUs per actor (its torch thread count).
-        batches_per_shard: Batches per chunk; each chunk becomes one shard.
+class RayOptions(Settings):
+    """How the Ray engine runs (``cache build --engine ray``).
 
     A worker that dies is restarted and its chunk retried (Ray Data's default for actor pools:
     ``max_restarts=-1``, ``max_task_retries=-1``); an exception raised by the model code is not
     retried and ends the build (finished shards stay: re-run to resume).
     """
 
-    address: str | None = None
-    num_workers: int = 2
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    batches_per_shard: int = 16
+    address: str | None = setting(
+        None, "Ray cluster to join (auto, ray://host:10001; engine ray); default: the running one, else a local one."
+    )
+    num_workers: int = setting(2, "Model actors, each holding the lower layers once (engine ray).")
+    gpus_per_worker: float = setting(0.0, "GPUs per actor; 0 runs on the CPU (engine ray).")
+    cpus_per_worker: float = setting(1.0, "CPUs per actor, its torch thread count (engine ray).")
+    batches_per_shard: int = setting(16, "Batches per chunk; each chunk becomes one shard (engine ray).")
 
-    def __post_init__(self) -> None:
-        check_positive(
-            num_workers=self.num_workers, cpus_per_worker=self.cpus_per_worker, batches_per_shard=self.batches_per_shard
+    def problems(self) -> list[str]:
+        return (
+            Checks()
+            .positive(
+                num_workers=self.num_workers,
+                cpus_per_worker=self.cpus_per_worker,
+                batches_per_shard=self.batches_per_shard,
+            )
+            .non_negative(gpus_per_worker=self.gpus_per_worker)
+            .problems
         )
-        if self.gpus_per_worker < 0:
-            raise ConfigError(f"gpus_per_worker={self.gpus_per_worker}: must be >= 0.")
 
 
 def import_ray() -> Any:
@@ -193,7 +192,7 @@ def _run(
             "location": cache.location,
         },
     )
-    bar = tqdm(total=total, unit="doc", desc=f"cache layer {settings.layer} (ray)", disable=not progress)
+    bar = progress_bar(total, f"cache layer {settings.layer} (ray)", "doc", enabled=progress)
     t0 = time.perf_counter()
     for out in results.iter_rows():
         summary.computed += int(out["computed"])

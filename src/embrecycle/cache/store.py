@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import CacheCorruptedError, CacheLockedError, CacheMissError
+from ..tokenization import Encoded
 from .format import FLAG_TRUNCATED, HEADER_SIZE, STORAGE_DTYPES, TOKEN_FIELDS
 from .location import Remote, is_remote, local_path
 from .settings import MANIFEST_NAME, CacheSettings, atomic_write_json, new_manifest, read_manifest
@@ -57,10 +58,6 @@ class CachedDocument:
     word_ids: np.ndarray
     offsets: np.ndarray
     truncated: bool
-
-    @property
-    def tokens(self) -> np.ndarray:
-        return self.input_ids
 
 
 @dataclass
@@ -243,6 +240,10 @@ class Cache:
                 "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
             )
         return h, t
+
+    def encoded(self, i: int) -> Encoded:
+        """Entry ``i``'s tokenization (ids, word ids, offsets, truncation), as the build computed it."""
+        return Encoded.from_table(*self.token_table(i))
 
     def token_table(self, i: int) -> tuple[np.ndarray, bool]:
         """Entry ``i``'s ``(n_tokens, 4)`` token table (id, word id, char start, char end) and truncation flag,

@@ -2,108 +2,119 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..config import check_positive
-from ..errors import ConfigError
+from ..cache.format import STORAGE_DTYPES
+from ..cache.settings import TRUNCATION_MODES
+from ..config import Checks, Settings, setting
+from ..modes import BASELINES, UPPER_CHOICES, TrainingMode, resolve_mode
+from ..tasks import TASKS
 from ..upper import UpperOptions
 
-METHODS = ("recycle", "full-finetune")
+__all__ = ["TrainConfig"]
 
 
 @dataclass
-class TrainConfig:
-    """Everything that defines a training run.
+class TrainConfig(Settings):
+    """Everything that defines a training run (what ``embrecycle train`` takes).
 
-    Attributes:
-        task: ``classification`` or ``ner``.
-        model: Base model name (hub id) or local directory.
-        layer: Cut k: layers 1..k come from the cache, k+1..N are run.
-        train: Training file. dev: Development file (evaluated during training).
-        out: Run directory.
-        cache: Cache directory; default derived from the settings under ``~/.cache/embrecycle/caches``.
-        upper: What is trained above the cut: ``full`` (layers k+1..N + head), ``head``, ``lora`` or ``adapter``
-            (see :mod:`embrecycle.upper`).
-        upper_options: LoRA / adapter settings (:class:`~embrecycle.upper.UpperOptions`, or a dict of them).
-        baseline: ``None`` (recycling) or ``full-finetune`` (the whole model from text, same loop).
-        epochs, lr, batch_size, seed, warmup_ratio, weight_decay, max_grad_norm: the optimiser and schedule
-            (AdamW, linear warmup then linear decay, gradient clipping).
-        head_lr: Learning rate of the task head (classifier, and BERT's pooler); default: ``lr``. A freshly
-            initialised head often wants a higher rate than pretrained layers.
-        max_length: Max tokens per document (default: the model's, at most 512); truncation: as for caches.
-        eval_every: Evaluate every N steps (default: at the end of each epoch).
-        patience: Stop after this many evaluations without improvement (default: never).
-        train_limit, dev_limit: Use a seeded random subset of at most this many examples.
-        text_field, label_field, data_format: How to read JSON lines / CSV input.
-        cache_dtype: Storage dtype of the cache.
-        init_from: A run directory of the same base model and task (same labels) whose saved weights start
-            this run's trainable weights, e.g. the upper layers and head of a full fine-tuning run; the
-            weights this run keeps frozen (the layers below the cut) stay pretrained. Default: pretrained
-            weights and a fresh head.
+    ``upper`` and ``baseline`` together select the training mode (:attr:`mode`, see :mod:`embrecycle.modes`).
+    The optimiser is AdamW with linear warmup then linear decay and gradient clipping; biases and norms
+    have no weight decay.
     """
 
-    task: str
-    model: str
-    layer: int
-    train: str
-    dev: str
-    out: str
-    cache: str | None = None
-    upper: str = "full"
-    upper_options: UpperOptions | dict[str, Any] = field(default_factory=UpperOptions)
-    baseline: str | None = None
-    epochs: int = 3
-    lr: float = 5e-5
-    head_lr: float | None = None
-    batch_size: int = 32
-    seed: int = 42
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    max_length: int | None = None
-    truncation: str = "truncate"
-    eval_every: int | None = None
-    patience: int | None = None
-    train_limit: int | None = None
-    dev_limit: int | None = None
-    text_field: str = "text"
-    label_field: str = "label"
-    data_format: str | None = None
-    cache_dtype: str = "float16"
-    init_from: str | None = None
+    settings_name = "training"
+
+    task: str = setting(help="Task: classification or ner.", choices=sorted(TASKS))
+    model: str = setting(help="Base model name (hub id) or local directory.")
+    layer: int = setting(help="Cut k: layers 1..k come from the cache, k+1..N are run.")
+    train: str = setting(help="Training file (.jsonl/.csv/.tsv, or .conll for ner).")
+    dev: str = setting(help="Development file, evaluated during training.")
+    out: str = setting(help="Run directory to write.")
+    cache: str | None = setting(
+        None, "Cache directory or URL (default: derived from the settings under $EMBRECYCLE_CACHE_HOME)."
+    )
+    upper: str = setting(
+        "full", "What is trained above the cut: full, head, lora or adapter (the head always).", choices=UPPER_CHOICES
+    )
+    upper_options: UpperOptions = setting(
+        default_factory=UpperOptions, help="LoRA and adapter settings.", cli="given as its own fields (--lora-r, ...)"
+    )
+    baseline: str | None = setting(
+        None,
+        "Train from text instead: full-finetune (every weight) or lora (LoRA on every layer).",
+        choices=sorted(BASELINES),
+    )
+    revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the base model.")
+    epochs: int = setting(3, "Epochs.")
+    lr: float = setting(5e-5, "Peak learning rate (AdamW).")
+    head_lr: float | None = setting(
+        None, "Peak learning rate of the task head (classifier, and BERT's pooler); default: --lr."
+    )
+    batch_size: int = setting(32, "Examples per step.")
+    seed: int = setting(42, "Random seed (head initialisation, shuffling, subsets).")
+    warmup_ratio: float = setting(0.1, "Fraction of the steps for linear warmup, in [0, 1).")
+    weight_decay: float = setting(0.01, "AdamW weight decay.")
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm.")
+    max_length: int | None = setting(None, "Max tokens per document (default: the model's limit, at most 512).")
+    truncation: str = setting(
+        "truncate", "'truncate' longer documents (counted) or stop with an 'error'.", choices=TRUNCATION_MODES
+    )
+    eval_every: int | None = setting(None, "Evaluate every N steps (default: at the end of each epoch).")
+    patience: int | None = setting(None, "Early stopping: evaluations without improvement (default: never stop).")
+    train_limit: int | None = setting(None, "Use at most N training examples (a seeded random subset).")
+    dev_limit: int | None = setting(None, "Use at most N dev examples (a seeded random subset).")
+    text_field: str = setting("text", "Text field of JSON lines / CSV input.")
+    label_field: str = setting("label", "Label field of JSON lines / CSV input.")
+    data_format: str | None = setting(
+        None, "Input format when the file extension does not say (jsonl, csv, tsv, txt, conll).", flag="--format"
+    )
+    cache_dtype: str = setting("float16", "Storage dtype of the cache.", choices=sorted(STORAGE_DTYPES))
+    init_from: str | None = setting(
+        None,
+        "Run directory (same base model, task and labels) whose saved weights start this run's trained weights; "
+        "the layers below the cut stay pretrained.",
+    )
 
     def __post_init__(self) -> None:
-        from ..tasks import TASKS
-        from ..upper import UPPER_MODES
-
         if not isinstance(self.upper_options, UpperOptions):
             self.upper_options = UpperOptions.from_dict(self.upper_options)
-        problems = []
-        if self.task not in TASKS:
-            problems.append(f"task={self.task!r} (choose one of {sorted(TASKS)})")
-        if self.upper not in UPPER_MODES:
-            problems.append(f"upper={self.upper!r} (choose one of {sorted(UPPER_MODES)})")
-        if self.baseline not in (None, "full-finetune", "lora"):
-            problems.append(f"baseline={self.baseline!r} (choose 'full-finetune', 'lora' or leave it unset)")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio={self.warmup_ratio} (must be in [0, 1))")
-        if self.weight_decay < 0:
-            problems.append(f"weight_decay={self.weight_decay} (must be >= 0)")
-        if problems:
-            raise ConfigError("invalid training settings: " + "; ".join(problems) + ".")
-        check_positive(
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            head_lr=self.head_lr,
-            max_length=self.max_length,
-            eval_every=self.eval_every,
-            patience=self.patience,
-            train_limit=self.train_limit,
-            dev_limit=self.dev_limit,
+        super().__post_init__()
+
+    def problems(self) -> list[str]:
+        return (
+            Checks()
+            .choice("task", self.task, sorted(TASKS))
+            .choice("upper", self.upper, UPPER_CHOICES)
+            .choice("baseline", self.baseline, sorted(BASELINES), optional=True)
+            .choice("truncation", self.truncation, TRUNCATION_MODES)
+            .choice("cache_dtype", self.cache_dtype, sorted(STORAGE_DTYPES))
+            .within("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
+            .non_negative(weight_decay=self.weight_decay, layer=self.layer)
+            .positive(
+                epochs=self.epochs,
+                lr=self.lr,
+                batch_size=self.batch_size,
+                head_lr=self.head_lr,
+                max_grad_norm=self.max_grad_norm,
+                max_length=self.max_length,
+                eval_every=self.eval_every,
+                patience=self.patience,
+                train_limit=self.train_limit,
+                dev_limit=self.dev_limit,
+            )
+            .problems
         )
 
     @property
+    def mode(self) -> TrainingMode:
+        """The training mode ``upper`` and ``baseline`` select."""
+        return resolve_mode(self.upper, self.baseline)
+
+    @property
     def method(self) -> str:
-        return self.baseline or "recycle"
+        return self.mode.method
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "upper_options": self.upper_options.to_dict()}

@@ -1,0 +1,233 @@
+"""The typed record of a training run: what ``run.json`` holds, read and written in one place.
+
+Format version 2 (this release) stores the cache settings of the run's layer-k
+states as :class:`~embrecycle.cache.settings.CacheSettings` itself, the training
+mode by its registry name and the base model's revision. Version 1 runs (written
+by embrecycle 0.1.0) are read and converted; anything else fails with a message
+that says how to re-create the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .cache.settings import KEY_FIELDS, CacheSettings
+from .errors import ConfigError
+from .modes import TrainingMode, get_mode, mode_of_v1_run
+from .upper import UpperOptions
+
+__all__ = ["RUN_FILE", "RUN_FORMAT", "RUN_FORMAT_VERSION", "RunRecord", "read_run_record"]
+
+RUN_FILE = "run.json"
+RUN_FORMAT = "embrecycle-run"
+RUN_FORMAT_VERSION = 2
+
+# Settings that decide the layer-k states: runs share a pass over documents only if all of these agree.
+STATE_FIELDS = tuple(k for k in KEY_FIELDS if k != "dtype")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything a run directory says about how it was made.
+
+    Attributes:
+        task: Task name (``classification``, ``ner``).
+        labels: The label vocabulary, in the head's order.
+        mode: Training mode name (:mod:`embrecycle.modes`).
+        states: Settings of the layer-k states the run reads (``dtype``: the storage dtype of its training
+            cache; any storage dtype of the same states is accepted when predicting).
+        upper_options: LoRA and adapter settings.
+        upper_fingerprint: For frozen-base modes, the pretrained upper layers the run depends on.
+        model_revision: The base model's identity as trained on: the hub commit hash, or ``sha256:...`` of a
+            local directory's weight files (``states.model_revision`` is the revision as requested).
+        cache: Where the training cache was (None for runs trained from text).
+        train_config: The training settings as given (informational).
+        embrecycle_version: The release that wrote the run.
+    """
+
+    task: str
+    labels: tuple[str, ...]
+    mode: str
+    states: CacheSettings
+    upper_options: UpperOptions = field(default_factory=UpperOptions)
+    upper_fingerprint: str | None = None
+    model_revision: str | None = None
+    cache: str | None = None
+    train_config: dict[str, Any] = field(default_factory=dict)
+    embrecycle_version: str = __version__
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))
+        get_mode(self.mode)  # an unknown mode fails here, naming the known ones
+
+    # ---- what the record implies --------------------------------------
+    @property
+    def training_mode(self) -> TrainingMode:
+        return get_mode(self.mode)
+
+    @property
+    def method(self) -> str:
+        return self.training_mode.method
+
+    @property
+    def model(self) -> str:
+        return self.states.model
+
+    @property
+    def revision(self) -> str | None:
+        """The revision to load the base model at (as requested when training)."""
+        return self.states.model_revision
+
+    @property
+    def layer(self) -> int:
+        return self.states.layer
+
+    def expected_states(self, dtype: str) -> CacheSettings:
+        """The cache settings a cache in storage ``dtype`` must have to feed this run."""
+        return dataclasses.replace(self.states, dtype=dtype)
+
+    def state_differences(self, other: RunRecord) -> list[str]:
+        """The settings that make ``other``'s layer-k states differ from this run's (empty: one pass serves both)."""
+        mine, theirs = self.states, other.states
+        diffs = [k for k in ("model", *STATE_FIELDS) if getattr(mine, k) != getattr(theirs, k)]
+        return [f"{k}: {getattr(mine, k)!r} vs {getattr(theirs, k)!r}" for k in diffs]
+
+    # ---- JSON ----------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": RUN_FORMAT,
+            "format_version": RUN_FORMAT_VERSION,
+            "embrecycle_version": self.embrecycle_version,
+            "task": self.task,
+            "labels": list(self.labels),
+            "mode": self.mode,
+            "method": self.method,
+            "states": self.states.to_dict(),
+            "upper_options": dataclasses.asdict(self.upper_options),
+            "upper_fingerprint": self.upper_fingerprint,
+            "model_revision": self.model_revision,
+            "cache": self.cache,
+            "train_config": self.train_config,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = RUN_FILE) -> RunRecord:
+        """Parse ``run.json`` (version 2, or version 1 converted); unknown or missing keys are errors naming them."""
+        if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
+            raise ConfigError(f"{where} is not an embrecycle run record (format={_get(data, 'format')!r}).")
+        version = data.get("format_version")
+        if version == 1:
+            return _from_v1(data, where)
+        if version != RUN_FORMAT_VERSION:
+            raise ConfigError(
+                f"{where} has run format version {version!r}; this embrecycle ({__version__}) reads versions 1 and "
+                f"{RUN_FORMAT_VERSION}. Re-create the run with `embrecycle train` (its settings are in "
+                "'train_config'), or use the embrecycle release that wrote it."
+            )
+        body = {k: v for k, v in data.items() if k not in ("format", "format_version", "method")}
+        _check_keys(body, where, required={"task", "labels", "mode", "states"})
+        try:
+            return cls(
+                task=body["task"],
+                labels=tuple(body["labels"]),
+                mode=body["mode"],
+                states=CacheSettings.from_dict(body["states"]),
+                upper_options=UpperOptions.from_dict(body.get("upper_options")),
+                upper_fingerprint=body.get("upper_fingerprint"),
+                model_revision=body.get("model_revision"),
+                cache=body.get("cache"),
+                train_config=body.get("train_config") or {},
+                embrecycle_version=body.get("embrecycle_version", "unknown"),
+            )
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: {e}") from e
+
+    def write(self, run_dir: str | Path) -> None:
+        """Write ``run.json`` and ``labels.json`` (id2label/label2id, for tools that read only that)."""
+        out = Path(run_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        labels = {"id2label": dict(enumerate(self.labels)), "label2id": {v: i for i, v in enumerate(self.labels)}}
+        (out / "labels.json").write_text(json.dumps(labels, indent=2) + "\n", encoding="utf-8")
+
+
+def read_run_record(run_dir: str | Path) -> RunRecord:
+    """The record of a run directory.
+
+    Raises:
+        FileNotFoundError: ``run.json`` is missing.
+        ConfigError: it is unreadable, of an unknown version, or has unknown or missing keys.
+    """
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: {RUN_FILE} is missing (train one first).")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}. Re-create the run with `embrecycle train`.") from e
+    return RunRecord.from_json(data, str(path))
+
+
+def _get(data: Any, key: str) -> Any:
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def _check_keys(body: dict[str, Any], where: str, required: set[str], known: set[str] | None = None) -> None:
+    known = known or {f.name for f in dataclasses.fields(RunRecord)}
+    unknown = sorted(set(body) - known)
+    missing = sorted(required - set(body))
+    problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
+    if problems:
+        raise ConfigError(
+            f"{where}: " + "; ".join(problems) + f" (a run record has {sorted(known)}). "
+            "Re-create the run with `embrecycle train`."
+        )
+
+
+# Version 1 (embrecycle 0.1.0): a flat dict; cache settings spread over top-level keys, the tokenizer implied by
+# the model, the training mode split over "method" and "upper".
+_V1_KEYS = {
+    "embrecycle_version", "task", "labels", "method", "upper", "upper_options", "upper_fingerprint", "model",
+    "revision", "model_type", "lower_fingerprint", "layer", "num_layers", "hidden_size", "tokenizer_fingerprint",
+    "max_length", "truncation", "cache_dtype", "cache", "train_config",
+}  # fmt: skip
+
+
+def _from_v1(data: dict[str, Any], where: str) -> RunRecord:
+    body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+    _check_keys(body, where, required=_V1_KEYS - {"upper_fingerprint", "revision"}, known=_V1_KEYS)
+    try:
+        mode = mode_of_v1_run(body["method"], body["upper"])
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
+    states = CacheSettings(
+        model=body["model"],
+        model_revision=body.get("revision"),
+        model_type=body["model_type"],
+        lower_fingerprint=body["lower_fingerprint"],
+        layer=body["layer"],
+        num_layers=body["num_layers"],
+        hidden_size=body["hidden_size"],
+        tokenizer=body["model"],
+        tokenizer_fingerprint=body["tokenizer_fingerprint"],
+        max_length=body["max_length"],
+        truncation=body["truncation"],
+        dtype=body["cache_dtype"],
+    )
+    return RunRecord(
+        task=body["task"],
+        labels=tuple(body["labels"]),
+        mode=mode.name,
+        states=states,
+        upper_options=UpperOptions.from_dict(body.get("upper_options")),
+        upper_fingerprint=body.get("upper_fingerprint"),
+        model_revision=body.get("revision"),
+        cache=body.get("cache"),
+        train_config=body.get("train_config") or {},
+        embrecycle_version=body.get("embrecycle_version", "0.1.0"),
+    )

@@ -1,0 +1,62 @@
+"""Step 2 of training: the task model, split at the cut, with the training mode applied."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..cache.builder import BuildConfig, cache_settings_for
+from ..cache.settings import CacheSettings
+from ..encoder import LoadedEncoder, load_tokenizer
+from ..model import RecyclingModel
+from ..run import build_task_model
+from ..tasks.base import Task
+from .config import TrainConfig
+from .warm_start import warm_start
+
+__all__ = ["BuiltModel", "build_model", "seed_everything"]
+
+
+@dataclass
+class BuiltModel:
+    """The model to train, its lower layers as an encoder (for the cache build), and the states' settings."""
+
+    model: RecyclingModel
+    encoder: LoadedEncoder
+    build: BuildConfig
+    settings: CacheSettings
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(config: TrainConfig, task: Task) -> BuiltModel:
+    """Seed, load ``AutoModelFor*`` with a fresh head, split it at the mode's cut and apply the mode.
+
+    With ``init_from`` the trained weights start from that run's. The cache settings are derived here,
+    fingerprinting the pretrained lower layers before any of them trains.
+    """
+    seed_everything(config.seed)
+    mode = config.mode
+    layer = mode.layer_for(config.layer)
+    task_model = build_task_model(config.model, config.task, task.labels, config.revision)
+    model = RecyclingModel(task_model, task, layer, mode, config.upper_options)
+    if config.init_from:
+        warm_start(model, config.init_from, config)
+    tokenizer = load_tokenizer(config.model, model.split.config.model_type, config.revision)
+    encoder = LoadedEncoder(config.model, config.revision, model.split, tokenizer)
+    build = BuildConfig(
+        model=config.model,
+        layer=layer,
+        max_length=config.max_length,
+        truncation=config.truncation,
+        dtype=config.cache_dtype,
+        revision=config.revision,
+    )
+    return BuiltModel(model, encoder, build, cache_settings_for(encoder, build))

@@ -1,0 +1,141 @@
+"""Step 5 of training: the epochs, with evaluation, early stopping and a checkpoint at every improvement."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..batching import train_batches
+from ..model import RecyclingModel
+from ..progress import progress_bar
+from ..tasks.base import Task
+from ..tokenization import pad_ids
+from .config import TrainConfig
+from .evaluate import Evaluator
+from .inputs import TrainingInputs
+
+__all__ = ["FitResult", "fit"]
+
+
+@dataclass
+class FitResult:
+    """What the epochs produced: the evaluation history, the best point and the timings."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+    best_predictions: list[Any] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    read_seconds: float = 0.0
+    seen: int = 0
+
+    @property
+    def train_seconds(self) -> float:
+        return float(sum(self.epoch_seconds))
+
+
+class _Steps:
+    """One optimisation step on a batch of training examples, from cached states or from text."""
+
+    def __init__(
+        self, model: RecyclingModel, task: Task, inputs: TrainingInputs, targets: list[Any], pad_id: int,
+        optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float,
+    ) -> None:  # fmt: skip
+        self.model, self.task, self.inputs, self.targets, self.pad_id = model, task, inputs, targets, pad_id
+        self.optimizer, self.scheduler, self.max_grad_norm = optimizer, scheduler, max_grad_norm
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def __call__(self, batch: np.ndarray, fit: FitResult) -> float:
+        t0 = time.perf_counter()
+        inputs = self.inputs
+        if inputs.cache is not None:
+            b = inputs.cache.read_batch([inputs.train_index[i] for i in batch])  # type: ignore[misc]
+            fit.read_seconds += time.perf_counter() - t0
+            logits = self.model.forward_cached(b.hidden, b.attention_mask)
+            seq_len = b.hidden.shape[1]
+        else:
+            ids, mask = pad_ids([inputs.train[i] for i in batch], self.pad_id)
+            logits = self.model.forward_text(ids, mask)
+            seq_len = ids.shape[1]
+        loss = self.task.loss(logits, self.task.collate([self.targets[i] for i in batch], seq_len))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+
+def _evaluates_now(config: TrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> bool:
+    if config.eval_every:
+        return step % config.eval_every == 0 or step == total_steps
+    return step % steps_per_epoch == 0
+
+
+def fit(
+    model: RecyclingModel,
+    task: Task,
+    config: TrainConfig,
+    inputs: TrainingInputs,
+    targets: list[Any],
+    pad_id: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    evaluate: Evaluator,
+    checkpoint: Callable[[], None],
+    progress: bool,
+) -> FitResult:
+    """Train for ``config.epochs`` on length-bucketed shuffled batches; evaluate every epoch (or ``eval_every``
+    steps), call ``checkpoint`` whenever the primary dev metric improves, stop after ``patience`` evaluations
+    without improvement."""
+    step_once = _Steps(model, task, inputs, targets, pad_id, optimizer, scheduler, config.max_grad_norm)
+    lengths = np.array([len(e.input_ids) for e in inputs.train])
+    steps_per_epoch = -(-len(lengths) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    result = FitResult()
+    bad_evals, step = 0, 0
+    model.train()
+    bar = progress_bar(total_steps, f"train {config.method}", "step", enabled=progress)
+    try:
+        for epoch in range(config.epochs):
+            t_epoch, stop = 0.0, False
+            for batch in train_batches(lengths, config.batch_size, config.seed, epoch):
+                t0 = time.perf_counter()
+                result.losses.append(step_once(batch, result))
+                dt = time.perf_counter() - t0
+                t_epoch += dt
+                result.step_seconds.append(dt)
+                step += 1
+                result.seen += len(batch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{result.losses[-1]:.4f}", ex_s=f"{len(batch) / dt:.0f}")
+                if not _evaluates_now(config, step, steps_per_epoch, total_steps):
+                    continue
+                scores = evaluate()
+                point = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "train_loss": float(np.mean(result.losses[-steps_per_epoch:])),
+                    **scores,
+                }
+                result.history.append(point)
+                if not result.best or scores[task.primary_metric] > result.best[task.primary_metric]:
+                    result.best, result.best_predictions, bad_evals = point, evaluate.predictions, 0
+                    checkpoint()
+                else:
+                    bad_evals += 1
+                    if config.patience and bad_evals >= config.patience:
+                        stop = True
+                        break
+            result.epoch_seconds.append(t_epoch)
+            if stop:
+                break
+    finally:
+        bar.close()
+    return result

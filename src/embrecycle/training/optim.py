@@ -1,0 +1,35 @@
+"""Step 4 of training: AdamW with linear warmup and decay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from ..model import RecyclingModel
+from .config import TrainConfig
+
+__all__ = ["make_optimizer", "param_groups"]
+
+
+def param_groups(model: RecyclingModel, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and norms; the head at ``head_lr`` when set."""
+    head = {id(p) for p in model.head_parameters()}
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, p in model.task_model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+        lr = config.head_lr if config.head_lr is not None and id(p) in head else config.lr
+        groups.setdefault((lr, 0.0 if no_decay else config.weight_decay), []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
+def make_optimizer(
+    model: RecyclingModel, config: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimiser over the trainable parameters and its schedule (warmup for ``warmup_ratio`` of the steps)."""
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    return optimizer, scheduler
