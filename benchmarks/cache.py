@@ -2,7 +2,8 @@
 
 Run it with ``make bench-cache`` or ``.venv/bin/python benchmarks/cache.py`` (``--quick`` for a
 smoke run of well under a minute, ``--help`` for the options). It needs the offline models
-(``make install``) and the sci-cite data in ``../shared/data`` next to the repository.
+(``make install``) and the sci-cite data of the paper datasets (``paper_datasets.py``: ``../shared/data``
+next to the repository).
 
 For MiniLM-L6 (cache layer 3) and MPNet-base (cache layer 6), in one process, on the first
 ``--docs`` distinct documents of ``sci-cite/train.jsonl``:
@@ -34,11 +35,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -56,14 +55,18 @@ import transformers
 from torch import nn
 from torch.nn import functional as F
 
-from embrecycle import BuildConfig, LoadedEncoder, SplitEncoder, build_cache, load_encoder, open_cache
+import paper_datasets
+from embrecycle import BuildConfig, LoadedEncoder, build_cache, load_encoder, open_cache
+from embrecycle.bench import environment, write_results
+from embrecycle.bench.tables import markdown_table
+from embrecycle.bench.timing import CallTimer, OtherCpu, timed
 from embrecycle.cache.builder import default_max_length
 from embrecycle.cache.store import Cache
 from embrecycle.offline_models import minilm_l6_path, mpnet_base_path
 from embrecycle.tokenization import encode_documents
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA = REPO_ROOT.parent / "shared" / "data" / "sci-cite" / "train.jsonl"
+DATA = paper_datasets.DATA_DIR / "sci-cite" / "train.jsonl"
 BATCH_SIZE = 32
 TARGET_PCT = 5.0
 NUM_LABELS = 3  # sci-cite: background, method, result
@@ -123,28 +126,11 @@ def load_documents(path: Path, n: int) -> list[str]:
 
 
 def machine_info(work_dir: Path) -> dict[str, Any]:
-    """Where the numbers come from."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu or "unknown",
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+    """Where the numbers come from: the machine, and the filesystem the caches go to."""
+    return environment() | {
         "numpy": np.__version__,
         "work_dir": str(work_dir),
         "work_dir_filesystem": filesystem_of(work_dir),
-        "load_average_at_start": list(os.getloadavg()),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -160,76 +146,6 @@ def filesystem_of(path: Path) -> str:
     except OSError:
         pass
     return fs
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Seconds ``fn`` takes (after a garbage collection), and its result."""
-    gc.collect()
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
-
-
-class OtherCpu:
-    """Cores' worth of CPU that other processes (and the hypervisor) took while the block ran.
-
-    From ``/proc/stat`` (all busy time, steal included) minus this process's own CPU time;
-    ``cores`` stays NaN where ``/proc/stat`` is unavailable. A sign of a noisy measurement.
-    """
-
-    cores: float = float("nan")
-
-    def __enter__(self) -> OtherCpu:
-        self._start = (_machine_busy_s(), _own_cpu_s(), time.perf_counter())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        busy0, own0, wall0 = self._start
-        busy1, own1, wall1 = _machine_busy_s(), _own_cpu_s(), time.perf_counter()
-        if busy0 is not None and busy1 is not None and wall1 > wall0:
-            self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
-
-
-def _machine_busy_s() -> float | None:
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-class ForwardTimer:
-    """Seconds spent inside ``split.lower`` while the block runs (the instance's method is wrapped, then restored).
-
-    Timing the forward inside each run lets the rest of the run (what the cache adds) be measured
-    in the same run, so that the run-to-run noise of the forward, larger than that rest, cancels.
-    """
-
-    def __init__(self, split: SplitEncoder) -> None:
-        self.split = split
-        self.seconds = 0.0
-
-    def __enter__(self) -> ForwardTimer:
-        original = self.split.lower
-
-        def lower(*args: Any, **kwargs: Any) -> torch.Tensor:
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        self.split.lower = lower  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        del self.split.lower
 
 
 def pct(part: float, whole: float) -> float:
@@ -299,7 +215,8 @@ def bench_build(
         for variant in variants[r % 3 :] + variants[: r % 3]:  # rotate the order every round
             for attempt in range(1 + settings.retries):  # a run slowed down by other processes is run again
                 run_dir = work / f"{spec.key}-{variant}-{r}-{attempt}"
-                with OtherCpu() as others, ForwardTimer(encoder.split) as forward:
+                # the forward is timed inside each run, so the rest (what the cache adds) is measured without its noise
+                with OtherCpu() as others, CallTimer(encoder.split, "lower") as forward:
                     seconds, tokens = run(variant, run_dir)
                 contended = others.cores > settings.max_other_cores
                 extra = {
@@ -576,6 +493,12 @@ def model_summary(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
     }
 
 
+BUILD_COLUMNS = [
+    "Build", "Best s", "Docs/s", "Tokens/s", "Overhead (best)", "Overhead (median)", "Outside forward, median s",
+    "Overhead outside forward", "Runs: s (others' cores)",
+]  # fmt: skip
+
+
 def model_table(rows: list[dict[str, Any]], spec: ModelSpec, num_layers: int, max_other: float) -> str:
     name = spec.name
     best = {
@@ -603,10 +526,8 @@ def model_table(rows: list[dict[str, Any]], spec: ModelSpec, num_layers: int, ma
         "run's median time). The last column lists every run with the CPU other processes took meanwhile, in "
         f"cores; * marks runs above {max_other} cores, which are run again and left out (unless all were).",
         "",
-        "| Build | Best s | Docs/s | Tokens/s | Overhead (best) | Overhead (median) | Outside forward, median s "
-        "| Overhead outside forward | Runs: s (others' cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    build_rows = []
     for v, row in best.items():
         over = f"{row['overhead_pct']:+.1f}%" if "overhead_pct" in row else "—"
         med = f"{row['median_overhead_pct']:+.1f}%" if "median_overhead_pct" in row else "—"
@@ -615,37 +536,53 @@ def model_table(rows: list[dict[str, Any]], spec: ModelSpec, num_layers: int, ma
             f"{s:.2f} ({c:.2f}{'*' if c > max_other else ''})"
             for s, c in zip(row["runs_seconds"], row["runs_other_cores"], strict=True)
         )
-        lines.append(
-            f"| {labels[v]} | {row['seconds']:.2f} | {row['docs_per_s']:.1f} | {row['tokens_per_s']:.0f} "
-            f"| {over} | {med} | {row['median_outside_forward_seconds']:.3f} | {out} | {rounds} |"
+        build_rows.append(
+            [
+                labels[v],
+                f"{row['seconds']:.2f}",
+                f"{row['docs_per_s']:.1f}",
+                f"{row['tokens_per_s']:.0f}",
+                over,
+                med,
+                f"{row['median_outside_forward_seconds']:.3f}",
+                out,
+                rounds,
+            ]
         )
+    lines += markdown_table(BUILD_COLUMNS, build_rows, align="lrrrrrrrl")
     plain_s = best["plain"]["seconds"]
     lines += [
         "",
         "Non-forward build steps, timed alone on the same documents (share of the plain forward time):",
         "",
-        "| Step | ms | % of plain |",
-        "|---|---:|---:|",
     ]
-    for label, key in (
-        ("Lower-weights fingerprint (sha256, once per build)", "lower_fingerprint_s"),
-        ("Document keys (sha256 per document)", "document_keys_s"),
-        ("`encode_documents` (offsets, word ids)", "encode_documents_s"),
-        ("Plain tokenizer call (baseline's tokenization)", "plain_tokenize_s"),
-        ("crc32 of all stored states", "crc32_hidden_s"),
-    ):
-        lines.append(f"| {label} | {1e3 * parts[key]:.1f} | {pct(parts[key], plain_s):.1f}% |")
+    steps = [
+        [label, f"{1e3 * parts[key]:.1f}", f"{pct(parts[key], plain_s):.1f}%"]
+        for label, key in (
+            ("Lower-weights fingerprint (sha256, once per build)", "lower_fingerprint_s"),
+            ("Document keys (sha256 per document)", "document_keys_s"),
+            ("`encode_documents` (offsets, word ids)", "encode_documents_s"),
+            ("Plain tokenizer call (baseline's tokenization)", "plain_tokenize_s"),
+            ("crc32 of all stored states", "crc32_hidden_s"),
+        )
+    ]
+    lines += markdown_table(["Step", "ms", "% of plain"], steps, align="lrr")
+    storage_rows = [
+        ["Bytes per token on disk", f"{storage['bytes_per_token']:.1f}"],
+        [f"Raw states ({storage['hidden_size']} × 2 bytes, float16)", storage["raw_bytes_per_token"]],
+        ["Overhead over raw states", f"{storage['overhead_pct']:+.1f}%"],
+        [
+            f"Total on disk ({storage['documents']} docs, {storage['tokens']} tokens)",
+            f"{storage['bytes'] / 1e6:.2f} MB",
+        ],
+        [
+            "of which .hidden / .tokens / .index",
+            f"{storage['bytes_hidden'] / 1e6:.2f} / {storage['bytes_tokens'] / 1e6:.2f} / "
+            f"{storage['bytes_index'] / 1e6:.3f} MB",
+        ],
+    ]
+    lines += ["", *markdown_table(["Storage", "Value"], storage_rows, align="lr")]
     lines += [
-        "",
-        "| Storage | Value |",
-        "|---|---:|",
-        f"| Bytes per token on disk | {storage['bytes_per_token']:.1f} |",
-        f"| Raw states ({storage['hidden_size']} × 2 bytes, float16) | {storage['raw_bytes_per_token']} |",
-        f"| Overhead over raw states | {storage['overhead_pct']:+.1f}% |",
-        f"| Total on disk ({storage['documents']} docs, {storage['tokens']} tokens) | "
-        f"{storage['bytes'] / 1e6:.2f} MB |",
-        f"| of which .hidden / .tokens / .index | {storage['bytes_hidden'] / 1e6:.2f} / "
-        f"{storage['bytes_tokens'] / 1e6:.2f} / {storage['bytes_index'] / 1e6:.3f} MB |",
         "",
         f"Reads vs training step: random batches of {step['batch_size']} documents (seeded); "
         f"{reads['verify']['batches']} batches read, {step['batches']} steps timed after {step['warmup_batches']} "
@@ -656,36 +593,49 @@ def model_table(rows: list[dict[str, Any]], spec: ModelSpec, num_layers: int, ma
             else "**Other processes took CPU during every step: the step time is inflated.**"
         ),
         "",
-        "| Per batch | Mean ms | Median ms | % of a step |",
-        "|---|---:|---:|---:|",
-        f"| `read_batch`, verify_reads=True (warm page cache) | {reads['verify']['mean_ms']:.2f} "
-        f"| {reads['verify']['median_ms']:.2f} | {reads['verify']['pct_of_step']:.2f}% |",
-        f"| `read_batch`, verify_reads=False (warm page cache) | {reads['no_verify']['mean_ms']:.2f} "
-        f"| {reads['no_verify']['median_ms']:.2f} | {reads['no_verify']['pct_of_step']:.2f}% |",
-        f"| `read_batch`, verify_reads=True, files evicted from page cache ({cold['batches']} batches) "
-        f"| {cold['mean_ms']:.2f} | {cold['median_ms']:.2f} | {cold['pct_of_step']:.2f}% |",
-        f"| Training step, layers {spec.layer + 1}..{num_layers} + head (forward, backward, AdamW) "
-        f"| {step['mean_ms']:.1f} | {step['median_ms']:.1f} | 100% |",
     ]
+    per_batch = [
+        [label, f"{r['mean_ms']:.2f}", f"{r['median_ms']:.2f}", f"{r['pct_of_step']:.2f}%"]
+        for label, r in (
+            ("`read_batch`, verify_reads=True (warm page cache)", reads["verify"]),
+            ("`read_batch`, verify_reads=False (warm page cache)", reads["no_verify"]),
+            (f"`read_batch`, verify_reads=True, files evicted from page cache ({cold['batches']} batches)", cold),
+        )
+    ]
+    per_batch.append(
+        [
+            f"Training step, layers {spec.layer + 1}..{num_layers} + head (forward, backward, AdamW)",
+            f"{step['mean_ms']:.1f}",
+            f"{step['median_ms']:.1f}",
+            "100%",
+        ]
+    )
+    lines += markdown_table(["Per batch", "Mean ms", "Median ms", "% of a step"], per_batch, align="lrrr")
     return "\n".join(lines)
 
 
 def targets_table(rows: list[dict[str, Any]], specs: Sequence[ModelSpec]) -> str:
-    lines = [
-        f"| Model | Build overhead (fsync on) < {TARGET_PCT:.0f}%: best-of runs | same, measured outside the forward "
-        f"| Read (verified) < {TARGET_PCT:.0f}% of a step | Bytes overhead over raw float16 < {TARGET_PCT:.0f}% |",
-        "|---|---|---|---|---|",
+    header = [
+        "Model",
+        f"Build overhead (fsync on) < {TARGET_PCT:.0f}%: best-of runs",
+        "same, measured outside the forward",
+        f"Read (verified) < {TARGET_PCT:.0f}% of a step",
+        f"Bytes overhead over raw float16 < {TARGET_PCT:.0f}%",
     ]
+    table = []
     for spec in specs:
         s = model_summary(rows, spec.name)
-        lines.append(
-            f"| {spec.name} | {s['build_overhead_pct']:+.1f}% ({_ok(s['build_overhead_pct'], TARGET_PCT)}) "
-            f"| {s['build_overhead_outside_forward_pct']:+.1f}% "
-            f"({_ok(s['build_overhead_outside_forward_pct'], TARGET_PCT)}) "
-            f"| {s['read_pct_of_step']:.2f}% ({_ok(s['read_pct_of_step'], TARGET_PCT)}) "
-            f"| {s['storage_bytes_overhead_pct']:+.1f}% ({_ok(s['storage_bytes_overhead_pct'], TARGET_PCT)}) |"
+        table.append(
+            [
+                spec.name,
+                f"{s['build_overhead_pct']:+.1f}% ({_ok(s['build_overhead_pct'], TARGET_PCT)})",
+                f"{s['build_overhead_outside_forward_pct']:+.1f}% "
+                f"({_ok(s['build_overhead_outside_forward_pct'], TARGET_PCT)})",
+                f"{s['read_pct_of_step']:.2f}% ({_ok(s['read_pct_of_step'], TARGET_PCT)})",
+                f"{s['storage_bytes_overhead_pct']:+.1f}% ({_ok(s['storage_bytes_overhead_pct'], TARGET_PCT)})",
+            ]
         )
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, table))
 
 
 def render_markdown(
@@ -708,8 +658,8 @@ def render_markdown(
     intro = (
         "# Cache benchmark\n\n"
         + ("**Quick smoke run: the sizes are too small for the figures to mean much.**\n\n" if quick else "")
-        + f"Generated by `benchmarks/cache.py` on {machine['date']}: {machine['cpu']}, {machine['cpu_count']} CPUs "
-        f"({machine['torch_threads']} torch threads), {machine['platform']}, Python {machine['python']}, "
+        + f"Generated by `benchmarks/cache.py` on {machine['date']}: {machine['cpu']}, {machine['cpus']} CPUs "
+        f"({machine['threads']} torch threads), {machine['machine']}, Python {machine['python']}, "
         f"torch {machine['torch']}, transformers {machine['transformers']}; caches written to "
         f"{machine['work_dir_filesystem']}. Data: the first distinct documents of `sci-cite/train.jsonl`.\n\n"
         "Absolute times only compare within one run: the machine may be shared and noisy. Each build variant is "
@@ -806,8 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary": {spec.name: model_summary(rows, spec.name) for spec in specs},
         "rows": rows,
     }
-    (args.out / "cache.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "cache.md").write_text(report)
+    write_results(result, args.out, "cache", report)
     print()
     print(tables)
     print(f"\nwrote {args.out / 'cache.json'} and {args.out / 'cache.md'} in {machine['total_seconds']:.0f} s")

@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import transformers
 
+import paper_datasets
 from embrecycle.batching import eval_batches
-from embrecycle.bench.runner import environment
+from embrecycle.bench import environment, write_results
+from embrecycle.bench.tables import markdown_table
+from embrecycle.bench.timing import alternate
 from embrecycle.data.readers import read_examples
 from embrecycle.export import export_run
 from embrecycle.multitask import TaskSet
@@ -42,11 +43,7 @@ from embrecycle.tokenization import encode_documents, pad_ids
 from embrecycle.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-TASKS = {  # name: (task, folder, extension, metric)
-    "sci-cite": ("classification", "sci-cite", "jsonl", "macro_f1"),
-    "bc5cdr": ("ner", "bc5cdr", "conll", "f1"),
-}
+DATASETS = ("sci-cite", "bc5cdr")
 # (label, baseline, upper, learning rates): each mode's sweep
 MODES = [
     ("full fine-tuning", "full-finetune", "full", [1e-4, 3e-4]),
@@ -65,7 +62,7 @@ def main() -> int:
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--datasets", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--tasks", type=int, nargs="+", default=[1, 3, 5], help="T for the multi-task inference part")
     ap.add_argument("--multitask-layers", type=int, nargs="+", default=[3, 4], help="cuts for the multi-task part")
     ap.add_argument("--repeats", type=int, default=3, help="timed repetitions of each multi-task variant (best kept)")
@@ -79,9 +76,7 @@ def main() -> int:
         args.train_limit, args.dev_limit, args.epochs, args.tasks = 64, 32, 1, [1, 2]
     if args.merge:
         return _merge(args)
-    if not DATA.is_dir():
-        print(f"datasets not found at {DATA}", file=sys.stderr)
-        return 1
+    paper_datasets.require()
     model = minilm_l6_path()
     rows: list[dict] = []  # type: ignore[type-arg]
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,10 +89,8 @@ def main() -> int:
             rows += _multitask_rows(args, model, tmp, layer)
     env = environment() | {"args": vars(args) | {"out": str(args.out)}}
     report = _report(rows, args, env)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "peft_and_multitask_quick" if args.quick else "peft_and_multitask"
-    (args.out / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(report)
+    write_results({"environment": env, "rows": rows}, args.out, stem, report)
     print(report)
     return 0
 
@@ -121,22 +114,20 @@ def _merge(args: argparse.Namespace) -> int:
     )
     report = report.replace(" One process: times compare only within this run.", "", 1)
     report = report.replace("## Accuracy", note + "## Accuracy", 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peft_and_multitask.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
-    (args.out / "peft_and_multitask.md").write_text(report)
+    write_results({"environment": env, "rows": rows}, args.out, "peft_and_multitask", report)
     print(report)
     return 0
 
 
 def _config(args, model, tmp, name, baseline, upper, lr, out, **kw) -> TrainConfig:  # type: ignore[no-untyped-def]
-    task, folder, ext, _ = TASKS[name]
+    ds = paper_datasets.dataset(name)
     layer = kw.pop("layer", args.layer)
     return TrainConfig(
-        task=task,
+        task=ds.task,
         model=model,
         layer=layer,
-        train=str(DATA / folder / f"train.{ext}"),
-        dev=str(DATA / folder / f"dev.{ext}"),
+        train=ds.train,
+        dev=ds.dev,
         out=out,
         cache=f"{tmp}/cache-{name}-{layer}",
         baseline=baseline,
@@ -154,7 +145,7 @@ def _config(args, model, tmp, name, baseline, upper, lr, out, **kw) -> TrainConf
 def _train_row(args, model, tmp, name, label, baseline, upper, lr) -> dict:  # type: ignore[no-untyped-def]
     out = f"{tmp}/{name}-{baseline or upper}-{lr:g}"
     r = train(_config(args, model, tmp, name, baseline, upper, lr, out), progress=False)
-    metric = TASKS[name][3]
+    metric = paper_datasets.dataset(name).metric
     row = {
         "part": "accuracy",
         "dataset": name,
@@ -183,7 +174,7 @@ def _multitask_rows(args, model, tmp, layer) -> list[dict]:  # type: ignore[type
             args, model, tmp, "sci-cite", None, "lora", 1e-3, out, epochs=1, seed=seed, train_limit=200, layer=layer
         )
         runs.append(train(cfg, progress=False).run_dir)
-    docs = [e.doc for e in read_examples(DATA / "sci-cite" / "dev.jsonl")][: args.dev_limit]
+    docs = [e.doc for e in read_examples(paper_datasets.dataset("sci-cite").dev)][: args.dev_limit]
     cache = f"{tmp}/cache-sci-cite-{layer}"
     TaskSet.load(runs[:1]).predict(docs, cache=cache, update_cache=True)  # every document cached
     exported = [export_run(r, f"{tmp}/mt-export-{layer}-{i}").out for i, r in enumerate(runs)]
@@ -194,16 +185,13 @@ def _multitask_rows(args, model, tmp, layer) -> list[dict]:  # type: ignore[type
         tok = transformers.AutoTokenizer.from_pretrained(exported[0])
         tasks.predict(docs[:64], cache=cache)  # warm-up
         _separate(plain[:1], tok, docs[:64])
-        shared_times, separate_times = [], []
-        for _ in range(args.repeats):  # alternate, keep the best of each: the machine is shared and noisy
-            t0 = time.perf_counter()
-            preds = tasks.predict(docs, cache=cache)
-            shared_times.append(time.perf_counter() - t0)
-            assert all(p.hits == len(docs) for p in preds.values())
-            t0 = time.perf_counter()
-            _separate(plain, tok, docs)
-            separate_times.append(time.perf_counter() - t0)
-        shared_s, separate_s = min(shared_times), min(separate_times)
+        variants = {
+            "shared": lambda tasks=tasks: tasks.predict(docs, cache=cache),
+            "separate": lambda plain=plain, tok=tok: _separate(plain, tok, docs),
+        }
+        times, last = alternate(variants, args.repeats)  # best of each: the machine is shared and noisy
+        assert all(p.hits == len(docs) for p in last["shared"].values())
+        shared_s, separate_s = min(times["shared"]), min(times["separate"])
         row = {
             "part": "multitask",
             "layer": layer,
@@ -235,6 +223,11 @@ def _param_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
+MULTITASK_COLUMNS = [
+    "cut k", "tasks T", "shared pass (s)", "T separate full models (s)", "speed-up", "memory shared", "memory separate"
+]  # fmt: skip
+
+
 def _report(rows: list[dict], args: argparse.Namespace, env: dict) -> str:  # type: ignore[type-arg]
     lines = [
         f"# Parameter-efficient recycling and many tasks over one cache (MiniLM-L6, k = {args.layer} of 6)",
@@ -254,9 +247,8 @@ def _report(rows: list[dict], args: argparse.Namespace, env: dict) -> str:  # ty
             "over the mode's (evaluation and the one-off cache build excluded). Weights: the run directory's "
             "`model.safetensors`.",
             "",
-            "| dataset | mode | best lr | score | retention | s/epoch | speed-up | trainable params | weights |",
-            "|---|---|---|---|---|---|---|---|---|",
         ]
+        best_rows = []
         for name in dict.fromkeys(r["dataset"] for r in acc):
             ds = [r for r in acc if r["dataset"] == name]
             best = {}
@@ -269,19 +261,23 @@ def _report(rows: list[dict], args: argparse.Namespace, env: dict) -> str:  # ty
                 epoch = np.mean([x["seconds_per_epoch"] for x in ds if x["mode"] == mode])
                 ret = f"{r['score'] / ref['score']:.1%}" if ref else "n/a"
                 speed = f"{ref_epoch / epoch:.2f}x" if ref else "n/a"
-                lines.append(
-                    f"| {name} | {mode} | {r['lr']:g} | {r['score']:.4f} | {ret} | {epoch:.1f} | {speed} "
-                    f"| {r['trainable_parameters']:,} | {r['run_weights_bytes'] / 1e6:.2f} MB |"
+                best_rows.append(
+                    [
+                        name,
+                        mode,
+                        f"{r['lr']:g}",
+                        f"{r['score']:.4f}",
+                        ret,
+                        f"{epoch:.1f}",
+                        speed,
+                        f"{r['trainable_parameters']:,}",
+                        f"{r['run_weights_bytes'] / 1e6:.2f} MB",
+                    ]
                 )
-        lines += [
-            "",
-            "Every learning rate:",
-            "",
-            "| dataset | mode | lr | score |",
-            "|---|---|---|---|",
-            *[f"| {r['dataset']} | {r['mode']} | {r['lr']:g} | {r['score']:.4f} |" for r in acc],
-            "",
-        ]
+        header = ["dataset", "mode", "best lr", "score", "retention", "s/epoch", "speed-up", "trainable params"]
+        lines += markdown_table([*header, "weights"], best_rows)
+        every = [[r["dataset"], r["mode"], f"{r['lr']:g}", f"{r['score']:.4f}"] for r in acc]
+        lines += ["", "Every learning rate:", "", *markdown_table(["dataset", "mode", "lr", "score"], every), ""]
     mt = [r for r in rows if r["part"] == "multitask"]
     if mt:
         lines += [
@@ -294,15 +290,21 @@ def _report(rows: list[dict], args: argparse.Namespace, env: dict) -> str:  # ty
             f"length-sorted). Best of {args.repeats} alternating repetitions. Memory: distinct parameter and buffer "
             "bytes held.",
             "",
-            "| cut k | tasks T | shared pass (s) | T separate full models (s) | speed-up | memory shared "
-            "| memory separate |",
-            "|---|---|---|---|---|---|---|",
-            *[
-                f"| {r['layer']} | {r['tasks']} | {r['shared_seconds']:.2f} | {r['separate_seconds']:.2f} "
-                f"| {r['speedup']:.2f}x "
-                f"| {r['shared_parameter_bytes'] / 1e6:.1f} MB | {r['separate_parameter_bytes'] / 1e6:.1f} MB |"
-                for r in mt
-            ],
+            *markdown_table(
+                MULTITASK_COLUMNS,
+                [
+                    [
+                        r["layer"],
+                        r["tasks"],
+                        f"{r['shared_seconds']:.2f}",
+                        f"{r['separate_seconds']:.2f}",
+                        f"{r['speedup']:.2f}x",
+                        f"{r['shared_parameter_bytes'] / 1e6:.1f} MB",
+                        f"{r['separate_parameter_bytes'] / 1e6:.1f} MB",
+                    ]
+                    for r in mt
+                ],
+            ),
             "",
             "Compute ceiling of the shared pass over cached documents: N/(N-k) = 2x at k = 3 of 6, 3x at k = 4 "
             "(every task still runs layers k+1..6, with LoRA unmerged so the base stays shared); what it saves "

@@ -15,11 +15,14 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+import paper_datasets
 from embrecycle import BuildConfig, build_cache, open_cache
-from embrecycle.bench.runner import environment
+from embrecycle.bench import environment, write_results
+from embrecycle.bench.tables import markdown_table
 from embrecycle.cache import RayOptions, build_cache_ray
 from embrecycle.offline_models import minilm_l6_path
 
@@ -34,7 +37,7 @@ NOTE = (
 
 
 def _docs(data_dir: Path, n: int) -> list[str]:
-    lines = (data_dir / "sci-cite" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = paper_datasets.dataset("sci-cite", data_dir).path("train").read_text(encoding="utf-8").splitlines()
     return [json.loads(line)["text"] for line in lines[:n]]
 
 
@@ -50,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=3000)
     ap.add_argument("--layer", type=int, default=3)
-    ap.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--data-dir", type=Path, default=paper_datasets.DATA_DIR, help="folder holding sci-cite/")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
@@ -95,26 +98,37 @@ def main() -> None:
                 print(row)
     ray.shutdown()
     result = {"environment": environment(), "model": "MiniLM-L6", "layer": args.layer, "ray_init_seconds": startup,
-              "rows": rows}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ray_engine.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    env = result["environment"]
+              "ray": ray.__version__, "rows": rows}  # fmt: skip
+    report = _report(result)
+    write_results(result, args.out, "ray_engine", report)
+    print(report)
+
+
+def _report(result: dict[str, Any], ray_version: str | None = None) -> str:
+    env, rows, startup = result["environment"], result["rows"], result["ray_init_seconds"]
     local = {r["corpus"]: r for r in rows if r["engine"].startswith("local")}
+    header = ["corpus", "engine", "documents", "seconds", "docs/s", "vs local", "largest state difference vs local"]
+    table = [
+        [
+            r["corpus"],
+            r["engine"],
+            r["documents"],
+            f"{r['seconds']:.2f}",
+            f"{r['docs_per_second']:.1f}",
+            f"{local[r['corpus']]['seconds'] / r['seconds']:.2f}x",
+            f"{r['max_abs_diff_vs_local']:.1e}",
+        ]
+        for r in rows
+    ]
     md = [
         "# The Ray engine against the local engine",
         "",
         f"Machine: {env['machine']}, {env['cpus']} CPUs, {env['memory_gb']} GB; torch {env['torch']}, "
-        f"Ray {ray.__version__}; {env['date']}. MiniLM-L6 lower layers 1..{args.layer}, sci-cite training "
-        f"sentences, batch 32, float16 storage; a local Ray cluster with 2 CPUs, started once "
+        f"Ray {ray_version or result.get('ray')}; {env['date']}. MiniLM-L6 lower layers 1..{result['layer']}, "
+        "sci-cite training sentences, batch 32, float16 storage; a local Ray cluster with 2 CPUs, started once "
         f"(`ray.init` took {startup:.1f} s, not included below). One process, side by side, after a warm-up.",
         "",
-        "| corpus | engine | documents | seconds | docs/s | vs local | largest state difference vs local |",
-        "|---|---|---|---|---|---|---|",
-        *[
-            f"| {r['corpus']} | {r['engine']} | {r['documents']} | {r['seconds']:.2f} | {r['docs_per_second']:.1f} "
-            f"| {local[r['corpus']]['seconds'] / r['seconds']:.2f}x | {r['max_abs_diff_vs_local']:.1e} |"
-            for r in rows
-        ],
+        *markdown_table(header, table),
         "",
         "Fixed overhead of a Ray build (scheduling, actor start-up with one model load each, shard publishing): "
         "the tiny corpus's Ray time minus its local time, "
@@ -128,8 +142,7 @@ def main() -> None:
         NOTE,
         "",
     ]
-    (args.out / "ray_engine.md").write_text("\n".join(md), encoding="utf-8")
-    print("\n".join(md))
+    return "\n".join(md)
 
 
 if __name__ == "__main__":

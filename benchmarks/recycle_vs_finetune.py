@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-from embrecycle.bench.runner import environment
+import paper_datasets
+from embrecycle.bench import environment, write_results
+from embrecycle.bench.tables import fmt, markdown_table
 from embrecycle.offline_models import minilm_l6_path
 from embrecycle.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-TASKS = {  # name: (task, folder, extension, metric)
-    "sci-cite": ("classification", "sci-cite", "jsonl", "macro_f1"),
-    "bc5cdr": ("ner", "bc5cdr", "conll", "f1"),
-}
+DATASETS = ("sci-cite", "bc5cdr")
 
 
 def main() -> int:
@@ -43,29 +40,28 @@ def main() -> int:
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
-    ap.add_argument("--datasets", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--methods", nargs="+", default=["recycle", "full-finetune"], choices=["recycle", "full-finetune"])
     ap.add_argument("--tag", default="", help="suffix of the results files")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     if args.quick:
         args.train_limit, args.dev_limit, args.epochs = 64, 32, 1
-    if not DATA.is_dir():
-        print(f"datasets not found at {DATA}", file=sys.stderr)
-        return 1
+    paper_datasets.require()
     model = minilm_l6_path()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets:
-            task, folder, ext, metric = TASKS[name]
+            ds = paper_datasets.dataset(name)
+            task, metric = ds.task, ds.metric
             for seed, lr in [(s, lr) for s in args.seeds for lr in args.lrs]:
                 for method in args.methods:
                     cfg = TrainConfig(
                         task=task,
                         model=model,
                         layer=args.layer,
-                        train=str(DATA / folder / f"train.{ext}"),
-                        dev=str(DATA / folder / f"dev.{ext}"),
+                        train=ds.train,
+                        dev=ds.dev,
                         out=f"{tmp}/{name}-{method}-{seed}-{lr:g}",
                         cache=f"{tmp}/cache-{name}",
                         baseline="full-finetune" if method == "full-finetune" else None,
@@ -101,17 +97,24 @@ def main() -> int:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     report = _report(rows, args)
-    args.out.mkdir(parents=True, exist_ok=True)
     env = environment() | {"args": vars(args) | {"out": str(args.out)}}
     stem = ("recycle_vs_finetune_quick" if args.quick else "recycle_vs_finetune") + args.tag
-    (args.out / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(report)
+    write_results({"environment": env, "rows": rows}, args.out, stem, report)
     print(report)
     return 0
 
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
+
+
+BEST_COLUMNS = [
+    "dataset", "metric", "full fine-tuning (lr)", "recycling (lr)", "retention", "s/epoch full", "s/epoch recycled",
+    "speed-up per epoch", "cache build (s)",
+]  # fmt: skip
+LR_COLUMNS = [
+    "dataset", "lr", "full fine-tuning", "recycling", "retention", "s/epoch full", "s/epoch recycled", "speed-up"
+]  # fmt: skip
 
 
 def _report(rows: list[dict], args: argparse.Namespace) -> str:  # type: ignore[type-arg]
@@ -128,17 +131,8 @@ def _report(rows: list[dict], args: argparse.Namespace) -> str:  # type: ignore[
         "",
         "## Best of the learning-rate sweep, per method",
         "",
-        "| dataset | metric | full fine-tuning (lr) | recycling (lr) | retention | s/epoch full | s/epoch recycled "
-        "| speed-up per epoch | cache build (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    per_lr = [
-        "",
-        "## Every learning rate",
-        "",
-        "| dataset | lr | full fine-tuning | recycling | retention | s/epoch full | s/epoch recycled | speed-up |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    best_rows, lr_rows = [], []
     for name in dict.fromkeys(r["dataset"] for r in rows):
         full = [r for r in rows if r["dataset"] == name and r["method"] == "full-finetune"]
         rec = [r for r in rows if r["dataset"] == name and r["method"] == "recycle"]
@@ -146,9 +140,18 @@ def _report(rows: list[dict], args: argparse.Namespace) -> str:  # type: ignore[
             continue
         ef, er = _mean([r["seconds_per_epoch"] for r in full]), _mean([r["seconds_per_epoch"] for r in rec])
         bf, br = _best(full), _best(rec)
-        lines.append(
-            f"| {name} | {full[0]['metric']} | {bf[1]:.4f} ({bf[0]:g}) | {br[1]:.4f} ({br[0]:g}) | {br[1] / bf[1]:.1%} "
-            f"| {ef:.1f} | {er:.1f} | {ef / er:.2f}x | {max(r['cache_build_seconds'] for r in rec):.1f} |"
+        best_rows.append(
+            [
+                name,
+                full[0]["metric"],
+                f"{bf[1]:.4f} ({bf[0]:g})",
+                f"{br[1]:.4f} ({br[0]:g})",
+                fmt(br[1] / bf[1] if bf[1] else None, ".1%"),
+                f"{ef:.1f}",
+                f"{er:.1f}",
+                f"{ef / er:.2f}x",
+                f"{max(r['cache_build_seconds'] for r in rec):.1f}",
+            ]
         )
         for lr in args.lrs:
             f = [r for r in full if r["lr"] == lr]
@@ -156,10 +159,20 @@ def _report(rows: list[dict], args: argparse.Namespace) -> str:  # type: ignore[
             if f and c:
                 sf, sc = _mean([r["score"] for r in f]), _mean([r["score"] for r in c])
                 tf, tc = _mean([r["seconds_per_epoch"] for r in f]), _mean([r["seconds_per_epoch"] for r in c])
-                per_lr.append(
-                    f"| {name} | {lr:g} | {sf:.4f} | {sc:.4f} | {sc / sf:.1%} | {tf:.1f} | {tc:.1f} | {tf / tc:.2f}x |"
+                lr_rows.append(
+                    [
+                        name,
+                        f"{lr:g}",
+                        f"{sf:.4f}",
+                        f"{sc:.4f}",
+                        fmt(sc / sf if sf else None, ".1%"),
+                        f"{tf:.1f}",
+                        f"{tc:.1f}",
+                        f"{tf / tc:.2f}x",
+                    ]
                 )
-    lines += per_lr
+    lines += markdown_table(BEST_COLUMNS, best_rows)
+    lines += ["", "## Every learning rate", "", *markdown_table(LR_COLUMNS, lr_rows)]
     lines += [
         "",
         "Targets (issue 3): retention >= 98%, speed-up per epoch >= 1.7x (compute ceiling of the layers: "

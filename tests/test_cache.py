@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 
 from embrecycle import (
     BuildConfig,
+    BuildSummary,
     CacheCorruptedError,
     CacheMismatchError,
     CacheMissError,
@@ -23,9 +26,10 @@ from embrecycle import (
 )
 from embrecycle.cache.format import HEADER_SIZE, RECORD_SIZE
 from embrecycle.cache.shard import shard_paths
+from embrecycle.cache.store import Document
 
 
-def _build(model: str, docs, out: Path, **kw):  # type: ignore[no-untyped-def]
+def _build(model: str, docs: Sequence[Document], out: Path, **kw: Any) -> BuildSummary:
     cfg = BuildConfig(model=model, layer=kw.pop("layer", 2), batch_size=kw.pop("batch_size", 8), **kw)
     return build_cache(docs, out, cfg, progress=False)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -33,7 +35,7 @@ def test_ray_options_are_checked() -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster():  # type: ignore[no-untyped-def]
+def cluster() -> Iterator[ModuleType]:
     ray = pytest.importorskip("ray")
     import ray_actors
 
@@ -50,15 +52,17 @@ def _corpus() -> list[str]:
     return docs + docs[:10]
 
 
-def _same_entries(a_path: object, b_path: object) -> float:
+def _same_entries(a_path: str | Path, b_path: str | Path) -> float:
     """Assert two caches hold the same documents and tokens; the largest state difference."""
-    a, b = open_cache(a_path), open_cache(b_path)  # type: ignore[arg-type]
+    a, b = open_cache(a_path), open_cache(b_path)
     assert sorted(a.keys.tolist()) == sorted(b.keys.tolist())
     assert a.manifest["settings"] == b.manifest["settings"]
     assert a.stats()["tokens"] == b.stats()["tokens"] and a.stats()["documents"] == b.stats()["documents"]
     worst = 0.0
     for key in a.keys.tolist():
-        x, y = a.read(a.index_of(key)), b.read(b.index_of(key))  # type: ignore[arg-type]
+        i, j = a.index_of(key), b.index_of(key)
+        assert i is not None and j is not None
+        x, y = a.read(i), b.read(j)
         np.testing.assert_array_equal(x.input_ids, y.input_ids)
         np.testing.assert_array_equal(x.offsets, y.offsets)
         worst = max(worst, float(np.abs(x.hidden - y.hidden).max()))
@@ -66,7 +70,7 @@ def _same_entries(a_path: object, b_path: object) -> float:
 
 
 @pytest.mark.ray
-def test_ray_build_equals_the_local_build(cluster, tiny_bert_dir: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_ray_build_equals_the_local_build(cluster: ModuleType, tiny_bert_dir: str, tmp_path: Path) -> None:
     docs = _corpus()
     cfg = BuildConfig(model=tiny_bert_dir, layer=2, batch_size=8)
     local = build_cache(docs, tmp_path / "local", cfg, progress=False)
@@ -84,13 +88,18 @@ def test_ray_build_equals_the_local_build(cluster, tiny_bert_dir: str, tmp_path:
 
 
 @pytest.mark.ray
-def test_a_killed_worker_still_yields_a_complete_cache(cluster, tiny_bert_dir: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_killed_worker_still_yields_a_complete_cache(cluster: ModuleType, tiny_bert_dir: str, tmp_path: Path) -> None:
     from ray_actors import DiesOnce
 
     docs = _corpus()
     cfg = BuildConfig(model=tiny_bert_dir, layer=2, batch_size=8)
     summary = build_cache_ray(
-        docs, tmp_path / "ray", cfg, RayOptions(num_workers=2, batches_per_shard=2), False, actor_class=DiesOnce
+        docs,
+        tmp_path / "ray",
+        cfg,
+        RayOptions(num_workers=2, batches_per_shard=2),
+        progress=False,
+        actor_class=DiesOnce,
     )
     assert (tmp_path / "died").exists()  # a worker process really exited mid-chunk
     assert summary.computed == len(set(docs))
@@ -100,7 +109,9 @@ def test_a_killed_worker_still_yields_a_complete_cache(cluster, tiny_bert_dir: s
 
 
 @pytest.mark.ray
-def test_rerun_after_a_failed_build_computes_only_what_is_missing(cluster, tiny_bert_dir: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_rerun_after_a_failed_build_computes_only_what_is_missing(
+    cluster: ModuleType, tiny_bert_dir: str, tmp_path: Path
+) -> None:
     from ray_actors import FailsOnChunk
 
     docs = _corpus()
@@ -108,10 +119,12 @@ def test_rerun_after_a_failed_build_computes_only_what_is_missing(cluster, tiny_
     (tmp_path / "refuse.txt").write_text(max(docs, key=len), encoding="utf-8")  # in the last chunk planned
     opts = RayOptions(num_workers=2, batches_per_shard=2)
     with pytest.raises(Exception, match="chunk refused"):
-        build_cache_ray(docs, tmp_path / "ray", cfg, opts, False, actor_class=FailsOnChunk)
+        build_cache_ray(docs, tmp_path / "ray", cfg, opts, progress=False, actor_class=FailsOnChunk)
     done = len(open_cache(tmp_path / "ray"))
     assert 0 < done < len(set(docs)) and (tmp_path / "ray" / "shards" / "ray-driver.plan.npz").exists()
-    summary = build_cache_ray(docs, tmp_path / "ray", cfg, RayOptions(num_workers=2, batches_per_shard=2), False)
+    summary = build_cache_ray(
+        docs, tmp_path / "ray", cfg, RayOptions(num_workers=2, batches_per_shard=2), progress=False
+    )
     assert summary.reused == done and summary.computed == len(set(docs)) - done
     build_cache(docs, tmp_path / "local", cfg, progress=False)
     _same_entries(tmp_path / "local", tmp_path / "ray")
@@ -119,8 +132,12 @@ def test_rerun_after_a_failed_build_computes_only_what_is_missing(cluster, tiny_
 
 @pytest.mark.ray
 def test_ray_build_at_a_url_trains_and_predicts(
-    cluster, tiny_bert_dir, toy_classification, tmp_path, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    cluster: ModuleType,
+    tiny_bert_dir: str,
+    toy_classification: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("EMBRECYCLE_CACHE_HOME", str(tmp_path / "mirrors"))
     url = f"local://{tmp_path}/bucket/cache"  # through fsspec and a local mirror, like s3://
     rows = [json.loads(line) for line in toy_classification["train"].read_text().splitlines()]
@@ -188,7 +205,9 @@ def test_actor_refuses_other_weights(tiny_bert_dir: str, other_bert_dir: str, tm
         LowerLayersActor(other, settings.to_dict(), str(tmp_path / "c"))
 
 
-def test_cli_engine_ray_without_ray_names_the_extra(monkeypatch, tiny_bert_dir, toy_classification, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_engine_ray_without_ray_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
     from typer.testing import CliRunner
 
     from embrecycle.cli import app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -30,7 +31,7 @@ def mirrors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def _cfg(model: str, **kw) -> BuildConfig:  # type: ignore[no-untyped-def]
+def _cfg(model: str, **kw: Any) -> BuildConfig:
     return BuildConfig(model=model, layer=2, batch_size=8, **kw)
 
 
@@ -40,7 +41,9 @@ def test_locations() -> None:
     assert local_path("file:///tmp/c") == Path("/tmp/c")
 
 
-def test_build_at_a_url_equals_a_local_build(tiny_bert_dir, texts, url, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_build_at_a_url_equals_a_local_build(
+    tiny_bert_dir: str, texts: list[str], url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     remote = build_cache(texts, url, _cfg(tiny_bert_dir), progress=False)
     local = build_cache(texts, tmp_path / "local", _cfg(tiny_bert_dir), progress=False)
     assert remote.computed == local.computed == len(set(texts))
@@ -66,7 +69,9 @@ def test_build_at_a_url_equals_a_local_build(tiny_bert_dir, texts, url, tmp_path
     assert len(open_cache(url)) == len(set(texts)) + 1
 
 
-def test_two_machines_write_apart(tiny_bert_dir, texts, url, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_two_machines_write_apart(
+    tiny_bert_dir: str, texts: list[str], url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     half = len(texts) // 2
     for name, docs in (("a", texts[:half]), ("b", texts[half:])):
         monkeypatch.setenv("EMBRECYCLE_CACHE_HOME", str(tmp_path / name))
@@ -77,7 +82,9 @@ def test_two_machines_write_apart(tiny_bert_dir, texts, url, tmp_path, monkeypat
     assert cache.manifest["stats"]["documents"] == len(set(texts))
 
 
-def test_verify_finds_damage_at_the_url(tiny_bert_dir, texts, url, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_verify_finds_damage_at_the_url(
+    tiny_bert_dir: str, texts: list[str], url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     build_cache(texts, url, _cfg(tiny_bert_dir), progress=False)
     assert open_cache(url).verify().ok
     fs = fsspec.filesystem("memory")
@@ -101,7 +108,9 @@ def test_missing_url_and_unknown_scheme(url: str) -> None:
         Remote("nosuchscheme://bucket/cache")
 
 
-def test_cli_build_info_verify_train_predict_on_a_url(tiny_bert_dir, toy_classification, url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_build_info_verify_train_predict_on_a_url(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], url: str, tmp_path: Path
+) -> None:
     runner = CliRunner()
     data = toy_classification["train"]
     args = ["cache", "build", "--model", tiny_bert_dir, "--layer", "2", "--data", str(data), "--out", url, "-q"]

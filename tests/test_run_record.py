@@ -50,7 +50,7 @@ def test_record_round_trips_and_is_strict(tiny_bert_dir: str, tmp_path: Path) ->
         RunRecord.from_json({**data, "colour": "red"})
     with pytest.raises(ConfigError, match=r"missing keys \['states'\]"):
         RunRecord.from_json({k: v for k, v in data.items() if k != "states"})
-    with pytest.raises(ConfigError, match="run format version 99.*Re-create the run with `embrecycle train`"):
+    with pytest.raises(ConfigError, match=r"run format version 99.*Re-create the run with `embrecycle train`"):
         RunRecord.from_json({**data, "format_version": 99})
     with pytest.raises(ConfigError, match="unknown training mode 'prefix'"):
         RunRecord.from_json({**data, "mode": "prefix"})
@@ -63,9 +63,9 @@ def test_record_round_trips_and_is_strict(tiny_bert_dir: str, tmp_path: Path) ->
 
 def test_unreadable_record_names_the_fix(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text('{"format": "embrecycle-run", ')
-    with pytest.raises(ConfigError, match="cannot read .*run.json.*Re-create the run"):
+    with pytest.raises(ConfigError, match=r"cannot read .*run\.json.*Re-create the run"):
         read_run_record(tmp_path)
-    with pytest.raises(FileNotFoundError, match="run.json is missing"):
+    with pytest.raises(FileNotFoundError, match=r"run\.json is missing"):
         read_run_record(tmp_path / "nothing")
 
 

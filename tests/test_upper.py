@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -10,8 +11,8 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 
 from embrecycle import ConfigError
 from embrecycle.model import RecyclingModel
-from embrecycle.tasks import ClassificationTask, NerTask
 from embrecycle.modes import UPPER_CHOICES
+from embrecycle.tasks import ClassificationTask, NerTask
 from embrecycle.upper import Adapter, UpperOptions
 from tiny_models import VOCAB, tiny_configs
 
@@ -19,7 +20,7 @@ FAMILIES = tiny_configs()
 CUT = 1  # of the tiny models' 4 layers
 
 
-def _model(family: str, upper: str, ner: bool = False, **options) -> RecyclingModel:  # type: ignore[no-untyped-def]
+def _model(family: str, upper: str, ner: bool = False, **options: Any) -> RecyclingModel:
     config = copy.deepcopy(FAMILIES[family])
     task = NerTask(["O", "B-X", "I-X"]) if ner else ClassificationTask(["a", "b", "c"])
     config.num_labels = len(task.labels)

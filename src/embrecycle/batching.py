@@ -21,7 +21,7 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
         part = order[start : start + chunk]
         part = part[np.argsort(lengths[part], kind="stable")]
         batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    rng.shuffle(batches)  # type: ignore[arg-type]
+    rng.shuffle(batches)
     return batches
 
 

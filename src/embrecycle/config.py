@@ -20,16 +20,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, field
-from typing import Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from ._version import __version__
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = ["VERSION_KEY", "Checks", "Settings", "from_dict", "setting"]
 
 VERSION_KEY = "embrecycle_version"
 
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def setting(
@@ -132,6 +135,9 @@ class Settings:
     settings_name: ClassVar[str] = ""
     """How error messages name these settings (default: the class name)."""
 
+    if TYPE_CHECKING:  # every subclass is a @dataclass: this makes the mixin a DataclassInstance
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
     def problems(self) -> list[str]:
         """Every problem with these values (empty when valid); subclasses extend this."""
         return []
@@ -150,26 +156,21 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict stamped with the library version."""
-        return {**dataclasses.asdict(self), VERSION_KEY: __version__}  # type: ignore[call-overload]
+        return {**dataclasses.asdict(self), VERSION_KEY: __version__}
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys by name (and ignoring the version stamp)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}
     data = {k: v for k, v in data.items() if k != VERSION_KEY}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} keys {unknown}; valid keys are {sorted(names)}.")
     required = [
         f.name
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls)
         if f.default is MISSING and f.default_factory is MISSING and f.init and f.name not in data
     ]
     if required:
         raise ConfigError(f"{cls.__name__} is missing required keys {required}.")
     return cls(**data)
-
-
-def check_positive(**values: float | int | None) -> None:
-    """Transitional: raise one ConfigError listing every value that is not > 0. Use :class:`Checks`."""
-    Checks().positive(**values).raise_if_any("settings")

@@ -14,7 +14,7 @@ back to back reproduces the unsplit model exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
@@ -23,6 +23,10 @@ from transformers.masking_utils import create_bidirectional_mask
 from .errors import UnsupportedModelError
 
 __all__ = ["Family", "get_family", "supported_model_types"]
+
+# transformers models are structurally typed: their attribute trees (``encoder.layer``,
+# ``classifier``...) differ per family, and torch types ``Module.__getattr__`` as ``Tensor | Module``.
+HFModel: TypeAlias = Any
 
 
 @dataclass(frozen=True)
@@ -42,63 +46,69 @@ class Family:
     ffn_output: str = "output.dense"
 
     # ---- structure -------------------------------------------------------
-    def layers(self, base: nn.Module) -> nn.ModuleList:
+    def layers(self, base: HFModel) -> nn.ModuleList:
         """The encoder's list of transformer layers."""
-        return base.encoder.layer  # type: ignore[no-any-return]
+        return base.encoder.layer
 
-    def embedding_modules(self, base: nn.Module) -> dict[str, nn.Module]:
+    def embedding_modules(self, base: HFModel) -> dict[str, nn.Module]:
         """Modules that compute the input of layer 0 (for fingerprints)."""
         return {"embeddings": base.embeddings}
 
-    def shared_modules(self, base: nn.Module) -> dict[str, nn.Module]:
+    def shared_modules(self, base: HFModel) -> dict[str, nn.Module]:
         """Encoder-level modules every layer depends on (relative positions...)."""
         return {}
 
     # ---- computation -----------------------------------------------------
     def embed(
         self,
-        base: nn.Module,
+        base: HFModel,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Input of layer 0, shape ``(batch, seq, hidden)``."""
-        return base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # type: ignore[no-any-return]
+        return base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
 
-    def context(self, base: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+    def context(self, base: HFModel, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         """Per-forward inputs shared by all layers, derived from the mask and shapes only."""
         mask = create_bidirectional_mask(config=base.config, inputs_embeds=hidden, attention_mask=attention_mask)
         return {"mask": mask}
 
-    def run_layer(self, base: nn.Module, index: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
+    def run_layer(self, base: HFModel, index: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
         """Apply layer ``index`` to ``hidden``."""
         out = self.layers(base)[index](hidden, ctx["mask"])
         return out[0] if isinstance(out, tuple) else out
 
     # ---- task heads (mirror transformers' AutoModelFor* forward) ---------
-    def sequence_logits(self, task_model: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor:
+    def sequence_logits(self, task_model: HFModel, sequence_output: torch.Tensor) -> torch.Tensor:
         """Logits of ``AutoModelForSequenceClassification`` from the last hidden states."""
-        return task_model.classifier(sequence_output)  # type: ignore[no-any-return]
+        return task_model.classifier(sequence_output)
 
-    def token_logits(self, task_model: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor:
+    def token_logits(self, task_model: HFModel, sequence_output: torch.Tensor) -> torch.Tensor:
         """Logits of ``AutoModelForTokenClassification`` from the last hidden states."""
-        return task_model.classifier(task_model.dropout(sequence_output))  # type: ignore[no-any-return]
+        return task_model.classifier(task_model.dropout(sequence_output))
 
 
 class _Bert(Family):
-    def sequence_logits(self, task_model: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor:
+    def sequence_logits(self, task_model: HFModel, sequence_output: torch.Tensor) -> torch.Tensor:
         pooled = task_model.base_model.pooler(sequence_output)
-        return task_model.classifier(task_model.dropout(pooled))  # type: ignore[no-any-return]
+        return task_model.classifier(task_model.dropout(pooled))
 
 
 class _Electra(Family):
-    def embedding_modules(self, base: nn.Module) -> dict[str, nn.Module]:
-        mods = {"embeddings": base.embeddings}
+    def embedding_modules(self, base: HFModel) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"embeddings": base.embeddings}
         if hasattr(base, "embeddings_project"):
             mods["embeddings_project"] = base.embeddings_project
         return mods
 
-    def embed(self, base, input_ids, attention_mask, token_type_ids=None):  # type: ignore[no-untyped-def]
+    def embed(
+        self,
+        base: HFModel,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         hidden = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         if hasattr(base, "embeddings_project"):
             hidden = base.embeddings_project(hidden)
@@ -106,36 +116,48 @@ class _Electra(Family):
 
 
 class _DistilBert(Family):
-    def layers(self, base: nn.Module) -> nn.ModuleList:
-        return base.transformer.layer  # type: ignore[no-any-return]
+    def layers(self, base: HFModel) -> nn.ModuleList:
+        return base.transformer.layer
 
-    def embed(self, base, input_ids, attention_mask, token_type_ids=None):  # type: ignore[no-untyped-def]
+    def embed(
+        self,
+        base: HFModel,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return base.embeddings(input_ids)
 
-    def sequence_logits(self, task_model: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor:
+    def sequence_logits(self, task_model: HFModel, sequence_output: torch.Tensor) -> torch.Tensor:
         pooled = torch.relu(task_model.pre_classifier(sequence_output[:, 0]))
-        return task_model.classifier(task_model.dropout(pooled))  # type: ignore[no-any-return]
+        return task_model.classifier(task_model.dropout(pooled))
 
 
 class _MPNet(Family):
-    def shared_modules(self, base: nn.Module) -> dict[str, nn.Module]:
+    def shared_modules(self, base: HFModel) -> dict[str, nn.Module]:
         return {"encoder.relative_attention_bias": base.encoder.relative_attention_bias}
 
-    def embed(self, base, input_ids, attention_mask, token_type_ids=None):  # type: ignore[no-untyped-def]
+    def embed(
+        self,
+        base: HFModel,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return base.embeddings(input_ids=input_ids)
 
-    def context(self, base, hidden, attention_mask):  # type: ignore[no-untyped-def]
+    def context(self, base: HFModel, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         ctx = super().context(base, hidden, attention_mask)
         # The relative position bias depends only on the sequence length.
         ctx["position_bias"] = base.encoder.compute_position_bias(hidden)
         return ctx
 
-    def run_layer(self, base, index, hidden, ctx):  # type: ignore[no-untyped-def]
+    def run_layer(self, base: HFModel, index: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
         return self.layers(base)[index](hidden, ctx["mask"], ctx["position_bias"])[0]
 
 
 class _DebertaV2(Family):
-    def shared_modules(self, base: nn.Module) -> dict[str, nn.Module]:
+    def shared_modules(self, base: HFModel) -> dict[str, nn.Module]:
         enc = base.encoder
         mods: dict[str, nn.Module] = {}
         for name in ("rel_embeddings", "LayerNorm", "conv"):
@@ -144,10 +166,16 @@ class _DebertaV2(Family):
                 mods[f"encoder.{name}"] = mod
         return mods
 
-    def embed(self, base, input_ids, attention_mask, token_type_ids=None):  # type: ignore[no-untyped-def]
+    def embed(
+        self,
+        base: HFModel,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, mask=attention_mask)
 
-    def context(self, base, hidden, attention_mask):  # type: ignore[no-untyped-def]
+    def context(self, base: HFModel, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         enc = base.encoder
         return {
             "input_mask": attention_mask,
@@ -156,7 +184,7 @@ class _DebertaV2(Family):
             "rel_embeddings": enc.get_rel_embedding(),
         }
 
-    def run_layer(self, base, index, hidden, ctx):  # type: ignore[no-untyped-def]
+    def run_layer(self, base: HFModel, index: int, hidden: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
         enc = base.encoder
         out, _ = enc.layer[index](
             hidden,
@@ -169,11 +197,11 @@ class _DebertaV2(Family):
         if index == 0 and enc.conv is not None:
             # DeBERTa mixes layer 0's output with its input (the embeddings).
             out = enc.conv(hidden, out, ctx["input_mask"])
-        return out  # type: ignore[no-any-return]
+        return out
 
-    def sequence_logits(self, task_model: nn.Module, sequence_output: torch.Tensor) -> torch.Tensor:
+    def sequence_logits(self, task_model: HFModel, sequence_output: torch.Tensor) -> torch.Tensor:
         pooled = task_model.pooler(sequence_output)
-        return task_model.classifier(task_model.dropout(pooled))  # type: ignore[no-any-return]
+        return task_model.classifier(task_model.dropout(pooled))
 
 
 _FAMILIES: tuple[Family, ...] = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ def shared_document_logits(
         misses = [int(i) for i in batch if cache_index[i] is None]
         if hits:
             assert cache is not None
-            b = cache.read_batch([cache_index[i] for i in hits])  # type: ignore[misc]
+            b = cache.read_batch([r for i in hits if (r := cache_index[i]) is not None])
             for m, o in zip(models, out, strict=True):
                 _scatter(o, hits, m.forward_cached(b.hidden, b.attention_mask), lengths)
         if misses:
@@ -47,7 +48,7 @@ def shared_document_logits(
             hidden = lower.lower(ids, mask)
             for m, o in zip(models, out, strict=True):
                 _scatter(o, misses, m.forward_cached(hidden, mask), lengths)
-    return out  # type: ignore[return-value]
+    return cast(list[list[torch.Tensor]], out)  # every slot was filled by one batch's _scatter
 
 
 def document_logits(
@@ -62,6 +63,6 @@ def document_logits(
     return shared_document_logits([model], encoded, cache, cache_index, pad_id, batch_size)[0]
 
 
-def _scatter(out: list, rows: list[int], logits: torch.Tensor, lengths: np.ndarray) -> None:
+def _scatter(out: list[torch.Tensor | None], rows: list[int], logits: torch.Tensor, lengths: np.ndarray) -> None:
     for j, i in enumerate(rows):
         out[i] = logits[j, : lengths[i]].clone() if logits.dim() == 3 else logits[j].clone()

@@ -111,7 +111,9 @@ class RecyclingModel(nn.Module):
             if isinstance(module, LoraLayer):  # merged into the weight it adapts
                 for adapter in module.lora_A:
                     key = canonical_name(f"{name}.base_layer.weight")
-                    state[key] = state[key] + module.get_delta_weight(adapter).detach()
+                    # Each concrete LoraLayer (Linear, Embedding, Conv...) defines get_delta_weight; the mixin doesn't.
+                    delta = module.get_delta_weight(adapter)  # type: ignore[attr-defined]
+                    state[key] = state[key] + delta.detach()
         return state
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

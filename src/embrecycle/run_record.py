@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ class RunRecord:
         (out / "labels.json").write_text(json.dumps(labels, indent=2) + "\n", encoding="utf-8")
 
 
-def read_run_record(run_dir: str | Path) -> RunRecord:
+def read_run_record(run_dir: str | os.PathLike[str]) -> RunRecord:
     """The record of a run directory.
 
     Raises:

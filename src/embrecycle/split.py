@@ -7,11 +7,13 @@ wrapped transformers model, so training the upper part trains the model, and
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from .errors import ConfigError
-from .families import Family, get_family
+from .families import Family, HFModel, get_family
 
 __all__ = ["SplitEncoder"]
 
@@ -29,7 +31,7 @@ class SplitEncoder(nn.Module):
         ``(batch, seq, hidden)``. Padding must be on the right.
     """
 
-    def __init__(self, base: nn.Module, layer: int) -> None:
+    def __init__(self, base: HFModel, layer: int) -> None:
         super().__init__()
         self.base = base
         self.family: Family = get_family(base.config.model_type)
@@ -42,7 +44,7 @@ class SplitEncoder(nn.Module):
         self.layer = layer
 
     @property
-    def config(self):  # type: ignore[no-untyped-def]
+    def config(self) -> Any:  # a transformers config: fields vary per family, so structurally typed
         return self.base.config
 
     @property

@@ -162,7 +162,11 @@ def train_lora(model: SplitTaskModel, options: UpperOptions) -> None:
         if any(n == t or n.endswith("." + t) for t in wanted)
     ]
     config = LoraConfig(
-        r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout, target_modules=targets
+        r=options.lora_r,
+        # peft annotates lora_alpha as int but scales by any number; the float is passed as given.
+        lora_alpha=options.lora_alpha,  # type: ignore[arg-type]
+        lora_dropout=options.lora_dropout,
+        target_modules=targets,
     )
     inject_adapter_in_model(config, model.task_model)
     for name, p in model.task_model.named_parameters():

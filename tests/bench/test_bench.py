@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from embrecycle import ConfigError
-from embrecycle.bench import BenchConfig, summarize, update_readme
+from embrecycle.bench import BenchConfig, BenchDataset, summarize, update_readme
 from embrecycle.cli import app
 
 
@@ -35,15 +35,15 @@ def test_bench_runs_every_method_and_writes_the_report(tiny_bert_dir, data_dir, 
     out = tmp_path / "results"
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- bench:start -->\nold\n<!-- bench:end -->\nend\n")
-    args = ["bench", "--model", tiny_bert_dir, "--data-dir", str(data_dir), "--out", str(out), "--seed", "1"]
+    args = ["bench", "--model", tiny_bert_dir, "--out", str(out), "--seed", "1"]
     args += ["--no-memory"]
     methods = ["full-finetune", "recycle-25", "recycle-50", "recycle-75", "frozen-head", "recycle-50-lora"]
     args += [x for m in methods for x in ("--method", m)]
     args += [
         "--dataset",
-        "sci-cite",
+        f"sci-cite=classification:{data_dir / 'sci-cite'}",
         "--dataset",
-        "bc5cdr",
+        f"bc5cdr=ner:{data_dir / 'bc5cdr'}",
         "--seed",
         "2",
         "--epochs",
@@ -107,9 +107,36 @@ def test_bench_settings_are_checked(tmp_path: Path) -> None:
         BenchConfig(methods=["bert-flow"])
     with pytest.raises(ConfigError, match="epochs=0"):
         BenchConfig(epochs=0)
-    r = CliRunner().invoke(app, ["bench", "--quick", "--data-dir", str(tmp_path)])
+    r = CliRunner().invoke(app, ["bench", "--quick", "--dataset", f"sci-cite=classification:{tmp_path}"])
     assert r.exit_code == 2 and "splits not found" in r.output
     assert not update_readme(_write(tmp_path / "R.md", "no markers"), "t", "l")
+
+
+def test_datasets_are_the_users_own(data_dir: Path, tmp_path: Path) -> None:
+    folder = data_dir / "bc5cdr"
+    ds = BenchDataset.parse(f"tags=ner:{folder}")
+    assert (ds.name, ds.task, ds.metric) == ("tags", "ner", "f1")
+    assert [ds.path(s) for s in ("train", "dev", "test")] == [folder / f"{s}.conll" for s in ("train", "dev", "test")]
+    files = ",".join(str(data_dir / "sci-cite" / f"{s}.jsonl") for s in ("train", "dev", "test"))
+    three = BenchDataset.parse(f"cites=classification:{files}")
+    assert three.metric == "macro_f1" and three.test.endswith("test.jsonl")
+    config = BenchConfig(datasets=[ds, f"cites=classification:{files}"])
+    assert config.bench_datasets() == [ds, three]
+    assert config.datasets == [ds.spec(), f"cites=classification:{files}"]  # saved in the command-line form
+    assert BenchConfig.from_dict(config.to_dict()).bench_datasets() == [ds, three]
+    # no default datasets; every bad one named at once, with the form to use
+    with pytest.raises(ConfigError, match="no dataset given: name at least one as --dataset NAME=TASK:DIR"):
+        BenchConfig()
+    with pytest.raises(ConfigError) as e:
+        BenchConfig(datasets=["sci-cite", f"x=qa:{folder}", f"y=ner:{tmp_path}", f"tags=ner:{folder}"])
+    message = str(e.value)
+    assert "--dataset 'sci-cite' is not NAME=TASK:DIR or NAME=TASK:TRAIN,DEV,TEST" in message
+    assert "task 'qa' is not known" in message
+    assert "dataset 'y': splits not found" in message
+    with pytest.raises(ConfigError, match=r"dataset names \['tags'\] are given twice"):
+        BenchConfig(datasets=[f"tags=ner:{folder}", f"tags=ner:{folder}"])
+    with pytest.raises(ConfigError, match="give one folder or three files"):
+        BenchConfig(datasets=[f"tags=ner:{folder},{folder}"])
 
 
 def _write(path: Path, text: str) -> Path:
@@ -133,6 +160,8 @@ def test_peak_memory_is_measured_in_a_fresh_process(tiny_bert_dir, toy_classific
         cache=str(tmp_path / "cache"),
         epochs=1,
     )
-    peak, idle = _peak_memory(BenchConfig(batch_size=4), asdict(cfg))
+    files = [toy_classification[s] for s in ("train", "dev", "dev")]
+    dataset = "toy=classification:" + ",".join(str(f) for f in files)
+    peak, idle = _peak_memory(BenchConfig(batch_size=4, datasets=[dataset]), asdict(cfg))
     assert 50e6 < idle <= peak < 4e9  # a python process with torch loaded, not the parent's figure
     assert (tmp_path / "run-memory-cache").is_dir() and not (tmp_path / "cache").exists()  # its own cache

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 def test_quick_bench_on_real_data(tmp_path: Path) -> None:
     data = require_shared_data()
     t0 = time.perf_counter()
-    r = CliRunner().invoke(app, ["bench", "--quick", "--data-dir", str(data), "--out", str(tmp_path)])
+    datasets = ["--dataset", f"sci-cite=classification:{data / 'sci-cite'}"]
+    datasets += ["--dataset", f"bc5cdr=ner:{data / 'bc5cdr'}"]
+    r = CliRunner().invoke(app, ["bench", "--quick", *datasets, "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     seconds = time.perf_counter() - t0
     result = json.loads((tmp_path / "bench_quick.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from embrecycle import ConfigError
+from embrecycle.cache.location import default_cache_dir
 from embrecycle.cache.store import Cache
 from embrecycle.cli import app
-from embrecycle.selection import SelectConfig, select_layer
-from embrecycle.selection.runner import Candidate, recommend
+from embrecycle.selection import Candidate, SelectConfig, recommend, select_layer
 from embrecycle.tasks.classification import ClassificationTask
 from embrecycle.training import TrainConfig, train
 
@@ -82,6 +83,8 @@ def test_training_at_the_selected_cut_reuses_its_cache(
     )
     cache = sel.candidate(2).cache
     assert cache is not None and len(Cache.open(cache)) == 24 + 8
+    # named as `embrecycle train` names the cache of these settings (under --cache-root)
+    assert Path(cache) == default_cache_dir(Cache.open(cache).settings, root=tmp_path / "caches")
     result = train(
         TrainConfig(
             task="classification",
@@ -97,6 +100,17 @@ def test_training_at_the_selected_cut_reuses_its_cache(
     )
     assert result.cache == cache
     assert len(Cache.open(cache)) == 48 + 16  # only the documents the sample left out were added
+
+
+def test_without_a_cache_root_the_proxy_caches_go_where_train_looks(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMBRECYCLE_CACHE_HOME", str(tmp_path / "home"))
+    config = _config(tiny_bert_dir, toy_classification, tmp_path, candidates=[2], sample=24, dev_sample=8)
+    sel = select_layer(dataclasses.replace(config, cache_root=None), progress=None)
+    cache = sel.candidate(2).cache
+    assert cache is not None and Path(cache).parent == tmp_path / "home"
+    assert Path(cache) == default_cache_dir(Cache.open(cache).settings)
 
 
 def test_ner_and_explicit_candidates(tiny_bert_dir: str, toy_ner: dict[str, Path], tmp_path: Path) -> None:
@@ -133,9 +147,9 @@ def test_too_small_a_budget_is_refused_before_any_proxy(
 def test_budget_running_out_skips_the_remaining_candidates(
     tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import embrecycle.selection.runner as runner
+    import embrecycle.selection.costs as costs
 
-    real = runner._plan_seconds
+    real = costs.plan_seconds
     calls = {"n": 0}
 
     def plan(costs, m, d, epochs, ups):  # type: ignore[no-untyped-def]
@@ -143,7 +157,7 @@ def test_budget_running_out_skips_the_remaining_candidates(
         # the plan fits, but every per-candidate check after the first says the rest would overrun
         return real(costs, m, d, epochs, ups) if len(ups) > 1 or calls["n"] <= 2 + 100 * (ups == [0.75]) else 1e9
 
-    monkeypatch.setattr(runner, "_plan_seconds", plan)
+    monkeypatch.setattr(costs, "plan_seconds", plan)
     sel = select_layer(_config(tiny_bert_dir, toy_classification, tmp_path, sample=16), progress=None)
     statuses = [c.status for c in sel.candidates]
     assert "skipped (budget)" in statuses and statuses[0] == "measured"
@@ -197,7 +211,7 @@ def test_unstable_cuts_are_named_in_the_notes(
     def half_and_best(result, metric):  # type: ignore[no-untyped-def]
         return (0.6, 0.9) if result.method == "full-finetune" else (0.9, 0.8)
 
-    monkeypatch.setattr(runner, "_half_and_best", half_and_best)
+    monkeypatch.setattr(runner, "half_and_best", half_and_best)
     sel = select_layer(
         _config(tiny_bert_dir, toy_classification, tmp_path, candidates=[2], target_retention=0.8), progress=None
     )
@@ -256,7 +270,7 @@ def test_cli_table_and_json(tiny_bert_dir: str, toy_classification: dict[str, Pa
     ("extra", "message"),
     [
         (["--candidates", "9"], "out of range"),
-        (["--candidates", "two"], "--candidates takes layer numbers"),
+        (["--candidates", "two"], "--candidates takes integers"),
         (["--task", "qa"], "task='qa'"),
         (["--target-retention", "1.2"], "target_retention=1.2"),
         (["--budget-share", "1.5"], "budget_share=1.5"),
@@ -275,7 +289,7 @@ def test_cli_bad_input(
 
 def test_chance_level_is_the_best_constant_prediction_not_only_the_majority(tmp_path: Path) -> None:
     from embrecycle.data import read_examples
-    from embrecycle.selection.runner import _constant_score
+    from embrecycle.selection.stats import constant_score
 
     rows = [("a", "x"), ("a", "y"), ("a", "z"), ("b", "w")]
     train_file, dev_file = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
@@ -285,11 +299,11 @@ def test_chance_level_is_the_best_constant_prediction_not_only_the_majority(tmp_
     task = ClassificationTask(ClassificationTask.label_vocabulary(train_ex))
     gold = [task.gold(e) for e in read_examples(dev_file)]
     # "a" is the training majority but scores 0 on this dev sample; always predicting "b" scores macro-F1 0.5
-    assert _constant_score(task, gold) == pytest.approx(0.5)
+    assert constant_score(task, gold) == pytest.approx(0.5)
 
 
 def test_retention_interval_is_a_paired_bootstrap_over_dev_documents() -> None:
-    from embrecycle.selection.runner import retention_interval
+    from embrecycle.selection import retention_interval
 
     task = ClassificationTask(["a", "b"])
     gold = ["a", "b"] * 50
@@ -310,10 +324,10 @@ def test_run_cost_is_planned_from_the_loops_own_batches() -> None:
     import numpy as np
 
     from embrecycle.batching import train_batches
-    from embrecycle.selection.runner import _padded_tokens, _seconds_per_token
+    from embrecycle.selection.costs import padded_tokens, seconds_per_token
 
     lengths = np.array([3, 9, 5, 7, 4, 8])
-    tokens = _padded_tokens(lengths, 2, 42, 2)
+    tokens = padded_tokens(lengths, 2, 42, 2)
     batches = [b for e in range(2) for b in train_batches(lengths, 2, 42, e)]
     assert tokens == [2 * int(lengths[b].max()) for b in batches] and len(tokens) == 6
 
@@ -321,4 +335,4 @@ def test_run_cost_is_planned_from_the_loops_own_batches() -> None:
 
     # two passes of three steps; the first pass pays one-off costs and is not timed
     probe = SimpleNamespace(step_seconds=[9.0, 9.0, 9.0, *(t / 100 for t in tokens[3:])])
-    assert _seconds_per_token(probe, lengths, 2, 42) == pytest.approx(0.01)
+    assert seconds_per_token(probe, lengths, 2, 42) == pytest.approx(0.01)

@@ -26,7 +26,9 @@ def _minilm() -> str:
     ("task", "folder", "ext", "metric", "floor"),
     [("classification", "sci-cite", "jsonl", "macro_f1", 0.5), ("ner", "bc5cdr", "conll", "f1", 0.4)],
 )
-def test_minilm_learns_real_tasks_from_the_cache(task, folder, ext, metric, floor, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_minilm_learns_real_tasks_from_the_cache(
+    task: str, folder: str, ext: str, metric: str, floor: float, tmp_path: Path
+) -> None:
     data = require_shared_data() / folder
     cfg = TrainConfig(
         task=task,

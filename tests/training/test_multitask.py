@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +16,7 @@ from embrecycle.multitask import TaskSet
 from embrecycle.training import TrainConfig, train
 
 
-def _run(tmp_path: Path, model: str, data: dict[str, Path], name: str, task: str = "classification", **kw) -> str:  # type: ignore[no-untyped-def]
+def _run(tmp_path: Path, model: str, data: dict[str, Path], name: str, task: str = "classification", **kw: Any) -> str:
     cfg = TrainConfig(
         task=task,
         model=model,
@@ -33,7 +34,12 @@ def _run(tmp_path: Path, model: str, data: dict[str, Path], name: str, task: str
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_bert_dir, toy_classification, toy_ner, tmp_path_factory):  # type: ignore[no-untyped-def]
+def runs(
+    tiny_bert_dir: str,
+    toy_classification: dict[str, Path],
+    toy_ner: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
     d = tmp_path_factory.mktemp("runs")
     return {
         "full": _run(d, tiny_bert_dir, toy_classification, "full"),
@@ -49,7 +55,7 @@ def runs(tiny_bert_dir, toy_classification, toy_ner, tmp_path_factory):  # type:
 DOCS = ["the protein of the method", "disease in our results", "", "we and the data of a model"]
 
 
-def test_shared_pass_equals_separate_predictions(runs) -> None:  # type: ignore[no-untyped-def]
+def test_shared_pass_equals_separate_predictions(runs: dict[str, str]) -> None:
     names = ["full", "lora", "adapter", "head", "ner"]
     tasks = TaskSet.load([runs[n] for n in names])
     together = tasks.predict(DOCS, cache=runs["cache"])
@@ -68,7 +74,7 @@ def test_shared_pass_equals_separate_predictions(runs) -> None:  # type: ignore[
                 assert a == b
 
 
-def test_frozen_weights_are_held_once(runs) -> None:  # type: ignore[no-untyped-def]
+def test_frozen_weights_are_held_once(runs: dict[str, str]) -> None:
     separate = sum(TaskSet.load([runs[n]]).parameter_bytes() for n in ("head", "lora", "adapter"))
     shared = TaskSet.load([runs[n] for n in ("head", "lora", "adapter")])
     one = TaskSet.load([runs["head"]]).parameter_bytes()
@@ -81,7 +87,9 @@ def test_frozen_weights_are_held_once(runs) -> None:  # type: ignore[no-untyped-
     assert one < shared.parameter_bytes() == one + extra < separate
 
 
-def test_runs_of_other_layers_or_baselines_are_refused(runs, tiny_bert_dir, toy_classification, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_runs_of_other_layers_or_baselines_are_refused(
+    runs: dict[str, str], tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
     with pytest.raises(ConfigError, match=r"layer: 2 vs 1"):
         TaskSet.load([runs["full"], runs["k1"]])
     base = _run(tmp_path, tiny_bert_dir, toy_classification, "ft", baseline="full-finetune")
@@ -91,7 +99,7 @@ def test_runs_of_other_layers_or_baselines_are_refused(runs, tiny_bert_dir, toy_
         TaskSet.load([runs["full"], runs["full"]])
 
 
-def test_cli_predicts_several_runs_into_a_directory(runs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_predicts_several_runs_into_a_directory(runs: dict[str, str], tmp_path: Path) -> None:
     data = tmp_path / "docs.txt"
     data.write_text("\n".join(DOCS) + "\n")
     out = tmp_path / "preds"

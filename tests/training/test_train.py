@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def _repoint(run_dir: str, model: str) -> None:
     dataclasses.replace(record, states=dataclasses.replace(record.states, model=model)).write(run_dir)
 
 
-def _config(tmp_path: Path, model: str, data: dict[str, Path], task: str, **kw) -> TrainConfig:  # type: ignore[no-untyped-def]
+def _config(tmp_path: Path, model: str, data: dict[str, Path], task: str, **kw: Any) -> TrainConfig:
     return TrainConfig(
         task=task,
         model=model,
@@ -43,7 +44,9 @@ def _config(tmp_path: Path, model: str, data: dict[str, Path], task: str, **kw) 
 
 
 @pytest.mark.parametrize("task", ["classification", "ner"])
-def test_training_lowers_the_loss_and_writes_a_run(task, tiny_bert_dir, toy_classification, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+def test_training_lowers_the_loss_and_writes_a_run(
+    task: str, tiny_bert_dir: str, toy_classification: dict[str, Path], toy_ner: dict[str, Path], tmp_path: Path
+) -> None:
     data = toy_classification if task == "classification" else toy_ner
     result = train(_config(tmp_path, tiny_bert_dir, data, task), progress=False)
     assert len(result.losses) == 4 * 6 and all(loss > 0 for loss in result.losses)
@@ -58,7 +61,9 @@ def test_training_lowers_the_loss_and_writes_a_run(task, tiny_bert_dir, toy_clas
 
 
 @pytest.mark.parametrize("task", ["classification", "ner"])
-def test_one_training_step_lowers_the_loss(task, tiny_bert_dir, toy_classification, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+def test_one_training_step_lowers_the_loss(
+    task: str, tiny_bert_dir: str, toy_classification: dict[str, Path], toy_ner: dict[str, Path], tmp_path: Path
+) -> None:
     from embrecycle.data import read_examples
     from embrecycle.tasks import get_task
     from embrecycle.tokenization import encode_documents
@@ -71,7 +76,7 @@ def test_one_training_step_lowers_the_loss(task, tiny_bert_dir, toy_classificati
     else:
         small.write_text(
             "\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(e.doc, e.label, strict=True)) for e in examples) + "\n"
-        )  # type: ignore[arg-type]
+        )
     data["train"] = small
     cfg = _config(tmp_path, tiny_bert_dir, data, task, epochs=1, lr=1e-3)
     labels = get_task(task).label_vocabulary(read_examples(small))
@@ -131,7 +136,9 @@ def test_upper_modes_train_the_right_parameters(tiny_bert_dir: str) -> None:
         TrainConfig(task="classification", model="m", layer=1, train="t", dev="d", out="o", upper="prefix")
 
 
-def test_full_finetune_baseline_uses_the_same_loop(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+def test_full_finetune_baseline_uses_the_same_loop(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
     rec = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1), progress=False)
     base = train(
         _config(
@@ -144,7 +151,9 @@ def test_full_finetune_baseline_uses_the_same_loop(tiny_bert_dir, toy_classifica
     assert len(base.losses) == len(rec.losses)
 
 
-def test_save_load_round_trip_and_cache_hits(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+def test_save_load_round_trip_and_cache_hits(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
     result = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=2), progress=False)
     model = embrecycle.load(result.run_dir)
     dev = [json.loads(line)["text"] for line in toy_classification["dev"].read_text().splitlines()]
@@ -169,7 +178,7 @@ def test_save_load_round_trip_and_cache_hits(tiny_bert_dir, toy_classification, 
     assert metrics["macro_f1"] == pytest.approx(result.best["macro_f1"])
 
 
-def test_ner_predictions_are_one_tag_per_word(tiny_bert_dir, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+def test_ner_predictions_are_one_tag_per_word(tiny_bert_dir: str, toy_ner: dict[str, Path], tmp_path: Path) -> None:
     result = train(_config(tmp_path, tiny_bert_dir, toy_ner, "ner", epochs=6), progress=False)
     model = embrecycle.load(result.run_dir)
     pred = model.predict(["the protein was used", ["we", "protein", "xyzzy"]])
@@ -181,7 +190,7 @@ def test_ner_predictions_are_one_tag_per_word(tiny_bert_dir, toy_ner, tmp_path):
     assert model.evaluate(model.read(toy_ner["dev"]))["f1"] == pytest.approx(result.best["f1"])
 
 
-def test_unknown_dev_labels_are_named(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+def test_unknown_dev_labels_are_named(tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path) -> None:
     dev = tmp_path / "dev.jsonl"
     dev.write_text('{"text": "the protein", "label": "protein"}\n{"text": "a", "label": "mystery"}\n')
     cfg = _config(tmp_path, tiny_bert_dir, {"train": toy_classification["train"], "dev": dev}, "classification")
@@ -189,7 +198,9 @@ def test_unknown_dev_labels_are_named(tiny_bert_dir, toy_classification, tmp_pat
         train(cfg, progress=False)
 
 
-def test_empty_and_wrong_task_inputs(tiny_bert_dir, toy_classification, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+def test_empty_and_wrong_task_inputs(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], toy_ner: dict[str, Path], tmp_path: Path
+) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(InputDataError, match="no non-empty documents"):
@@ -198,7 +209,9 @@ def test_empty_and_wrong_task_inputs(tiny_bert_dir, toy_classification, toy_ner,
         train(_config(tmp_path, tiny_bert_dir, toy_classification, "ner"), progress=False)
 
 
-def test_run_and_cache_of_other_weights_do_not_mix(tiny_bert_dir, other_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+def test_run_and_cache_of_other_weights_do_not_mix(
+    tiny_bert_dir: str, other_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
     from embrecycle import BuildConfig, build_cache
 
     result = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1), progress=False)
@@ -210,7 +223,9 @@ def test_run_and_cache_of_other_weights_do_not_mix(tiny_bert_dir, other_bert_dir
         embrecycle.load(result.run_dir)
 
 
-def test_runs_are_reproducible_and_stop_early(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+def test_runs_are_reproducible_and_stop_early(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
     a = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1, name="a"), False)
     b = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1, name="b"), False)
     assert a.losses == b.losses and a.best == b.best
@@ -231,14 +246,18 @@ def test_runs_are_reproducible_and_stop_early(tiny_bert_dir, toy_classification,
     assert len(c.history) < 20 * 6 // 2 and len(c.losses) == 2 * len(c.history)
 
 
-def test_ner_run_rejects_text_input_for_evaluation(tiny_bert_dir, toy_ner, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+def test_ner_run_rejects_text_input_for_evaluation(
+    tiny_bert_dir: str, toy_ner: dict[str, Path], toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
     result = train(_config(tmp_path, tiny_bert_dir, toy_ner, "ner", epochs=1), progress=False)
     with pytest.raises(InputDataError, match="NER run"):
         embrecycle.load(result.run_dir).read(toy_classification["dev"])
 
 
 @pytest.mark.parametrize("upper", ["lora", "adapter", "head"])
-def test_parameter_efficient_runs_store_only_what_was_trained(upper, tiny_bert_dir, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+def test_parameter_efficient_runs_store_only_what_was_trained(
+    upper: str, tiny_bert_dir: str, toy_ner: dict[str, Path], tmp_path: Path
+) -> None:
     from safetensors.torch import load_file
 
     result = train(
@@ -265,7 +284,9 @@ def test_parameter_efficient_runs_store_only_what_was_trained(upper, tiny_bert_d
         embrecycle.load(result.run_dir)
 
 
-def test_frozen_upper_layers_must_be_the_ones_trained_over(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+def test_frozen_upper_layers_must_be_the_ones_trained_over(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
     import shutil
 
     from transformers import AutoModel
@@ -284,7 +305,9 @@ def test_frozen_upper_layers_must_be_the_ones_trained_over(tiny_bert_dir, toy_cl
         embrecycle.load(result.run_dir)
 
 
-def test_lora_baseline_trains_every_layer_from_text(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+def test_lora_baseline_trains_every_layer_from_text(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
     result = train(
         _config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1, baseline="lora"),
         progress=False,
@@ -299,7 +322,14 @@ def test_lora_baseline_trains_every_layer_from_text(tiny_bert_dir, toy_classific
 @pytest.mark.parametrize(
     ("upper", "task"), [("lora", "classification"), ("full", "ner"), ("full-finetune", "classification")]
 )
-def test_export_loads_with_transformers_alone(upper, task, tiny_bert_dir, toy_classification, toy_ner, tmp_path):  # type: ignore[no-untyped-def]
+def test_export_loads_with_transformers_alone(
+    upper: str,
+    task: str,
+    tiny_bert_dir: str,
+    toy_classification: dict[str, Path],
+    toy_ner: dict[str, Path],
+    tmp_path: Path,
+) -> None:
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from embrecycle.export import export_run
@@ -338,7 +368,9 @@ def test_export_loads_with_transformers_alone(upper, task, tiny_bert_dir, toy_cl
         export_run(model, tmp_path / "export")
 
 
-def test_adapter_runs_cannot_be_exported(tiny_bert_dir, toy_classification, tmp_path):  # type: ignore[no-untyped-def]
+def test_adapter_runs_cannot_be_exported(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
     from embrecycle.export import export_run
 
     result = train(_config(tmp_path, tiny_bert_dir, toy_classification, "classification", epochs=1, upper="adapter"))

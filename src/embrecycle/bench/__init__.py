@@ -1,8 +1,14 @@
-"""The benchmark behind `embrecycle bench`: the paper's comparison on this machine, every overhead counted.
+"""The benchmark behind `embrecycle bench`: the paper's comparison on your datasets and machine, every overhead counted.
+
+The pieces: :mod:`.config` (settings, datasets, methods), :mod:`.runner` (the measurements),
+:mod:`.report` (the Markdown report, plots, README table), :mod:`.memory` (peak memory in a fresh
+process), and the parts the scripts under ``benchmarks/`` share: :mod:`.results` (machine info,
+results files), :mod:`.tables` (Markdown tables, README blocks) and :mod:`.timing` (timers).
 
 Example:
     >>> from embrecycle.bench import BenchConfig, run_and_report
-    >>> run_and_report(BenchConfig.quick_config(out="/tmp/bench"))  # doctest: +SKIP
+    >>> config = BenchConfig.quick_config(datasets=["reviews=classification:data/reviews"], out="/tmp/bench")
+    >>> run_and_report(config)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -12,15 +18,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import DATASETS, METHODS, MODELS, BenchConfig
+from .config import METHODS, MODELS, BenchConfig, BenchDataset
 from .report import headline_table, merge_results, render_report, summarize, update_readme
-from .runner import run_bench, write_results
+from .results import environment, write_results
+from .runner import run_bench
 
 __all__ = [
-    "DATASETS",
     "METHODS",
     "MODELS",
     "BenchConfig",
+    "BenchDataset",
+    "environment",
     "headline_table",
     "merge_results",
     "render_report",
@@ -29,6 +37,7 @@ __all__ = [
     "run_bench",
     "summarize",
     "update_readme",
+    "write_results",
 ]
 
 

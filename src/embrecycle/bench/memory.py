@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["measure"]
 
@@ -34,7 +35,7 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def measure(config: dict) -> dict[str, int]:  # type: ignore[type-arg]
+def measure(config: dict[str, Any]) -> dict[str, int]:
     """Train ``config`` twice in this process; the second run's peak resident set (Linux only)."""
     from ..training import TrainConfig, train
 

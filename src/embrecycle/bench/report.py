@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import METHODS
+from .config import METHODS, dataset_names
+from .tables import fmt as _fmt
+from .tables import markdown_table, replace_block
 
 __all__ = ["headline_table", "merge_results", "render_report", "summarize", "update_readme"]
 
@@ -30,7 +31,7 @@ def _reference(summary: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, An
 def _is_layer_cut(method: str) -> bool:
     """A recycling method that trains the full upper layers at a cut below N (recycle-25/50/75)."""
     m = METHODS.get(method)
-    return m is not None and m.baseline is None and m.upper == "full" and m.fraction < 1
+    return m is not None and m.is_layer_cut
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -88,26 +89,29 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda s: (s["model"], s["dataset"], order.get(s["method"], 99)))
 
 
-def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
-    return "n/a" if x is None else f"{x:{spec}}{suffix}"
-
-
 def headline_table(summary: list[dict[str, Any]]) -> str:
     """Test score, retention and speed-ups per (model, dataset, method)."""
-    lines = [
-        "| model | dataset | method | k/N | test score (mean ± std) | retention | train speed-up (ceiling) "
-        "| inference on cached docs | trainable params |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["model", "dataset", "method", "k/N", "test score (mean ± std)", "retention", "train speed-up (ceiling)"]
+    header += ["inference on cached docs", "trainable params"]
+    rows = []
     for s in summary:
         ceiling = f" ({s['ceiling']:.2f}x)" if s["ceiling"] else ""
-        kn = f"{s['layer']}/{s['num_layers']}" if s["method"] not in ("full-finetune", "lora") else "-"
-        lines.append(
-            f"| {s['model']} | {s['dataset']} | {s['method']} | {kn} | {s['test']:.4f} ± {s['test_std']:.4f} "
-            f"| {_fmt(s['retention'], '.1%')} | {_fmt(s['train_speedup'], '.2f', 'x')}{ceiling} "
-            f"| {_fmt(s['infer_cached_speedup'], '.2f', 'x')} | {s['trainable_parameters']:,} |"
+        method = METHODS.get(s["method"])
+        kn = f"{s['layer']}/{s['num_layers']}" if method is None or method.recycles else "-"
+        rows.append(
+            [
+                s["model"],
+                s["dataset"],
+                s["method"],
+                kn,
+                f"{s['test']:.4f} ± {s['test_std']:.4f}",
+                _fmt(s["retention"], ".1%"),
+                _fmt(s["train_speedup"], ".2f", "x") + ceiling,
+                _fmt(s["infer_cached_speedup"], ".2f", "x"),
+                f"{s['trainable_parameters']:,}",
+            ]
         )
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, rows))
 
 
 def _amortisation(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -135,12 +139,11 @@ def _amortisation(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _targets(summary: list[dict[str, Any]], caches: list[dict[str, Any]]) -> list[str]:
-    lines = ["| target | model | dataset | measured | met |", "|---|---|---|---|---|"]
+    rows: list[list[str]] = []
 
     def add(name: str, s: dict[str, Any], value: float | None, ok: bool | str | None, spec: str) -> None:
-        shown = _fmt(value, spec)
         verdict = ok if isinstance(ok, str) else ("yes" if ok else "no")
-        lines.append(f"| {name} | {s['model']} | {s['dataset']} | {shown} | {verdict} |")
+        rows.append([name, s["model"], s["dataset"], _fmt(value, spec), verdict])
 
     def retention_verdict(s: dict[str, Any], need: float) -> bool | str:
         ref = _reference(summary, s)
@@ -173,11 +176,9 @@ def _targets(summary: list[dict[str, Any]], caches: list[dict[str, Any]]) -> lis
         verdict = "yes" if frac < 0.05 else "no"
         if c["layer"] == c["num_layers"]:
             verdict += " (k = N: the step is the head alone, so reading dominates; not a recycling cut)"
-        lines.append(
-            f"| cache read < 5% of a training step (k = {c['layer']}) | {c['model']} | {c['dataset']} "
-            f"| {frac:.2%} | {verdict} |"
-        )
-    return lines
+        name = f"cache read < 5% of a training step (k = {c['layer']})"
+        rows.append([name, c["model"], c["dataset"], f"{frac:.2%}", verdict])
+    return markdown_table(["target", "model", "dataset", "measured", "met"], rows)
 
 
 def _plots(summary: list[dict[str, Any]], amort: list[dict[str, Any]], out: Path, stem: str) -> list[str]:
@@ -278,18 +279,7 @@ def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
         "",
         "## Every figure per method",
         "",
-        "| model | dataset | method | dev (mean ± std) | test (mean ± std) | train ex/s | train wall (s) "
-        "| infer cached docs/s | infer new docs/s | peak memory (MB) | of which before training (MB) "
-        "| trainable params | run size (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        *[
-            f"| {s['model']} | {s['dataset']} | {s['method']} | {s['dev']:.4f} ± {s['dev_std']:.4f} "
-            f"| {s['test']:.4f} ± {s['test_std']:.4f} | {s['train_eps']:.1f} | {s['train_seconds']:.1f} "
-            f"| {s['infer_cached_dps']:.1f} | {s['infer_new_dps']:.1f} | {_fmt(s['peak_memory_mb'], '.0f')} "
-            f"| {_fmt(s['idle_memory_mb'], '.0f')} "
-            f"| {s['trainable_parameters']:,} | {s['run_mb']:.2f} |"
-            for s in summary
-        ],
+        *_per_method_table(summary),
         "",
         "Speeds are medians over seeds. Peak memory: the kernel's resident-set high-water mark of a fresh process "
         "training the method for two batches (after a first pass that built its cache and loaded every library; "
@@ -297,46 +287,93 @@ def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
         "",
         "## Caches",
         "",
-        "| model | dataset | k/N | build (s) | documents | tokens | bytes/token | total (MB) | read docs/s "
-        "| read share of training |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *[
-            f"| {c['model']} | {c['dataset']} | {c['layer']}/{c['num_layers']} | {c['build_seconds']:.1f} "
-            f"| {c['documents']} | {c['tokens']} | {c['bytes_per_token']} | {c['bytes'] / 1e6:.1f} "
-            f"| {c['read_docs_per_second']:.0f} | {c['read_fraction_of_training']:.2%} |"
-            for c in caches
-        ],
+        *_caches_table(caches),
         "",
         "## Amortisation: cumulative wall time over repeated runs on one corpus",
         "",
         "Recycling pays its cache build once; each later run (a sweep point, another task) only trains. "
         "Cumulative training time, cache build included, for recycling at 50% against full fine-tuning:",
         "",
-        "| model | dataset | cache build (s) | "
-        + " | ".join(f"{n} run{'s' if n > 1 else ''}: recycle / full (s)" for n in AMORTISE_RUNS)
-        + " | recycling cheaper from run |",
-        "|---|---|---|" + "---|" * len(AMORTISE_RUNS) + "---|",
-        *[
-            f"| {a['model']} | {a['dataset']} | {a['build']:.1f} | "
-            + " | ".join(f"{r:.0f} / {f:.0f}" for r, f in zip(a["recycle"], a["full"], strict=True))
-            + f" | {a['crossover'] if a['crossover'] else 'never'} |"
-            for a in amort
-        ],
+        *_amortisation_table(amort),
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
         "## Learning rates",
         "",
-        "| method | classification | NER |",
-        "|---|---|---|",
-        *[
-            f"| {m.name} | {m.lr['classification']:g} | {m.lr['ner']:g} |"
-            for m in METHODS.values()
-            if m.name in methods
-        ],
+        *markdown_table(
+            ["method", "classification", "NER"],
+            [
+                [m.name, f"{m.lr['classification']:g}", f"{m.lr['ner']:g}"]
+                for m in METHODS.values()
+                if m.name in methods
+            ],
+        ),
         "",
     ]
     return "\n".join(lines)
+
+
+def _per_method_table(summary: list[dict[str, Any]]) -> list[str]:
+    header = ["model", "dataset", "method", "dev (mean ± std)", "test (mean ± std)", "train ex/s", "train wall (s)"]
+    header += ["infer cached docs/s", "infer new docs/s", "peak memory (MB)", "of which before training (MB)"]
+    header += ["trainable params", "run size (MB)"]
+    rows = [
+        [
+            s["model"],
+            s["dataset"],
+            s["method"],
+            f"{s['dev']:.4f} ± {s['dev_std']:.4f}",
+            f"{s['test']:.4f} ± {s['test_std']:.4f}",
+            f"{s['train_eps']:.1f}",
+            f"{s['train_seconds']:.1f}",
+            f"{s['infer_cached_dps']:.1f}",
+            f"{s['infer_new_dps']:.1f}",
+            _fmt(s["peak_memory_mb"], ".0f"),
+            _fmt(s["idle_memory_mb"], ".0f"),
+            f"{s['trainable_parameters']:,}",
+            f"{s['run_mb']:.2f}",
+        ]
+        for s in summary
+    ]
+    return markdown_table(header, rows)
+
+
+def _caches_table(caches: list[dict[str, Any]]) -> list[str]:
+    header = ["model", "dataset", "k/N", "build (s)", "documents", "tokens", "bytes/token", "total (MB)"]
+    header += ["read docs/s", "read share of training"]
+    rows = [
+        [
+            c["model"],
+            c["dataset"],
+            f"{c['layer']}/{c['num_layers']}",
+            f"{c['build_seconds']:.1f}",
+            c["documents"],
+            c["tokens"],
+            c["bytes_per_token"],
+            f"{c['bytes'] / 1e6:.1f}",
+            f"{c['read_docs_per_second']:.0f}",
+            f"{c['read_fraction_of_training']:.2%}",
+        ]
+        for c in caches
+    ]
+    return markdown_table(header, rows)
+
+
+def _amortisation_table(amort: list[dict[str, Any]]) -> list[str]:
+    header = ["model", "dataset", "cache build (s)"]
+    header += [f"{n} run{'s' if n > 1 else ''}: recycle / full (s)" for n in AMORTISE_RUNS]
+    header += ["recycling cheaper from run"]
+    rows = [
+        [
+            a["model"],
+            a["dataset"],
+            f"{a['build']:.1f}",
+            *(f"{r:.0f} / {f:.0f}" for r, f in zip(a["recycle"], a["full"], strict=True)),
+            a["crossover"] if a["crossover"] else "never",
+        ]
+        for a in amort
+    ]
+    return markdown_table(header, rows)
 
 
 def _data_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -348,15 +385,21 @@ def _data_lines(rows: list[dict[str, Any]]) -> list[str]:
         "Subsets (seeded, the same for every method and seed; dev and test examples whose class never occurs in "
         "the training subset are left out, a model cannot predict them):",
         "",
-        "| model | dataset | train | dev | test | classes in train | dev / test left out |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for d in data:
-        lines.append(
-            f"| {d['model']} | {d['dataset']} | {d['train']} | {d['dev']} | {d['test']} "
-            f"| {d['labels'] if d['labels'] is not None else '(NER)'} | {d['dev_left_out']} / {d['test_left_out']} |"
-        )
-    return [*lines, ""]
+    header = ["model", "dataset", "train", "dev", "test", "classes in train", "dev / test left out"]
+    table = [
+        [
+            d["model"],
+            d["dataset"],
+            d["train"],
+            d["dev"],
+            d["test"],
+            d["labels"] if d["labels"] is not None else "(NER)",
+            f"{d['dev_left_out']} / {d['test_left_out']}",
+        ]
+        for d in data
+    ]
+    return [*lines, *markdown_table(header, table), ""]
 
 
 def _part_lines(part: dict[str, Any], n_parts: int) -> str:
@@ -370,7 +413,7 @@ def _part_lines(part: dict[str, Any], n_parts: int) -> str:
         f"{head}machine {env['machine']}, {env['cpus']} CPUs ({env['threads']} torch threads), "
         f"{env['memory_gb']} GB; Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
         f"embrecycle {env['embrecycle']}; {env['date']}; took {env.get('bench_seconds', 0) / 60:.1f} min. "
-        f"Datasets {cfg['datasets']} (seeded subsets: {limits} examples); {cfg['epochs']} epochs, batch "
+        f"Datasets {dataset_names(cfg['datasets'])} (seeded subsets: {limits} examples); {cfg['epochs']} epochs, batch "
         f"{cfg['batch_size']}, max length {cfg['max_length']}; seeds {cfg['seeds']}.\n"
     )
 
@@ -400,10 +443,4 @@ def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def update_readme(readme: Path, table: str, link: str) -> bool:
     """Replace the text between the benchmark markers in ``readme``; False when the markers are missing."""
-    text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        return False
-    block = f"{README_START}\n{table}\n\nFull report: [{link}]({link}).\n{README_END}"
-    new = re.sub(re.escape(README_START) + r".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
-    readme.write_text(new, encoding="utf-8")
-    return True
+    return replace_block(readme, README_START, README_END, f"{table}\n\nFull report: [{link}]({link}).")

@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
-import torch
-import transformers
 
-from .._version import __version__
 from ..cache.store import Cache
 from ..data.readers import Example, read_examples
 from ..data.writers import serialise_examples
@@ -36,11 +30,11 @@ from ..encoder import load_config
 from ..errors import InputDataError
 from ..predict import load
 from ..tokenization import is_empty
-from ..training import TrainConfig, train
-from ..training.loop import read_split
-from .config import DATASETS, METHODS, BenchConfig
+from ..training import TrainConfig, read_split, train
+from .config import METHODS, SPLITS, BenchConfig, BenchDataset, Method
+from .results import environment, write_results
 
-__all__ = ["resolve_model", "run_bench"]
+__all__ = ["BenchData", "environment", "prepare_data", "resolve_model", "run_bench", "write_results"]
 
 log = logging.getLogger(__name__)
 
@@ -56,31 +50,15 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def environment() -> dict[str, Any]:
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": psutil.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "embrecycle": __version__,
-    }
-
-
 def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every measurement of ``config``; returns ``{"environment", "config", "rows"}`` (also written as JSON)."""
-    data_dir = Path(config.data_dir)
-    for name in config.datasets:
-        d = DATASETS[name]
-        missing = [s for s in ("train", "dev", "test") if not (data_dir / name / f"{s}.{d.ext}").exists()]
+    datasets = config.bench_datasets()
+    for ds in datasets:
+        missing = [str(ds.path(s)) for s in SPLITS if not ds.path(s).is_file()]
         if missing:
             raise InputDataError(
-                f"dataset {name!r}: {missing} splits not found under {data_dir / name} (expected "
-                f"{{train,dev,test}}.{d.ext}); point --data-dir at the folder holding the datasets."
+                f"dataset {ds.name!r}: splits not found: no file {missing}; check its --dataset "
+                f"{ds.name}={ds.task}:... paths."
             )
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -89,8 +67,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> d
         for model_name in config.models:
             model = resolve_model(model_name)
             n_layers = int(load_config(model).num_hidden_layers)
-            for ds_name in config.datasets:
-                ds = DATASETS[ds_name]
+            for ds in datasets:
                 data = prepare_data(config, Path(tmp) / "data", ds)
                 rows.append({"kind": "data", "model": model_name, **data.counts})
                 _warm_up(config, tmp, model, ds, data)
@@ -105,7 +82,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> d
                             row["peak_memory_bytes"], row["idle_memory_bytes"] = _peak_memory(config, row["config"])
                         rows.append(row)
                         progress(
-                            f"[{time.perf_counter() - started:6.0f}s] {model_name} {ds_name} {method_name} "
+                            f"[{time.perf_counter() - started:6.0f}s] {model_name} {ds.name} {method_name} "
                             f"seed {seed}: "
                             f"dev {row['dev_score']:.4f} test {row['test_score']:.4f}, "
                             f"{row['train_examples_per_second']:.1f} ex/s"
@@ -128,18 +105,18 @@ class BenchData:
     counts: dict[str, Any]
 
 
-def prepare_data(config: BenchConfig, folder: Path, ds: Any) -> BenchData:
+def prepare_data(config: BenchConfig, folder: Path, ds: BenchDataset) -> BenchData:
     """Seeded subsets of a dataset's splits, written as files for training.
 
     Every method and seed trains on the same subset (seeds change initialisation and order).
     Dev and test examples whose class never occurs in the training subset are left out (a
     model cannot predict a label it was not trained on) and counted in the results.
     """
-    src = Path(config.data_dir) / ds.name
     rng = np.random.default_rng(0)
+    ext = "jsonl" if ds.task == "classification" else "conll"  # what the subsets are written as
 
     def subset(split: str, limit: int | None, known: set[str] | None) -> tuple[list[Example], int]:
-        examples = [e for e in read_examples(src / f"{split}.{ds.ext}") if not is_empty(e.doc)]
+        examples = [e for e in read_examples(ds.path(split)) if not is_empty(e.doc)]
         kept = [e for e in examples if known is None or e.label in known]
         left_out = len(examples) - len(kept)
         if limit and len(kept) > limit:
@@ -154,8 +131,8 @@ def prepare_data(config: BenchConfig, folder: Path, ds: Any) -> BenchData:
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, examples in (("train", train_ex), ("dev", dev_ex)):
-        paths[split] = out / f"{split}.{ds.ext}"
-        paths[split].write_text(serialise_examples(examples, ds.ext), encoding="utf-8")
+        paths[split] = out / f"{split}.{ext}"
+        paths[split].write_text(serialise_examples(examples, ext), encoding="utf-8")
     counts = {
         "dataset": ds.name,
         "train": len(train_ex),
@@ -170,7 +147,9 @@ def prepare_data(config: BenchConfig, folder: Path, ds: Any) -> BenchData:
 
 def _result(config: BenchConfig, rows: list[dict[str, Any]], started: float) -> dict[str, Any]:
     """The results file's content: machine, settings, rows, and the time taken so far."""
-    result = {"environment": environment(), "config": asdict(config), "rows": rows}
+    datasets = [asdict(d) for d in config.bench_datasets()]
+    result: dict[str, Any] = {"environment": environment(), "config": asdict(config), "datasets": datasets}
+    result["rows"] = rows
     result["environment"]["bench_seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -184,7 +163,7 @@ def _write_partial(path: Path, config: BenchConfig, rows: list[dict[str, Any]], 
     tmp.replace(path)
 
 
-def _warm_up(config: BenchConfig, tmp: str, model: str, ds: Any, data: BenchData) -> None:
+def _warm_up(config: BenchConfig, tmp: str, model: str, ds: BenchDataset, data: BenchData) -> None:
     """An unrecorded short full fine-tuning run, so that no measured run pays one-off start-up costs."""
     cfg = TrainConfig(
         task=ds.task,
@@ -234,16 +213,27 @@ def _peak_memory(config: BenchConfig, cfg: dict[str, Any]) -> tuple[int, int]:
     return int(measured["peak_rss_bytes"]), int(measured["baseline_rss_bytes"])
 
 
-def _train_run(config, tmp, model_name, model, n_layers, ds, data, method, layer, seed) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _train_run(
+    config: BenchConfig,
+    tmp: str,
+    model_name: str,
+    model: str,
+    n_layers: int,
+    ds: BenchDataset,
+    data: BenchData,
+    method: Method,
+    layer: int,
+    seed: int,
+) -> dict[str, Any]:
     run_dir = Path(tmp) / f"{model_name}-{ds.name}-{method.name}-{seed}"
     cfg = TrainConfig(
         task=ds.task,
         model=model,
-        layer=layer if method.baseline is None else max(layer, 1),
+        layer=layer if method.recycles else max(layer, 1),
         train=data.train,
         dev=data.dev,
         out=str(run_dir),
-        cache=str(Path(tmp) / f"cache-{model_name}-{ds.name}-{layer}") if method.baseline is None else None,
+        cache=str(Path(tmp) / f"cache-{model_name}-{ds.name}-{layer}") if method.recycles else None,
         upper=method.upper,
         baseline=method.baseline,
         epochs=config.epochs,
@@ -272,7 +262,7 @@ def _train_run(config, tmp, model_name, model, n_layers, ds, data, method, layer
         "method": method.name,
         "upper": method.upper,
         "baseline": method.baseline,
-        "layer": layer if method.baseline is None else 0,
+        "layer": layer if method.recycles else 0,
         "seed": seed,
         "lr": cfg.lr,
         "dev_score": result.best[metric],
@@ -328,10 +318,3 @@ def _cache_row(train_row: dict[str, Any], config: BenchConfig, batches: int = 30
         "read_tokens_per_second": tokens / dt,
         "read_fraction_of_training": train_row["read_fraction"],
     }
-
-
-def write_results(result: dict[str, Any], out: Path, stem: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{stem}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return path

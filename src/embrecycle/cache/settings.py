@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..errors import CacheCorruptedError, CacheMismatchError, ConfigError
+from ..config import Checks
+from ..errors import CacheCorruptedError, CacheMismatchError
 from .format import FORMAT_VERSION, STORAGE_DTYPES
 
 MANIFEST_NAME = "manifest.json"
@@ -67,14 +68,14 @@ class CacheSettings:
     dtype: str = "float16"
 
     def __post_init__(self) -> None:
-        if self.dtype not in STORAGE_DTYPES:
-            raise ConfigError(f"dtype={self.dtype!r} is not a cache dtype: choose one of {sorted(STORAGE_DTYPES)}.")
-        if self.truncation not in TRUNCATION_MODES:
-            raise ConfigError(f"truncation={self.truncation!r}: choose one of {list(TRUNCATION_MODES)}.")
-        if not 0 <= self.layer <= self.num_layers:
-            raise ConfigError(f"layer={self.layer} is outside 0..{self.num_layers}.")
-        if self.max_length < 2:
-            raise ConfigError(f"max_length={self.max_length} is too small: use at least 2 (room for special tokens).")
+        checks = (
+            Checks()
+            .choice("dtype", self.dtype, sorted(STORAGE_DTYPES))
+            .choice("truncation", self.truncation, TRUNCATION_MODES)
+            .within("layer", self.layer, 0, self.num_layers)
+        )
+        checks.require(self.max_length >= 2, f"max_length={self.max_length} (use at least 2: room for special tokens)")
+        checks.raise_if_any("cache settings")
 
     def fingerprint(self) -> str:
         """sha256 of the key settings; part of every document key."""

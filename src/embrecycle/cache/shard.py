@@ -181,8 +181,8 @@ class ShardWriter:
             records[i]["key"] = np.void(e.key)
             records[i]["row"] = row
             records[i]["n_tokens"] = n
-            records[i]["hidden_crc"] = zlib.crc32(h)  # numpy buffers: no copies
-            records[i]["tokens_crc"] = zlib.crc32(t)
+            records[i]["hidden_crc"] = zlib.crc32(h.data)  # .data: the array's own buffer, no copy
+            records[i]["tokens_crc"] = zlib.crc32(t.data)
             records[i]["flags"] = FLAG_TRUNCATED if e.truncated else 0
             hidden_parts.append(h)
             token_parts.append(t)
@@ -192,7 +192,7 @@ class ShardWriter:
         self._tokens.seek(self.next_row * TOKEN_FIELDS * 4)
         for f, parts in ((self._hidden, hidden_parts), (self._tokens, token_parts)):
             for part in parts:
-                f.write(part)
+                f.write(part.data)
             f.flush()
             if self.fsync:
                 os.fsync(f.fileno())

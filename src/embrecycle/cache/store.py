@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ..errors import CacheCorruptedError, CacheLockedError, CacheMissError
@@ -176,11 +177,14 @@ class Cache:
             hcrc.append(rec["hidden_crc"])
             tcrc.append(rec["tokens_crc"])
             flags.append(rec["flags"])
-        cat = lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dt)  # noqa: E731
+
+        def cat(xs: list[np.ndarray], dt: npt.DTypeLike) -> np.ndarray:
+            return np.concatenate(xs) if xs else np.empty(0, dt)
+
         all_keys = cat(keys, "V32")
         # First occurrence wins: a document written twice (two writers) is stored once logically.
         self._lookup: dict[bytes, int] = {}
-        order = []
+        order: list[int] = []
         for i, k in enumerate(all_keys.tolist()):
             if k not in self._lookup:
                 self._lookup[k] = len(order)
@@ -203,7 +207,7 @@ class Cache:
         return document_key(self.fingerprint, doc)
 
     def __contains__(self, doc: object) -> bool:
-        return isinstance(doc, str | list | tuple) and self.key(doc) in self._lookup  # type: ignore[arg-type]
+        return isinstance(doc, str | list | tuple) and self.key(doc) in self._lookup
 
     def index_of(self, key: bytes) -> int | None:
         """Entry index of a key, or None."""
@@ -233,7 +237,7 @@ class Cache:
                 "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
             )
         if self.verify_reads and (
-            zlib.crc32(h) != int(self._hidden_crc[i]) or zlib.crc32(t) != int(self._tokens_crc[i])
+            zlib.crc32(h.data) != int(self._hidden_crc[i]) or zlib.crc32(t.data) != int(self._tokens_crc[i])
         ):
             raise CacheCorruptedError(
                 f"{self._where(i)}: checksum mismatch, the stored states are corrupted. "
@@ -255,7 +259,7 @@ class Cache:
                 f"{self._where(i)}: the shard's token file is truncated. "
                 "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
             )
-        if self.verify_reads and zlib.crc32(t) != int(self._tokens_crc[i]):
+        if self.verify_reads and zlib.crc32(t.data) != int(self._tokens_crc[i]):
             raise CacheCorruptedError(
                 f"{self._where(i)}: checksum mismatch, the stored tokens are corrupted. "
                 "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
@@ -408,7 +412,7 @@ class Cache:
                 if len(h) != n or len(t) != n:
                     report.problems.append(f"shard {name!r}: document {key} is cut off (data file truncated)")
                     good[j] = False
-                elif zlib.crc32(h) != int(rec["hidden_crc"]) or zlib.crc32(t) != int(rec["tokens_crc"]):
+                elif zlib.crc32(h.data) != int(rec["hidden_crc"]) or zlib.crc32(t.data) != int(rec["tokens_crc"]):
                     report.problems.append(f"shard {name!r}: document {key} fails its data checksum")
                     good[j] = False
             if repair and (not good.all() or torn):

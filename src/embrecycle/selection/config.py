@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check_positive
+from ..cache.format import STORAGE_DTYPES
+from ..config import Checks, Settings, setting
 from ..errors import ConfigError
+from ..tasks import TASKS
 
 __all__ = ["DEFAULT_FRACTIONS", "SelectConfig"]
 
@@ -14,80 +16,84 @@ DEFAULT_FRACTIONS = (0.25, 0.5, 0.75)
 
 
 @dataclass
-class SelectConfig:
-    """What to select a cut for, and how much the selection may cost.
+class SelectConfig(Settings):
+    """What to select a cut for, and how much the selection may cost (what ``embrecycle select-layer`` takes).
 
-    Attributes:
-        task: ``classification`` or ``ner``.
-        model: Base model name (hub id) or local directory.
-        train, dev: The files the real training will use.
-        out: Directory for ``selection.json``, ``selection.md`` and ``selection.png`` (and the proxy runs).
-        target_retention: Recommend the highest cut whose predicted score is at least this share of
-            full fine-tuning's, in (0, 1].
-        budget_minutes: Wall-clock budget of the selection; default: ``budget_share`` of the estimated
-            training time of one full fine-tuning run with ``epochs`` epochs of ``batch_size`` on the whole
-            training file (timed on a few real batches of that size).
-        budget_share: The default budget as a share of that run, in (0, 1] (ignored with ``budget_minutes``).
-        candidates: Cuts k to evaluate (1..N); default: 25/50/75% of the layers.
-        epochs, batch_size: The planned training (they set the default budget).
-        lr: Learning rate of the recycled runs; reference_lr: of the full fine-tuning reference (default ``lr``).
-        proxy_epochs, proxy_batch_size: The short proxy runs.
-        sample: Training examples per proxy run (default: as many as the budget allows).
-        dev_sample: Dev examples the proxies are scored on (default: ``max(sample, 200)``, at most all).
-        seed: Seeds the sample, the heads and the batch order (the same for every candidate).
-        max_length, text_field, label_field, data_format, cache_dtype: As for ``embrecycle train``.
-        cache_root: Where the per-candidate caches go (default: where ``embrecycle train`` looks for them).
+    The budget defaults to ``budget_share`` of the estimated training time of one full fine-tuning run with
+    ``epochs`` epochs of ``batch_size`` on the whole training file, timed on a few real batches of that size.
     """
 
-    task: str
-    model: str
-    train: str
-    dev: str
-    out: str
-    target_retention: float = 0.99
-    budget_minutes: float | None = None
-    budget_share: float = 0.25
-    candidates: list[int] | None = None
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 5e-5
-    reference_lr: float | None = None
-    proxy_epochs: int = 1
-    proxy_batch_size: int = 16
-    sample: int | None = None
-    dev_sample: int | None = None
-    seed: int = 42
-    max_length: int | None = None
-    text_field: str = "text"
-    label_field: str = "label"
-    data_format: str | None = None
-    cache_dtype: str = "float16"
-    cache_root: str | None = None
+    settings_name = "select-layer"
 
-    def __post_init__(self) -> None:
-        from ..tasks import TASKS
+    task: str = setting(help="Task: classification or ner.", choices=sorted(TASKS))
+    model: str = setting(help="Base model name (hub id) or local directory.")
+    train: str = setting(help="Training file the real training will use (.jsonl/.csv/.tsv, or .conll for ner).")
+    dev: str = setting(help="Development file the real training will use; the proxies are scored on a sample of it.")
+    out: str = setting("selection", "Directory for selection.json, selection.md, selection.png and the proxy runs.")
+    target_retention: float = setting(
+        0.99,
+        "Recommend the highest cut whose predicted score keeps at least this share of full fine-tuning's, in (0, 1].",
+    )
+    budget_minutes: float | None = setting(
+        None, "Time budget of the whole selection in minutes (default: --budget-share of one full fine-tuning run)."
+    )
+    budget_share: float = setting(
+        0.25,
+        "Default budget as a share of one full fine-tuning run (--epochs of --batch-size on the whole training file, "
+        "timed on a few real batches), in (0, 1]; ignored with --budget-minutes.",
+    )
+    candidates: list[int] | None = setting(
+        None,
+        "Cuts k to evaluate, comma-separated (e.g. 2,3,4), each in 1..N (default: 25/50/75% of the layers).",
+    )
+    epochs: int = setting(3, "Epochs of the planned training (with --batch-size it sets the default budget).")
+    batch_size: int = setting(32, "Batch size of the planned training.")
+    lr: float = setting(5e-5, "Learning rate of the recycled proxies (and of the recommended training run).")
+    reference_lr: float | None = setting(None, "Learning rate of the full fine-tuning reference proxy (default: --lr).")
+    proxy_epochs: int = setting(1, "Epochs of each proxy run.")
+    proxy_batch_size: int = setting(16, "Batch size of the proxy runs.")
+    sample: int | None = setting(None, "Training examples per proxy run (default: as many as the budget allows).")
+    dev_sample: int | None = setting(
+        None, "Dev examples the proxies are scored on (default: max(--sample, 200), at most all)."
+    )
+    seed: int = setting(42, "Seed of the samples, the heads and the batch order (the same for every candidate).")
+    max_length: int | None = setting(None, "Max tokens per document (default: the model's limit, at most 512).")
+    text_field: str = setting("text", "Text field of JSON lines / CSV input.")
+    label_field: str = setting("label", "Label field of JSON lines / CSV input.")
+    data_format: str | None = setting(
+        None, "Input format when the file extension does not say (jsonl, csv, tsv, txt, conll).", flag="--format"
+    )
+    cache_dtype: str = setting(
+        "float16",
+        "Storage dtype of the proxies' caches (the real training's --cache-dtype).",
+        choices=sorted(STORAGE_DTYPES),
+    )
+    cache_root: str | None = setting(
+        None, "Folder for the proxies' caches (default: $EMBRECYCLE_CACHE_HOME, where `train` looks for them)."
+    )
 
-        problems = []
-        if self.task not in TASKS:
-            problems.append(f"task={self.task!r} (choose one of {sorted(TASKS)})")
-        if not 0 < self.target_retention <= 1:
-            problems.append(
-                f"target_retention={self.target_retention} (must be in (0, 1]: 0.99 keeps 99% of full fine-tuning)"
+    def problems(self) -> list[str]:
+        checks = (
+            Checks()
+            .choice("task", self.task, sorted(TASKS))
+            .require(
+                0 < self.target_retention <= 1,
+                f"target_retention={self.target_retention} (must be in (0, 1]: 0.99 keeps 99% of full fine-tuning)",
             )
-        if not 0 < self.budget_share <= 1:
-            problems.append(
+            .require(
+                0 < self.budget_share <= 1,
                 f"budget_share={self.budget_share} (must be in (0, 1]: 0.25 spends a quarter of one full fine-tuning "
-                "run; for more, give budget_minutes)"
+                "run; for more, give budget_minutes)",
             )
+            .choice("cache_dtype", self.cache_dtype, sorted(STORAGE_DTYPES))
+        )
         if self.candidates is not None:
-            if not self.candidates:
-                problems.append("candidates=[] (give at least one layer k, or leave it unset)")
             bad = [k for k in self.candidates if k < 1]
-            if bad:
-                problems.append(f"candidates {bad} (a cut k must be >= 1; k = 0 is full fine-tuning, the reference)")
-        if problems:
-            raise ConfigError("invalid select-layer settings: " + "; ".join(problems) + ".")
-        check_positive(
+            checks.require(bool(self.candidates), "candidates=[] (give at least one layer k, or leave it unset)")
+            checks.require(
+                not bad, f"candidates {bad} (a cut k must be >= 1; k = 0 is full fine-tuning, the reference)"
+            )
+        return checks.positive(
             epochs=self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
@@ -98,7 +104,7 @@ class SelectConfig:
             sample=self.sample,
             dev_sample=self.dev_sample,
             max_length=self.max_length,
-        )
+        ).problems
 
     def resolved_candidates(self, num_layers: int) -> list[int]:
         """The cuts to evaluate for a model with ``num_layers`` layers (checked against it)."""

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .runner import Selection
+from .notes import pct as _pct
+from .results import Selection
 
 __all__ = ["format_table", "plot_selection", "write_report"]
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1%}"
 
 
 def _x(x: float | None) -> str:

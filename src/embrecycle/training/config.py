@@ -8,6 +8,7 @@ from typing import Any
 from ..cache.format import STORAGE_DTYPES
 from ..cache.settings import TRUNCATION_MODES
 from ..config import Checks, Settings, setting
+from ..data.readers import FORMATS
 from ..modes import BASELINES, UPPER_CHOICES, TrainingMode, resolve_mode
 from ..tasks import TASKS
 from ..upper import UpperOptions
@@ -68,7 +69,7 @@ class TrainConfig(Settings):
     text_field: str = setting("text", "Text field of JSON lines / CSV input.")
     label_field: str = setting("label", "Label field of JSON lines / CSV input.")
     data_format: str | None = setting(
-        None, "Input format when the file extension does not say (jsonl, csv, tsv, txt, conll).", flag="--format"
+        None, "Input format when the file extension does not say.", flag="--format", choices=FORMATS
     )
     cache_dtype: str = setting("float16", "Storage dtype of the cache.", choices=sorted(STORAGE_DTYPES))
     init_from: str | None = setting(
@@ -90,6 +91,7 @@ class TrainConfig(Settings):
             .choice("baseline", self.baseline, sorted(BASELINES), optional=True)
             .choice("truncation", self.truncation, TRUNCATION_MODES)
             .choice("cache_dtype", self.cache_dtype, sorted(STORAGE_DTYPES))
+            .choice("data_format", self.data_format, FORMATS, optional=True)
             .within("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
             .non_negative(weight_decay=self.weight_decay, layer=self.layer)
             .positive(

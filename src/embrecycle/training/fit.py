@@ -55,7 +55,7 @@ class _Steps:
         t0 = time.perf_counter()
         inputs = self.inputs
         if inputs.cache is not None:
-            b = inputs.cache.read_batch([inputs.train_index[i] for i in batch])  # type: ignore[misc]
+            b = inputs.cache.read_batch([inputs.train_index[i] for i in batch])
             fit.read_seconds += time.perf_counter() - t0
             logits = self.model.forward_cached(b.hidden, b.attention_mask)
             seq_len = b.hidden.shape[1]

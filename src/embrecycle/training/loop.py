@@ -25,7 +25,7 @@ from ..run import WEIGHTS_FILE, save_weights
 from ..run_record import RunRecord
 from .build import BuiltModel, build_model
 from .config import TrainConfig
-from .data import TrainingData, read_data, read_split  # read_split: TRANSITIONAL re-export
+from .data import TrainingData, read_data
 from .evaluate import Evaluator
 from .fit import fit
 from .inputs import TrainingInputs, prepare_inputs
