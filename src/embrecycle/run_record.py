@@ -123,8 +123,8 @@ class RunRecord:
             raise ConfigError(f"{where} is not an embrecycle run record (format={_get(data, 'format')!r}).")
         version = data.get("format_version")
         if version == 1:
-            return _from_v1(data, where)
-        if version != RUN_FORMAT_VERSION:
+            data = _upgrade_v1(data, where)
+        elif version != RUN_FORMAT_VERSION:
             raise ConfigError(
                 f"{where} has run format version {version!r}; this embrecycle ({__version__}) reads versions 1 and "
                 f"{RUN_FORMAT_VERSION}. Re-create the run with `embrecycle train` (its settings are in "
@@ -199,36 +199,29 @@ _V1_KEYS = {
 }  # fmt: skip
 
 
-def _from_v1(data: dict[str, Any], where: str) -> RunRecord:
+def _upgrade_v1(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A version 1 record in the version 2 form (the same keys :meth:`RunRecord.from_json` then checks)."""
     body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
     _check_keys(body, where, required=_V1_KEYS - {"upper_fingerprint", "revision"}, known=_V1_KEYS)
     try:
         mode = mode_of_v1_run(body["method"], body["upper"])
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from e
-    states = CacheSettings(
-        model=body["model"],
-        model_revision=body.get("revision"),
-        model_type=body["model_type"],
-        lower_fingerprint=body["lower_fingerprint"],
-        layer=body["layer"],
-        num_layers=body["num_layers"],
-        hidden_size=body["hidden_size"],
-        tokenizer=body["model"],
-        tokenizer_fingerprint=body["tokenizer_fingerprint"],
-        max_length=body["max_length"],
-        truncation=body["truncation"],
-        dtype=body["cache_dtype"],
-    )
-    return RunRecord(
-        task=body["task"],
-        labels=tuple(body["labels"]),
-        mode=mode.name,
-        states=states,
-        upper_options=UpperOptions.from_dict(body.get("upper_options")),
-        upper_fingerprint=body.get("upper_fingerprint"),
-        model_revision=body.get("revision"),
-        cache=body.get("cache"),
-        train_config=body.get("train_config") or {},
-        embrecycle_version=body.get("embrecycle_version", "0.1.0"),
-    )
+    states = {
+        "model": body["model"],
+        "model_revision": body.get("revision"),
+        **{k: body[k] for k in ("model_type", "lower_fingerprint", "layer", "num_layers", "hidden_size")},
+        "tokenizer": body["model"],  # 0.1.0 always loaded the tokenizer of the model
+        **{k: body[k] for k in ("tokenizer_fingerprint", "max_length", "truncation")},
+        "dtype": body["cache_dtype"],
+    }
+    return {
+        "format": RUN_FORMAT,
+        "format_version": RUN_FORMAT_VERSION,
+        "embrecycle_version": body.get("embrecycle_version", "0.1.0"),
+        **{k: body[k] for k in ("task", "labels")},
+        "mode": mode.name,
+        "states": states,
+        **{k: body.get(k) for k in ("upper_options", "upper_fingerprint", "cache", "train_config")},
+        "model_revision": body.get("revision"),
+    }
