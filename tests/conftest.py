@@ -36,6 +36,13 @@ def save_tiny_bert(path: Path, seed: int = 0, layers: int = 4) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _fp32_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``precision="auto"`` means fp32 in tests (exact comparisons must not depend on this CPU's bf16 units);
+    the bf16 paths are tested with ``precision="bf16"`` explicitly."""
+    monkeypatch.setenv("EMBRECYCLE_PRECISION", "fp32")
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 4-layer, 32-wide BERT with a small WordPiece vocabulary, saved with save_pretrained."""

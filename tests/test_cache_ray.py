@@ -174,7 +174,7 @@ def test_actor_publishes_a_chunk_in_process(tiny_bert_dir: str, texts: list[str]
     from embrecycle.encoder import load_encoder
 
     cfg = BuildConfig(model=tiny_bert_dir, layer=2, dtype="float32")
-    settings = cache_settings_for(load_encoder(tiny_bert_dir, 2), cfg)
+    settings = cache_settings_for(load_encoder(tiny_bert_dir, 2), cfg, "fp32")
     cache = Cache.create(tmp_path / "c", settings)
     docs = list(dict.fromkeys(texts))[:6]
     batches = [[cache.key(d) for d in docs[:3]], [cache.key(d) for d in docs[3:]]]
@@ -199,7 +199,7 @@ def test_actor_refuses_other_weights(tiny_bert_dir: str, other_bert_dir: str, tm
     from embrecycle.encoder import load_encoder
 
     cfg = BuildConfig(model=tiny_bert_dir, layer=2)
-    settings = cache_settings_for(load_encoder(tiny_bert_dir, 2), cfg)
+    settings = cache_settings_for(load_encoder(tiny_bert_dir, 2), cfg, "fp32")
     other = {"model": other_bert_dir, "layer": 2, "revision": None, "attn_implementation": None, "fsync": False}
     with pytest.raises(ValueError, match="install the same model"):
         LowerLayersActor(other, settings.to_dict(), str(tmp_path / "c"))

@@ -27,11 +27,12 @@ from .cli_options import Given, command
 from .config import Checks, Settings, setting
 from .data.readers import FORMATS
 from .errors import ConfigError
+from .hardware import PRECISION_CHOICES, hardware_problems
 from .selection.config import SelectConfig
 from .training.config import TrainConfig
 from .upper import UpperOptions
 
-__all__ = ["BenchArgs", "CacheBuildArgs", "EvaluateArgs", "ExportArgs", "PredictArgs", "app", "main"]
+__all__ = ["BenchArgs", "CacheBuildArgs", "EvaluateArgs", "ExportArgs", "HardwareArgs", "PredictArgs", "app", "main"]
 
 app = typer.Typer(
     help="Embedding recycling for transformer encoders.",
@@ -103,6 +104,23 @@ class PredictArgs(Settings):
 
     def problems(self) -> list[str]:
         return Checks().positive(batch_size=self.batch_size).problems
+
+
+@dataclass
+class HardwareArgs(Settings):
+    """Where a loaded run predicts (``predict``, ``evaluate``, ``export``'s check)."""
+
+    settings_name = "hardware"
+
+    device: str = setting("auto", "Where the model runs: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps.")
+    precision: str = setting(
+        "auto",
+        "Compute precision: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16 (CUDA).",
+        choices=PRECISION_CHOICES,
+    )
+
+    def problems(self) -> list[str]:
+        return hardware_problems(self.device, self.precision)
 
 
 @dataclass
@@ -263,7 +281,7 @@ def train_cmd(given: Given, quiet: Quiet = False) -> None:
     typer.echo(result.summary())
 
 
-@command(app, "predict", PredictArgs)
+@command(app, "predict", PredictArgs, HardwareArgs)
 def predict_cmd(given: Given, quiet: Quiet = False) -> None:
     """Predict labels (or tags) for documents; cached documents skip the lower layers.
 
@@ -278,7 +296,8 @@ def predict_cmd(given: Given, quiet: Quiet = False) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: --out names a directory, which receives RUN_NAME.jsonl per run.")
     with _quiet(quiet):
-        tasks = TaskSet.load(args.runs)
+        hw = given.make(HardwareArgs)
+        tasks = TaskSet.load(args.runs, hw.device, hw.precision)
         first = tasks.models[0]
         if any(m.task.name != first.task.name for m in tasks.models):
             # NER reads CoNLL word lists; classification the texts: give each kind its documents
@@ -303,14 +322,15 @@ def predict_cmd(given: Given, quiet: Quiet = False) -> None:
         typer.echo(f"note: {note}")
 
 
-@command(app, "evaluate", EvaluateArgs)
+@command(app, "evaluate", EvaluateArgs, HardwareArgs)
 def evaluate_cmd(given: Given, as_json: AsJson = False, quiet: Quiet = False) -> None:
     """Score a run on a labelled file: accuracy and macro-F1, or entity precision/recall/F1."""
     from .predict import load
 
     args = given.make(EvaluateArgs)
     with _quiet(quiet):
-        model = load(args.run)
+        hw = given.make(HardwareArgs)
+        model = load(args.run, hw.device, hw.precision)
         examples = model.read(args.data, args.data_format, args.text_field, args.label_field)
         metrics = model.evaluate(examples, cache=args.cache)
     if as_json:
@@ -320,14 +340,16 @@ def evaluate_cmd(given: Given, as_json: AsJson = False, quiet: Quiet = False) ->
             typer.echo(f"{k:>14}  {v:.4f}" if isinstance(v, float) else f"{k:>14}  {v}")
 
 
-@command(app, "export", ExportArgs)
+@command(app, "export", ExportArgs, HardwareArgs)
 def export_cmd(given: Given, quiet: Quiet = False) -> None:
     """Write a run as a plain transformers model (LoRA merged, head and tokenizer included, model card)."""
     from .export import export_run
+    from .predict import load
 
     args = given.make(ExportArgs)
     with _quiet(quiet):
-        result = export_run(args.run, args.out)
+        hw = given.make(HardwareArgs)
+        result = export_run(load(args.run, hw.device, hw.precision), args.out)
     typer.echo(
         f"exported {args.run} -> {result.out} ({result.bytes / 1e6:.1f} MB); "
         f"from_pretrained reproduces the run's logits within {result.max_abs_diff:.1e}"

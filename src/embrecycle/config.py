@@ -79,6 +79,10 @@ class Checks:
         self.problems.append(problem)
         return self
 
+    def extend(self, problems: Iterable[str]) -> Checks:
+        self.problems.extend(problems)
+        return self
+
     def require(self, ok: bool, problem: str) -> Checks:
         if not ok:
             self.problems.append(problem)

@@ -68,11 +68,13 @@ def export_run(run: str | os.PathLike[str] | TaskModel, out: str | os.PathLike[s
 
 @torch.inference_mode()
 def _check(model: TaskModel, out: Path) -> float:
-    """Largest logit difference between the run and its export, loaded back with ``from_pretrained``."""
-    exported = model.task.auto_class.from_pretrained(out).eval()
+    """Largest logit difference between the run and its export, loaded back with ``from_pretrained``: both in
+    float32 on the run's device (the check is about the weights, not the precision of a run)."""
+    device = model.hardware.device
+    exported = model.task.auto_class.from_pretrained(out).eval().to(device)
     docs: list[Any] = [t.split() if model.task.name == "ner" else t for t in PROBE_TEXTS]
     enc = encode_documents(model.tokenizer, docs, model.record.states.max_length, "truncate")
-    ids, mask = pad_ids(enc, model.tokenizer.pad_token_id or 0)
+    ids, mask = (t.to(device) for t in pad_ids(enc, model.tokenizer.pad_token_id or 0))
     model.model.eval()
     ours = model.model.forward_text(ids, mask)
     theirs = exported(input_ids=ids, attention_mask=mask).logits

@@ -10,6 +10,7 @@ import torch
 
 from .batching import eval_batches
 from .cache.store import Cache
+from .hardware import FP32_CPU, Hardware, autocast
 from .model import RecyclingModel
 from .tokenization import Encoded, pad_ids
 
@@ -22,14 +23,18 @@ def shared_document_logits(
     cache_index: Sequence[int | None],
     pad_id: int,
     batch_size: int = 64,
+    hardware: Hardware | None = None,
 ) -> list[list[torch.Tensor]]:
-    """Every model's logits for every document, unpadded: ``(classes,)`` or ``(n_tokens, classes)`` each.
+    """Every model's logits for every document, unpadded, float32 on the CPU: ``(classes,)`` or
+    ``(n_tokens, classes)`` each.
 
     The layer-k states of each batch are obtained once (read from the cache, or
     the first model's lower layers for documents the cache lacks) and every
     model runs its upper layers and head on them, so the models must share the
-    lower layers (same base weights and cut).
+    lower layers (same base weights and cut). They run on ``hardware`` (default: the CPU in fp32), where the
+    models must already be; cached states are read straight into its compute dtype.
     """
+    hw = hardware or FP32_CPU
     for m in models:
         m.eval()
     lower = models[0].split
@@ -40,14 +45,18 @@ def shared_document_logits(
         misses = [int(i) for i in batch if cache_index[i] is None]
         if hits:
             assert cache is not None
-            b = cache.read_batch([r for i in hits if (r := cache_index[i]) is not None])
-            for m, o in zip(models, out, strict=True):
-                _scatter(o, hits, m.forward_cached(b.hidden, b.attention_mask), lengths)
+            b = cache.read_batch([r for i in hits if (r := cache_index[i]) is not None], dtype=hw.dtype)
+            hidden, mask = b.hidden.to(hw.device), b.attention_mask.to(hw.device)
+            with autocast(hw):
+                for m, o in zip(models, out, strict=True):
+                    _scatter(o, hits, m.forward_cached(hidden, mask), lengths)
         if misses:
             ids, mask = pad_ids([encoded[i] for i in misses], pad_id)
-            hidden = lower.lower(ids, mask)
-            for m, o in zip(models, out, strict=True):
-                _scatter(o, misses, m.forward_cached(hidden, mask), lengths)
+            ids, mask = ids.to(hw.device), mask.to(hw.device)
+            with autocast(hw):
+                hidden = lower.lower(ids, mask)
+                for m, o in zip(models, out, strict=True):
+                    _scatter(o, misses, m.forward_cached(hidden, mask), lengths)
     return cast(list[list[torch.Tensor]], out)  # every slot was filled by one batch's _scatter
 
 
@@ -58,11 +67,13 @@ def document_logits(
     cache_index: Sequence[int | None],
     pad_id: int,
     batch_size: int = 64,
+    hardware: Hardware | None = None,
 ) -> list[torch.Tensor]:
     """One model's logits for every document (see :func:`shared_document_logits`)."""
-    return shared_document_logits([model], encoded, cache, cache_index, pad_id, batch_size)[0]
+    return shared_document_logits([model], encoded, cache, cache_index, pad_id, batch_size, hardware)[0]
 
 
 def _scatter(out: list[torch.Tensor | None], rows: list[int], logits: torch.Tensor, lengths: np.ndarray) -> None:
+    logits = logits.float().cpu()
     for j, i in enumerate(rows):
         out[i] = logits[j, : lengths[i]].clone() if logits.dim() == 3 else logits[j].clone()

@@ -64,8 +64,9 @@ class TaskSet:
         self.shared_parameters = _share_frozen_weights([m.model for m in self.models])
 
     @classmethod
-    def load(cls, run_dirs: Sequence[str | os.PathLike[str]]) -> TaskSet:
-        return cls([load(r) for r in run_dirs])
+    def load(cls, run_dirs: Sequence[str | os.PathLike[str]], device: str = "auto", precision: str = "auto") -> TaskSet:
+        """Load every run on ``device`` in ``precision`` (see :mod:`embrecycle.hardware`)."""
+        return cls([load(r, device, precision) for r in run_dirs])
 
     @property
     def names(self) -> list[str]:

@@ -13,6 +13,7 @@ from .cache.store import Cache, Document
 from .data.readers import Example, read_examples
 from .encoder import LoadedEncoder
 from .errors import InputDataError
+from .hardware import FP32_CPU, Hardware, resolve_hardware
 from .inference import shared_document_logits
 from .model import RecyclingModel
 from .run import load_run
@@ -51,12 +52,15 @@ class Predictions:
 class TaskModel:
     """A trained run, ready to predict. Create with :func:`load`."""
 
-    def __init__(self, run_dir: Path, model: RecyclingModel, tokenizer: Any, record: RunRecord) -> None:
+    def __init__(
+        self, run_dir: Path, model: RecyclingModel, tokenizer: Any, record: RunRecord, hardware: Hardware = FP32_CPU
+    ) -> None:
         self.run_dir = run_dir
-        self.model = model
+        self.model = model.to(hardware.device)
         self.tokenizer = tokenizer
         self.record = record
         self.task = model.task
+        self.hardware = hardware
 
     @property
     def labels(self) -> list[str]:
@@ -160,6 +164,8 @@ def predict_shared(
             truncation=states.truncation,
             dtype=c.settings.dtype,
             revision=states.model_revision,
+            device=str(first.hardware.device),
+            precision=c.settings.precision,  # new states must be computed as the cached ones were
         )
         encoder = LoadedEncoder(states.model, states.model_revision, first.model.split, first.tokenizer)
         misses = [d for d, i in zip(live, index, strict=True) if i is None]
@@ -178,7 +184,7 @@ def predict_shared(
         encoded[j] = e
     pad_id = first.tokenizer.pad_token_id or 0
     filled = cast(list[Encoded], encoded)  # every slot is set now: read from the cache or just tokenized
-    logits = shared_document_logits([m.model for m in models], filled, c, index, pad_id, batch_size)
+    logits = shared_document_logits([m.model for m in models], filled, c, index, pad_id, batch_size, first.hardware)
     for m, result, task_logits in zip(models, results, logits, strict=True):
         result.hits, result.misses, result.added_to_cache = hits, len(live) - hits, added
         result.skipped_empty = len(docs) - len(keep)
@@ -189,13 +195,14 @@ def predict_shared(
     return results
 
 
-def load(run_dir: str | os.PathLike[str]) -> TaskModel:
-    """Load a trained run directory for prediction.
+def load(run_dir: str | os.PathLike[str], device: str = "auto", precision: str = "auto") -> TaskModel:
+    """Load a trained run directory for prediction on ``device`` in ``precision`` (see :mod:`embrecycle.hardware`).
 
     Example:
         >>> model = load("runs/scicite")          # doctest: +SKIP
         >>> model.predict(["We follow the method of ..."])[0]["label"]  # doctest: +SKIP
         'method'
     """
+    hardware = resolve_hardware(device, precision)
     model, tokenizer, record = load_run(run_dir)  # an unknown task fails there, naming the known ones
-    return TaskModel(Path(run_dir), model, tokenizer, record)
+    return TaskModel(Path(run_dir), model, tokenizer, record, hardware)

@@ -48,6 +48,7 @@ class RunRecord:
             local directory's weight files (``states.model_revision`` is the revision as requested).
         cache: Where the training cache was (None for runs trained from text).
         train_config: The training settings as given (informational).
+        device, precision: Where and in which compute precision the run trained (resolved from ``auto``).
         embrecycle_version: The release that wrote the run.
     """
 
@@ -60,6 +61,8 @@ class RunRecord:
     model_revision: str | None = None
     cache: str | None = None
     train_config: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    precision: str = "fp32"
     embrecycle_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -114,6 +117,8 @@ class RunRecord:
             "model_revision": self.model_revision,
             "cache": self.cache,
             "train_config": self.train_config,
+            "device": self.device,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -143,6 +148,8 @@ class RunRecord:
                 model_revision=body.get("model_revision"),
                 cache=body.get("cache"),
                 train_config=body.get("train_config") or {},
+                device=body.get("device", "cpu"),
+                precision=body.get("precision", "fp32"),
                 embrecycle_version=body.get("embrecycle_version", "unknown"),
             )
         except (TypeError, ValueError) as e:

@@ -35,7 +35,7 @@ def test_train_predict_evaluate(tiny_bert_dir, toy_classification, tmp_path: Pat
     args += ["--format", "jsonl", "--max-grad-norm", "0.5", "--truncation", "error"]
     r = runner.invoke(app, [*args, "--epochs", "1", "--batch-size", "8", "-q"])
     assert r.exit_code == 0, r.output
-    assert "recycle: best dev" in r.output and (run / "model.safetensors").exists()
+    assert "recycle (cpu, fp32" in r.output and "best dev" in r.output and (run / "model.safetensors").exists()
     assert r.stderr == ""  # -q: no progress bars, no weight-loading bars
     saved = json.loads((run / "run.json").read_text())["train_config"]
     assert (saved["data_format"], saved["max_grad_norm"], saved["truncation"]) == ("jsonl", 0.5, "error")

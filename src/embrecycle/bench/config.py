@@ -9,6 +9,7 @@ from typing import Any
 from ..config import Checks, Settings, setting
 from ..data.readers import FORMATS
 from ..errors import ConfigError
+from ..hardware import PRECISION_CHOICES, hardware_problems
 from ..modes import TrainingMode, resolve_mode
 from ..tasks import TASKS, get_task
 
@@ -215,6 +216,12 @@ class BenchConfig(Settings):
     batch_size: int = setting(32, "Batch size for every method.")
     max_length: int = setting(128, "Max tokens per document for every method.")
     out: str = setting("bench-results", "Where results, report and plots go.")
+    device: str = setting("auto", "Where the models run: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps.")
+    precision: str = setting(
+        "auto",
+        "Compute precision: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16 (CUDA).",
+        choices=PRECISION_CHOICES,
+    )
     quick: bool = setting(
         False,
         "A smoke run: minilm-l6, 48 train / 24 dev / 24 test examples, one epoch, seed 1, max length 64, no memory "
@@ -256,6 +263,7 @@ class BenchConfig(Settings):
         names = [d.name for d in self._datasets]
         twice = sorted({n for n in names if names.count(n) > 1})
         checks.require(not twice, f"dataset names {twice} are given twice (each must name one dataset)")
+        checks.extend(hardware_problems(self.device, self.precision))
         return checks.positive(
             epochs=self.epochs,
             batch_size=self.batch_size,

@@ -178,6 +178,8 @@ def _warm_up(config: BenchConfig, tmp: str, model: str, ds: BenchDataset, data: 
         max_length=config.max_length,
         train_limit=2 * config.batch_size,
         dev_limit=2 * config.batch_size,
+        device=config.device,
+        precision=config.precision,
     )
     train(cfg, progress=False)
 
@@ -236,6 +238,8 @@ def _train_run(
         cache=str(Path(tmp) / f"cache-{model_name}-{ds.name}-{layer}") if method.recycles else None,
         upper=method.upper,
         baseline=method.baseline,
+        device=config.device,
+        precision=config.precision,
         epochs=config.epochs,
         lr=method.lr[ds.task],
         batch_size=config.batch_size,

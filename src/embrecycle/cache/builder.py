@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from ..config import Checks, Settings, setting
 from ..encoder import LoadedEncoder, load_encoder
 from ..errors import ConfigError
+from ..hardware import PRECISION_CHOICES, Hardware, autocast, hardware_problems, resolve_hardware
 from ..progress import progress_bar
 from ..split import SplitEncoder
 from ..tokenization import Encoded, encode_documents, is_empty, pad_ids
@@ -56,6 +57,15 @@ class BuildConfig(Settings):
     attn_implementation: str | None = setting(
         None, "Attention kernel, sdpa or eager (default: the fastest the family has).", choices=("sdpa", "eager")
     )
+    device: str = setting(
+        "auto", "Where the lower layers run: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps."
+    )
+    precision: str = setting(
+        "auto",
+        "Compute precision of the lower layers: auto (bf16 where the hardware runs it natively, else fp32), fp32, "
+        "bf16 or fp16 (CUDA). Part of the cache's settings.",
+        choices=PRECISION_CHOICES,
+    )
     shard: str | None = setting(None, "Shard name, for several writers on one cache (default: a free local shard).")
     fsync: bool = setting(True, "Flush each batch to stable storage (--no-fsync skips it).")
 
@@ -66,6 +76,7 @@ class BuildConfig(Settings):
             .choice("dtype", self.dtype, sorted(STORAGE_DTYPES))
             .choice("truncation", self.truncation, TRUNCATION_MODES)
             .choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"), optional=True)
+            .extend(hardware_problems(self.device, self.precision))
             .problems
         )
 
@@ -132,8 +143,8 @@ def max_length_for(model_config: Any, tokenizer: PreTrainedTokenizerBase) -> int
     return max(2, min(512, limit, int(tok_limit)))
 
 
-def cache_settings_for(encoder: LoadedEncoder, config: BuildConfig) -> CacheSettings:
-    """The settings a cache built by ``encoder`` under ``config`` has."""
+def cache_settings_for(encoder: LoadedEncoder, config: BuildConfig, precision: str) -> CacheSettings:
+    """The settings a cache built by ``encoder`` under ``config`` has, its states computed in ``precision``."""
     split = encoder.split
     return CacheSettings(
         model=encoder.model_name,
@@ -148,6 +159,7 @@ def cache_settings_for(encoder: LoadedEncoder, config: BuildConfig) -> CacheSett
         max_length=config.max_length or default_max_length(encoder),
         truncation=config.truncation,
         dtype=config.dtype,
+        precision=precision,
     )
 
 
@@ -168,16 +180,18 @@ def build_cache(
         out: Cache directory (created if absent), or a URL (``s3://...``; built in a local mirror, uploaded
             shard by shard, see :mod:`embrecycle.cache.location`).
         config: Build settings.
-        encoder: An already loaded encoder (must match ``config.model`` and ``config.layer``).
+        encoder: An already loaded encoder (must match ``config.model`` and ``config.layer``); it is moved to
+            ``config.device``.
         sources: ``file:line`` of each document, for error messages.
         progress: Show a progress bar.
     """
     start = time.perf_counter()
+    hardware = resolve_hardware(config.device, config.precision)
     if encoder is None:
         encoder = load_encoder(config.model, config.layer, config.revision, config.attn_implementation)
     elif encoder.layer != config.layer:
         raise ConfigError(f"the given encoder is split at layer {encoder.layer}, the config asks for {config.layer}.")
-    settings = cache_settings_for(encoder, config)
+    settings = cache_settings_for(encoder, config, hardware.precision)
     cache = Cache.create(out, settings)
     summary = BuildSummary(documents=len(documents))
     input_keys, todo = triage(cache, documents, summary)
@@ -188,7 +202,7 @@ def build_cache(
             batches, summary.encoded = plan_batches(
                 cache, writer.name, documents, input_keys, todo, settings, config, sources, encoder.tokenizer
             )
-            _run(cache, writer, encoder, batches, summary.encoded, settings, summary, progress)
+            _run(cache, writer, encoder, hardware, batches, summary.encoded, settings, summary, progress)
         shard_paths(cache.root, writer.name)["plan.npz"].unlink(missing_ok=True)
     except BaseException:
         writer.close()
@@ -284,6 +298,7 @@ def _run(
     cache: Cache,
     writer: ShardWriter,
     encoder: LoadedEncoder,
+    hardware: Hardware,
     batches: list[list[bytes]],
     encoded: dict[bytes, Encoded],
     settings: CacheSettings,
@@ -292,7 +307,7 @@ def _run(
 ) -> None:
     split = encoder.split
     split.eval()
-    device = next(split.parameters()).device
+    split.to(hardware.device)
     pad_id = encoder.tokenizer.pad_token_id or 0
     total = sum(len(b) for b in batches)
     bar = progress_bar(total, f"cache layer {settings.layer}", "doc", enabled=progress)
@@ -300,7 +315,7 @@ def _run(
     tokens = 0
     for batch in batches:
         encs = [encoded[k] for k in batch]
-        stored = lower_states(split, encs, pad_id, device, settings.dtype)
+        stored = lower_states(split, encs, pad_id, hardware, settings.dtype)
         entries = [
             Entry(k, stored[j, : len(e.input_ids)], e.token_table(), e.truncated)
             for j, (k, e) in enumerate(zip(batch, encs, strict=True))
@@ -318,11 +333,13 @@ def _run(
 
 
 def lower_states(
-    split: SplitEncoder, encs: Sequence[Encoded], pad_id: int, device: torch.device, dtype: str
+    split: SplitEncoder, encs: Sequence[Encoded], pad_id: int, hardware: Hardware, dtype: str
 ) -> np.ndarray:
-    """One padded batch through the embeddings and layers 1..k, in the cache's storage dtype (on the CPU)."""
+    """One padded batch through the embeddings and layers 1..k on ``hardware``, in the cache's storage dtype
+    (on the CPU)."""
     ids, mask = pad_ids(encs, pad_id)
-    with torch.inference_mode():
+    device = hardware.device
+    with torch.inference_mode(), autocast(hardware):
         hidden = split.lower(ids.to(device), mask.to(device)).to("cpu")
     return to_storage(hidden, dtype)
 

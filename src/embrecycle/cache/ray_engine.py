@@ -39,6 +39,7 @@ import torch
 from ..config import Checks, Settings, setting
 from ..encoder import load_encoder
 from ..errors import ConfigError, MissingDependencyError
+from ..hardware import Hardware, configure_threads, resolve_hardware
 from ..progress import progress_bar
 from ..tokenization import encode_documents
 from .builder import BuildConfig, BuildSummary, cache_settings_for, lower_states, plan_batches, triage
@@ -129,7 +130,7 @@ def build_cache_ray(
     options = options or RayOptions()
     start = time.perf_counter()
     encoder = load_encoder(config.model, config.layer, config.revision, config.attn_implementation)
-    settings = cache_settings_for(encoder, config)
+    settings = cache_settings_for(encoder, config, ray_precision(config, options))
     cache = Cache.create(out, settings)
     summary = BuildSummary(documents=len(documents))
     input_keys, todo = triage(cache, documents, summary)
@@ -163,6 +164,19 @@ def build_cache_ray(
     summary.cache = cache.stats()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def ray_precision(config: BuildConfig, options: RayOptions) -> str:
+    """The compute precision of the workers: as given, or for ``auto`` what this (the driver's) machine resolves
+    for the workers' device kind (CPU workers are taken to be like the driver; GPU workers get bf16 only when the
+    driver sees a bf16-capable CUDA device: pass --precision for a cluster whose GPUs differ)."""
+    if config.precision != "auto":
+        if config.precision == "fp16" and not options.gpus_per_worker:
+            raise ConfigError("precision='fp16' needs GPU workers (--gpus-per-worker > 0); use bf16 or fp32.")
+        return config.precision
+    if options.gpus_per_worker:
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return resolve_hardware("cpu", "auto").precision
 
 
 def _run(
@@ -223,7 +237,7 @@ class LowerLayersActor:
         device = "cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
         self.encoder = load_encoder(config["model"], config["layer"], config["revision"], config["attn_implementation"])
         self.encoder.split.to(device)
-        self.device = torch.device(device)
+        self.hardware = Hardware(torch.device(device), self.settings.precision, configure_threads())
         found = self.encoder.lower_fingerprint()
         if found != self.settings.lower_fingerprint:
             raise ConfigError(
@@ -251,7 +265,7 @@ class LowerLayersActor:
                     keys = [bytes.fromhex(k) for k, _, _ in batch]
                     docs = [d for _, d, _ in batch]
                     encs = encode_documents(tokenizer, docs, s.max_length, s.truncation)
-                    stored = lower_states(split, encs, pad_id, self.device, s.dtype)
+                    stored = lower_states(split, encs, pad_id, self.hardware, s.dtype)
                     entries = [
                         Entry(k, stored[j, : len(e.input_ids)], e.token_table(), e.truncated)
                         for j, (k, e, (_, _, store)) in enumerate(zip(keys, encs, batch, strict=True))

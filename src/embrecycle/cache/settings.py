@@ -14,6 +14,7 @@ from typing import Any
 from .._version import __version__
 from ..config import Checks
 from ..errors import CacheCorruptedError, CacheMismatchError
+from ..hardware import PRECISIONS
 from .format import FORMAT_VERSION, STORAGE_DTYPES
 
 MANIFEST_NAME = "manifest.json"
@@ -29,6 +30,7 @@ KEY_FIELDS = (
     "max_length",
     "truncation",
     "dtype",
+    "precision",
 )
 
 
@@ -52,6 +54,8 @@ class CacheSettings:
         truncation: ``"truncate"`` (longer documents are cut, and counted) or
             ``"error"`` (a longer document stops the build).
         dtype: Storage dtype: ``float16``, ``bfloat16`` or ``float32``.
+        precision: Compute precision of the lower layers that made the states: ``fp32``, ``bf16`` or
+            ``fp16`` (states computed in bf16 differ from float32 ones stored as bf16).
     """
 
     model: str
@@ -66,6 +70,7 @@ class CacheSettings:
     max_length: int
     truncation: str = "truncate"
     dtype: str = "float16"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         checks = (
@@ -73,13 +78,19 @@ class CacheSettings:
             .choice("dtype", self.dtype, sorted(STORAGE_DTYPES))
             .choice("truncation", self.truncation, TRUNCATION_MODES)
             .within("layer", self.layer, 0, self.num_layers)
+            .choice("precision", self.precision, PRECISIONS)
         )
         checks.require(self.max_length >= 2, f"max_length={self.max_length} (use at least 2: room for special tokens)")
         checks.raise_if_any("cache settings")
 
     def fingerprint(self) -> str:
-        """sha256 of the key settings; part of every document key."""
-        payload = json.dumps({k: getattr(self, k) for k in KEY_FIELDS}, sort_keys=True).encode()
+        """sha256 of the key settings; part of every document key.
+
+        The compute precision enters only when it is not fp32, so caches made before it was recorded
+        (all fp32) keep their keys.
+        """
+        values = {k: getattr(self, k) for k in KEY_FIELDS if not (k == "precision" and self.precision == "fp32")}
+        payload = json.dumps(values, sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,6 +115,11 @@ class CacheSettings:
             hint = ""
             if any(d.startswith("lower_fingerprint") for d in diffs):
                 hint = f" (cache built from model {self.model!r}, requested {other.model!r})"
+            if self.precision != other.precision:
+                hint += (
+                    f" (its states were computed in {self.precision}: pass --precision {self.precision} to use it, "
+                    f"or a new --cache for {other.precision} states)"
+                )
             raise CacheMismatchError(
                 f"the cache at {where} was built with different settings{hint}:\n  - "
                 + "\n  - ".join(diffs)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..cache.format import STORAGE_DTYPES
 from ..config import Checks, Settings, setting
 from ..errors import ConfigError
+from ..hardware import PRECISION_CHOICES, hardware_problems
 from ..tasks import TASKS
 
 __all__ = ["DEFAULT_FRACTIONS", "SelectConfig"]
@@ -68,6 +69,12 @@ class SelectConfig(Settings):
         "Storage dtype of the proxies' caches (the real training's --cache-dtype).",
         choices=sorted(STORAGE_DTYPES),
     )
+    device: str = setting("auto", "Where the models run: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps.")
+    precision: str = setting(
+        "auto",
+        "Compute precision: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16 (CUDA).",
+        choices=PRECISION_CHOICES,
+    )
     cache_root: str | None = setting(
         None, "Folder for the proxies' caches (default: $EMBRECYCLE_CACHE_HOME, where `train` looks for them)."
     )
@@ -86,6 +93,7 @@ class SelectConfig(Settings):
                 "run; for more, give budget_minutes)",
             )
             .choice("cache_dtype", self.cache_dtype, sorted(STORAGE_DTYPES))
+            .extend(hardware_problems(self.device, self.precision))
         )
         if self.candidates is not None:
             bad = [k for k in self.candidates if k < 1]

@@ -16,6 +16,7 @@ from ..data.readers import Example, read_examples
 from ..data.writers import write_examples
 from ..encoder import LoadedEncoder, load_encoder
 from ..errors import InputDataError
+from ..hardware import resolve_hardware
 from ..split import SplitEncoder
 from ..training import TrainConfig, TrainResult, train
 from .config import SelectConfig
@@ -46,11 +47,12 @@ def cache_dirs(config: SelectConfig, layers: list[int]) -> dict[int, str | None]
     if not config.cache_root:
         return dict.fromkeys(layers)
     loaded = load_encoder(config.model, max(layers))  # one load: each cut's settings come from a view of it
+    precision = resolve_hardware(config.device, config.precision).precision  # as the proxies' training resolves it
     dirs: dict[int, str | None] = {}
     for k in layers:
         view = LoadedEncoder(config.model, None, SplitEncoder(loaded.split.base, k), loaded.tokenizer)
         build = BuildConfig(model=config.model, layer=k, max_length=config.max_length, dtype=config.cache_dtype)
-        dirs[k] = str(default_cache_dir(cache_settings_for(view, build), root=config.cache_root))
+        dirs[k] = str(default_cache_dir(cache_settings_for(view, build, precision), root=config.cache_root))
     return dirs
 
 
@@ -81,6 +83,8 @@ def proxy_config(
         "seed": config.seed,
         "max_length": config.max_length,
         "cache_dtype": config.cache_dtype,
+        "device": config.device,
+        "precision": config.precision,
         "eval_every": half_way(len(read_examples(train)), config),
     }
     return TrainConfig(**{**base, **overrides})

@@ -11,6 +11,7 @@ import torch
 from ..cache.builder import BuildConfig, cache_settings_for
 from ..cache.settings import CacheSettings
 from ..encoder import LoadedEncoder, load_tokenizer
+from ..hardware import Hardware, resolve_hardware
 from ..model import RecyclingModel
 from ..run import build_task_model
 from ..tasks.base import Task
@@ -28,6 +29,7 @@ class BuiltModel:
     encoder: LoadedEncoder
     build: BuildConfig
     settings: CacheSettings
+    hardware: Hardware
 
 
 def seed_everything(seed: int) -> None:
@@ -40,8 +42,9 @@ def build_model(config: TrainConfig, task: Task) -> BuiltModel:
     """Seed, load ``AutoModelFor*`` with a fresh head, split it at the mode's cut and apply the mode.
 
     With ``init_from`` the trained weights start from that run's. The cache settings are derived here,
-    fingerprinting the pretrained lower layers before any of them trains.
+    fingerprinting the pretrained lower layers before any of them trains; then the model moves to the device.
     """
+    hardware = resolve_hardware(config.device, config.precision)
     seed_everything(config.seed)
     mode = config.mode
     layer = mode.layer_for(config.layer)
@@ -58,5 +61,9 @@ def build_model(config: TrainConfig, task: Task) -> BuiltModel:
         truncation=config.truncation,
         dtype=config.cache_dtype,
         revision=config.revision,
+        device=config.device,
+        precision=hardware.precision,
     )
-    return BuiltModel(model, encoder, build, cache_settings_for(encoder, build))
+    settings = cache_settings_for(encoder, build, hardware.precision)
+    model.to(hardware.device)
+    return BuiltModel(model, encoder, build, settings, hardware)

@@ -9,6 +9,7 @@ from ..cache.format import STORAGE_DTYPES
 from ..cache.settings import TRUNCATION_MODES
 from ..config import Checks, Settings, setting
 from ..data.readers import FORMATS
+from ..hardware import PRECISION_CHOICES, hardware_problems
 from ..modes import BASELINES, UPPER_CHOICES, TrainingMode, resolve_mode
 from ..tasks import TASKS
 from ..upper import UpperOptions
@@ -48,6 +49,13 @@ class TrainConfig(Settings):
         choices=sorted(BASELINES),
     )
     revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the base model.")
+    device: str = setting("auto", "Where the model trains: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps.")
+    precision: str = setting(
+        "auto",
+        "Compute precision (autocast; weights stay float32): auto (bf16 where the hardware runs it natively, else "
+        "fp32), fp32, bf16 or fp16 (CUDA, with loss scaling). The cache's states are computed in it too.",
+        choices=PRECISION_CHOICES,
+    )
     epochs: int = setting(3, "Epochs.")
     lr: float = setting(5e-5, "Peak learning rate (AdamW).")
     head_lr: float | None = setting(
@@ -92,6 +100,7 @@ class TrainConfig(Settings):
             .choice("truncation", self.truncation, TRUNCATION_MODES)
             .choice("cache_dtype", self.cache_dtype, sorted(STORAGE_DTYPES))
             .choice("data_format", self.data_format, FORMATS, optional=True)
+            .extend(hardware_problems(self.device, self.precision))
             .within("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
             .non_negative(weight_decay=self.weight_decay, layer=self.layer)
             .positive(

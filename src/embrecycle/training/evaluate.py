@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..data.readers import Example
+from ..hardware import Hardware
 from ..inference import document_logits
 from ..model import RecyclingModel
 from ..tasks.base import Task
@@ -20,9 +21,9 @@ class Evaluator:
 
     def __init__(
         self, model: RecyclingModel, task: Task, examples: Sequence[Example], inputs: TrainingInputs, pad_id: int,
-        batch_size: int,
+        batch_size: int, hardware: Hardware,
     ) -> None:  # fmt: skip
-        self.model, self.task, self.examples, self.inputs = model, task, examples, inputs
+        self.model, self.task, self.examples, self.inputs, self.hardware = model, task, examples, inputs, hardware
         self.pad_id, self.batch_size = pad_id, batch_size
         self.gold = [task.gold(e) for e in examples]
         self.predictions: list[Any] = []
@@ -32,7 +33,7 @@ class Evaluator:
         t0 = time.perf_counter()
         inputs = self.inputs
         logits = document_logits(
-            self.model, inputs.dev, inputs.cache, inputs.dev_index, self.pad_id, self.batch_size * 2
+            self.model, inputs.dev, inputs.cache, inputs.dev_index, self.pad_id, self.batch_size * 2, self.hardware
         )
         self.predictions = [
             self.task.predicted(self.task.decode(lg, enc, ex.doc))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..batching import train_batches
+from ..hardware import Hardware
 from ..model import RecyclingModel
 from ..progress import progress_bar
 from ..tasks.base import Task
@@ -45,11 +46,14 @@ class _Steps:
 
     def __init__(
         self, model: RecyclingModel, task: Task, inputs: TrainingInputs, targets: list[Any], pad_id: int,
-        optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float,
+        optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float, hardware: Hardware,
     ) -> None:  # fmt: skip
         self.model, self.task, self.inputs, self.targets, self.pad_id = model, task, inputs, targets, pad_id
         self.optimizer, self.scheduler, self.max_grad_norm = optimizer, scheduler, max_grad_norm
+        self.hardware = hardware
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        # fp16 needs its loss scaled (bf16 has float32's range and needs none)
+        self.scaler = torch.amp.GradScaler(hardware.device.type) if hardware.precision == "fp16" else None
 
     def __call__(self, batch: np.ndarray, fit: FitResult) -> float:
         t0 = time.perf_counter()
@@ -90,11 +94,12 @@ def fit(
     evaluate: Evaluator,
     checkpoint: Callable[[], None],
     progress: bool,
+    hardware: Hardware,
 ) -> FitResult:
     """Train for ``config.epochs`` on length-bucketed shuffled batches; evaluate every epoch (or ``eval_every``
     steps), call ``checkpoint`` whenever the primary dev metric improves, stop after ``patience`` evaluations
     without improvement."""
-    step_once = _Steps(model, task, inputs, targets, pad_id, optimizer, scheduler, config.max_grad_norm)
+    step_once = _Steps(model, task, inputs, targets, pad_id, optimizer, scheduler, config.max_grad_norm, hardware)
     lengths = np.array([len(e.input_ids) for e in inputs.train])
     steps_per_epoch = -(-len(lengths) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs

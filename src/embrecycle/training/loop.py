@@ -48,11 +48,11 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     record = _record(config, data, built, inputs)
     record.write(out)  # 6 (first part)
     pad_id = built.encoder.tokenizer.pad_token_id or 0
-    evaluate = Evaluator(model, data.task, data.dev, inputs, pad_id, config.batch_size)
+    evaluate = Evaluator(model, data.task, data.dev, inputs, pad_id, config.batch_size, built.hardware)
     targets = [data.task.target(e, enc) for e, enc in zip(data.train, inputs.train, strict=True)]
     fitted = fit(  # 5
         model, data.task, config, inputs, targets, pad_id, optimizer, scheduler, evaluate,
-        checkpoint=lambda: save_weights(model, out), progress=progress,
+        checkpoint=lambda: save_weights(model, out), progress=progress, hardware=built.hardware,
     )  # fmt: skip
     weights = out / WEIGHTS_FILE
     result = TrainResult(
@@ -73,6 +73,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         read_seconds=fitted.read_seconds,
         weights_bytes=weights.stat().st_size if weights.exists() else 0,
         upper=config.mode.upper,
+        device=str(built.hardware.device),
+        precision=built.hardware.precision,
+        threads=built.hardware.threads,
         losses=fitted.losses,
         step_seconds=fitted.step_seconds,
         dev_predictions=fitted.best_predictions,
@@ -92,4 +95,6 @@ def _record(config: TrainConfig, data: TrainingData, built: BuiltModel, inputs: 
         model_revision=model_identity(config.model, built.model.split.config) or config.revision,
         cache=inputs.cache.location if inputs.cache else None,
         train_config=config.to_dict(),
+        device=str(built.hardware.device),
+        precision=built.hardware.precision,
     )

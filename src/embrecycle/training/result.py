@@ -37,6 +37,9 @@ class TrainResult:
     read_seconds: float = 0.0
     weights_bytes: int = 0
     upper: str = "full"
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: int = 0
     losses: list[float] = field(default_factory=list, repr=False)
     step_seconds: list[float] = field(default_factory=list, repr=False)
     dev_predictions: list[Any] = field(default_factory=list, repr=False)
@@ -44,8 +47,10 @@ class TrainResult:
 
     def summary(self) -> str:
         metric = ", ".join(f"{k} {v:.4f}" for k, v in self.best.items() if k not in ("epoch", "step", "train_loss"))
+        threads = f", {self.threads} threads" if self.device == "cpu" and self.threads else ""
         return (
-            f"{self.method}: best dev {metric} | train {self.train_seconds:.1f} s "
+            f"{self.method} ({self.device}, {self.precision}{threads}): best dev {metric} | "
+            f"train {self.train_seconds:.1f} s "
             f"({self.examples_per_second:.1f} ex/s), cache build {self.cache_build_seconds:.1f} s, "
             f"{self.trainable_parameters:,} trainable parameters ({self.weights_bytes / 1e6:.1f} MB saved) "
             f"-> {self.run_dir}"
