@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from embrecycle import BuildConfig, build_cache
 from embrecycle.data import Example, read_examples
+from embrecycle.hardware import Hardware, resolve_hardware
 from embrecycle.offline_models import minilm_l6_path
 from embrecycle.training import TrainConfig, TrainResult, train
 
@@ -88,11 +89,12 @@ def main() -> int:
     bbc_train, bbc_dev = prepare_bbc(data)
     wnut_train, wnut_dev = prepare_wnut(data)
 
-    print(f"== 1. caches: MiniLM-L6 layers 1..{LAYER} run once per document")
+    hardware = resolve_hardware()  # auto: where and in which precision every step below runs
+    print(f"== 1. caches: MiniLM-L6 layers 1..{LAYER} run once per document ({hardware.describe()})")
     caches, builds = {}, {}
     for name, files, max_len in (("bbc", (bbc_train, bbc_dev), CLS_MAX_LEN), ("wnut", (wnut_train, wnut_dev), None)):
         docs = [e.doc for f in files for e in read_examples(f)]
-        caches[name] = OUT / "caches" / f"{name}-minilm-L{LAYER}"
+        caches[name] = OUT / "caches" / f"{name}-minilm-L{LAYER}-{hardware.precision}"
         t0 = time.perf_counter()
         summary = build_cache(docs, caches[name], BuildConfig(model=model, layer=LAYER, max_length=max_len))
         builds[name] = time.perf_counter() - t0
@@ -133,7 +135,7 @@ def main() -> int:
     r = run("ner", wnut_train, wnut_dev, "wnut-full-finetune", lr, NER_EPOCHS, baseline="full-finetune")
     results.append(("WNUT-16 NER (entity F1)", "full fine-tuning", lr, r))
 
-    report = _report(results, builds)
+    report = _report(results, builds, hardware)
     (OUT / "report.md").write_text(report, encoding="utf-8")
     rows = [
         {
@@ -155,14 +157,14 @@ def main() -> int:
     return 0
 
 
-def _report(results: list[tuple[str, str, float, TrainResult]], builds: dict[str, float]) -> str:
+def _report(results: list[tuple[str, str, float, TrainResult]], builds: dict[str, float], hardware: Hardware) -> str:
     full = {t: r for t, m, _, r in results if m == "full fine-tuning"}
     lines = [
         f"# embrecycle demo: MiniLM-L6, cut at layer {LAYER} of 6, seed {SEED}",
         "",
         f"BBC News: {CLS_TRAIN} train / {CLS_DEV} dev articles (first {CLS_MAX_LEN} tokens); "
         f"{EPOCHS} epochs; WNUT-16: {NER_TRAIN} train / {NER_DEV} dev tweets, {NER_EPOCHS} epochs. "
-        "Seeded subsamples; 2 CPU cores.",
+        f"Seeded subsamples; {hardware.describe()} (precision auto).",
         f"Cache builds (once per corpus, train + dev): BBC {builds['bbc']:.1f} s, WNUT {builds['wnut']:.1f} s.",
         "",
         "| task | method | lr | dev metric | train time (s) | s/epoch | speed-up per epoch |",

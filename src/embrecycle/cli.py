@@ -240,7 +240,9 @@ def cache_info(path: CachePath, as_json: AsJson = False) -> None:
     )
     typer.echo(f"  model       {s.model} ({s.model_type}, {s.num_layers} layers, hidden {s.hidden_size})")
     typer.echo(f"  layer       {s.layer} of {s.num_layers}")
-    typer.echo(f"  dtype       {s.dtype}, max_length {s.max_length}, truncation {s.truncation}")
+    typer.echo(
+        f"  dtype       {s.dtype} (computed in {s.precision}), max_length {s.max_length}, truncation {s.truncation}"
+    )
     typer.echo(f"  weights     {s.lower_fingerprint[:16]}  tokenizer {s.tokenizer_fingerprint[:16]}")
     typer.echo(f"  documents   {st['documents']} ({st['truncated_documents']} truncated), tokens {st['tokens']}")
     typer.echo(

@@ -14,6 +14,7 @@ import torch
 import transformers
 
 from .._version import __version__
+from ..hardware import cpu_bf16_units
 
 __all__ = ["cpu_model", "environment", "write_results"]
 
@@ -38,6 +39,8 @@ def environment() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpus": psutil.cpu_count(),
         "threads": torch.get_num_threads(),
+        "cpu_bf16_units": list(cpu_bf16_units()),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),

@@ -247,7 +247,7 @@ def _train_run(
         max_length=config.max_length,
     )
     result = train(cfg, progress=False)
-    task_model = load(run_dir)
+    task_model = load(run_dir, config.device, config.precision)
     dev_docs = [e.doc for e in read_split(cfg.dev, cfg, cfg.task, cfg.dev_limit, "dev")]  # in the cache
     t0 = time.perf_counter()
     cached = task_model.predict(dev_docs)
@@ -269,6 +269,9 @@ def _train_run(
         "layer": layer if method.recycles else 0,
         "seed": seed,
         "lr": cfg.lr,
+        "device": result.device,
+        "precision": result.precision,
+        "threads": result.threads,
         "dev_score": result.best[metric],
         "test_score": scores[metric],
         "train_seconds": result.train_seconds,
