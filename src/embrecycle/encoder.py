@@ -113,7 +113,7 @@ def load_encoder(
     return LoadedEncoder(name_or_path, revision, SplitEncoder(model, layer), tokenizer)
 
 
-def attn_kwargs(model_type: str, attn_implementation: str | None) -> dict[str, str]:
+def attn_kwargs(model_type: str, attn_implementation: str | None) -> dict[str, Any]:
     if attn_implementation is not None:
         if attn_implementation not in ("sdpa", "eager"):
             raise ConfigError(f"attn_implementation={attn_implementation!r}: choose 'sdpa' or 'eager'.")
