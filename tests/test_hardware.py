@@ -164,3 +164,19 @@ def test_cli_refuses_a_device_it_does_not_have(
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), "--precision", "fp16"])
     assert r.exit_code == 2 and "fp16 needs a CUDA device" in r.output
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("baseline", [None, "full-finetune"])
+def test_bf16_training_really_computes_in_bf16(
+    baseline: str | None, tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config = TrainConfig(
+            task="classification", model=tiny_bert_dir, layer=2, train=str(toy_classification["train"]),
+            dev=str(toy_classification["dev"]), out=str(tmp_path / precision), cache=str(tmp_path / f"c-{precision}"),
+            epochs=1, lr=1e-3, batch_size=8, precision=precision, baseline=baseline,
+        )  # fmt: skip
+        losses[precision] = train(config, progress=False).losses
+    diffs = [abs(a - b) for a, b in zip(losses["fp32"], losses["bf16"], strict=True)]
+    assert 0 < max(diffs) < 0.05, diffs  # the same steps, computed in another precision

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..batching import train_batches
-from ..hardware import Hardware
+from ..hardware import Hardware, autocast
 from ..model import RecyclingModel
 from ..progress import progress_bar
 from ..tasks.base import Task
@@ -57,20 +57,30 @@ class _Steps:
 
     def __call__(self, batch: np.ndarray, fit: FitResult) -> float:
         t0 = time.perf_counter()
-        inputs = self.inputs
+        inputs, hw = self.inputs, self.hardware
         if inputs.cache is not None:
-            b = inputs.cache.read_batch([inputs.train_index[i] for i in batch])
+            b = inputs.cache.read_batch([inputs.train_index[i] for i in batch], dtype=hw.dtype)
             fit.read_seconds += time.perf_counter() - t0
-            logits = self.model.forward_cached(b.hidden, b.attention_mask)
-            seq_len = b.hidden.shape[1]
+            hidden, mask = b.hidden.to(hw.device), b.attention_mask.to(hw.device)
+            with autocast(hw):
+                logits = self.model.forward_cached(hidden, mask)
         else:
             ids, mask = pad_ids([inputs.train[i] for i in batch], self.pad_id)
-            logits = self.model.forward_text(ids, mask)
-            seq_len = ids.shape[1]
-        loss = self.task.loss(logits, self.task.collate([self.targets[i] for i in batch], seq_len))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
-        self.optimizer.step()
+            ids, mask = ids.to(hw.device), mask.to(hw.device)
+            with autocast(hw):
+                logits = self.model.forward_text(ids, mask)
+        targets = self.task.collate([self.targets[i] for i in batch], mask.shape[1]).to(hw.device)
+        loss = self.task.loss(logits.float(), targets)
+        if self.scaler is not None:  # fp16: scale the loss, unscale before clipping
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.item()
