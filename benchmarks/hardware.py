@@ -592,7 +592,9 @@ def report() -> None:
         "",
         "Batching differs by design: embrecycle buckets examples of similar length (its default), the Trainer draws "
         "random batches and pads each to its longest example (DataCollatorWithPadding, group_by_length off: its "
-        "default). The padded tokens per second column separates that from kernel speed.",
+        "default). The padded tokens per second column separates that from kernel speed. 'Other processes' CPU' is "
+        "the cores' worth of CPU other processes took while the run trained (embrecycle.bench.timing.OtherCpu): "
+        "well above 0 the run shared the 2 cores and its times are inflated.",
         "",
     ]
     for model_dir in sorted((RESULTS / "hardware").glob("*/")):
@@ -674,11 +676,12 @@ def _model_report(model: str, rows: list[dict[str, Any]]) -> tuple[list[str], di
                 _ms(f1[m]),
                 f"{max(cache):.1f}" if cache else "–",
                 f"{rs[0]['trainable_parameters']:,}",
+                f"{max(r.get('other_cpu_cores') or 0.0 for r in rs):.2f}",
             ]
         )
     lines += markdown_table(
         ["method", "seeds", "lr", "train examples/s", "s/epoch", "padded tokens/s", "dev macro-F1", "cache build (s)",
-         "trainable params"],
+         "trainable params", "other processes' CPU (cores, max)"],
         table,
     )  # fmt: skip
 
