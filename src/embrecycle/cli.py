@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from .cache.ray_engine import RayOptions
 from .cli_options import Given, command
 from .config import Checks, Settings, setting
 from .data.readers import FORMATS
-from .errors import ConfigError
+from .errors import ConfigError, RunExistsError
+from .files import write_text_atomic
 from .hardware import PRECISION_CHOICES, hardware_problems
 from .selection.config import SelectConfig
 from .training.config import TrainConfig
@@ -101,6 +103,7 @@ class PredictArgs(Settings):
     text_field: str = setting("text", "Text field of JSON lines / CSV input.")
     data_format: str | None = _format_setting()
     batch_size: int = setting(64, "Documents per forward pass.")
+    overwrite: bool = setting(False, "Replace RUN_NAME.jsonl files that exist in --out already.")
 
     def problems(self) -> list[str]:
         return Checks().positive(batch_size=self.batch_size).problems
@@ -183,6 +186,27 @@ def _quiet(quiet: bool) -> Iterator[None]:
             set_quiet(False)
 
 
+def _prediction_folder(args: PredictArgs) -> Path:
+    """``--out``, created; refused before any work when it is a file, is not writable, or (without --overwrite)
+    already holds the RUN_NAME.jsonl a run would write."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: --out names a directory, which receives RUN_NAME.jsonl per run.")
+    names = [f"{Path(r).name}.jsonl" for r in args.runs]
+    there = [n for n in names if (out / n).exists()]
+    if there and not args.overwrite:
+        raise RunExistsError(
+            f"--out {out} already holds {', '.join(there)}: pass --overwrite to replace them, or choose another --out."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out} cannot be created ({e.strerror}): choose a writable directory.") from e
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"--out {out} is not writable: choose a writable directory.")
+    return out
+
+
 # --- commands -------------------------------------------------------------------------------------------
 
 
@@ -204,6 +228,8 @@ def cache_build(given: Given, quiet: Quiet = False) -> None:
     """Compute and store layer-k states of every document not yet cached."""
     from .cache import build_cache, build_cache_ray
     from .data import read_examples
+    from .errors import InputDataError
+    from .tokenization import is_empty
 
     config = given.make(BuildConfig)
     args = given.make(CacheBuildArgs)
@@ -216,6 +242,11 @@ def cache_build(given: Given, quiet: Quiet = False) -> None:
         raise ConfigError(f"{flags} {what}: add --engine ray, or leave {them} out.")
     examples = read_examples(args.data, args.data_format, text_field=args.text_field, label_field=None)
     docs, sources = [e.doc for e in examples], [e.source for e in examples]
+    if all(is_empty(d) for d in docs):
+        raise InputDataError(
+            f"no documents in {args.data} ({len(docs)} empty): nothing to cache. Check the file, --format and "
+            f"--text-field (now {args.text_field!r})."
+        )
     with _quiet(quiet):
         if args.engine == "ray":
             summary = build_cache_ray(docs, args.out, config, options, sources=sources, progress=not quiet)
@@ -230,24 +261,23 @@ def cache_info(path: CachePath, as_json: AsJson = False) -> None:
     from .cache import open_cache
 
     cache = open_cache(path)
-    info = {**cache.manifest, "stats": cache.stats()}
-    if as_json:
-        typer.echo(json.dumps(info, indent=2))
-        return
+    info = {**cache.manifest, "stats": cache.stats(), "damage": cache.damage}
     s, st = cache.settings, info["stats"]
-    typer.echo(
-        f"cache {path} (format v{cache.manifest['format_version']}, embrecycle {cache.manifest['library_version']})"
-    )
-    typer.echo(f"  model       {s.model} ({s.model_type}, {s.num_layers} layers, hidden {s.hidden_size})")
-    typer.echo(f"  layer       {s.layer} of {s.num_layers}")
-    typer.echo(
-        f"  dtype       {s.dtype} (computed in {s.precision}), max_length {s.max_length}, truncation {s.truncation}"
-    )
-    typer.echo(f"  weights     {s.lower_fingerprint[:16]}  tokenizer {s.tokenizer_fingerprint[:16]}")
-    typer.echo(f"  documents   {st['documents']} ({st['truncated_documents']} truncated), tokens {st['tokens']}")
-    typer.echo(
-        f"  size        {st['bytes'] / 1e6:.1f} MB in {st['shards']} shard(s), {st['bytes_per_token']} bytes/token"
-    )
+    lines = [
+        f"cache {path} (format v{cache.manifest['format_version']}, embrecycle {cache.manifest['library_version']})",
+        f"  model       {s.model} ({s.model_type}, {s.num_layers} layers, hidden {s.hidden_size})",
+        f"  layer       {s.layer} of {s.num_layers}",
+        f"  dtype       {s.dtype} (computed in {s.precision}), max_length {s.max_length}, truncation {s.truncation}",
+        f"  weights     {s.lower_fingerprint[:16]}  tokenizer {s.tokenizer_fingerprint[:16]}",
+        f"  documents   {st['documents']} ({st['truncated_documents']} truncated), tokens {st['tokens']}",
+        f"  size        {st['bytes'] / 1e6:.1f} MB in {st['shards']} shard(s), {st['bytes_per_token']} bytes/token",
+    ]
+    typer.echo(json.dumps(info, indent=2) if as_json else "\n".join(lines))
+    for problem in cache.damage:
+        typer.echo(f"problem: {problem}", err=True)
+    if cache.damage:
+        typer.echo(f"cache {path} is damaged: run `embrecycle cache verify --repair {path}`", err=True)
+        raise typer.Exit(1)
 
 
 @command(cache_app, "verify")
@@ -257,9 +287,13 @@ def cache_verify(
 ) -> None:
     """Check every checksum and file length; exit 1 if anything is damaged."""
     from .cache import open_cache
+    from .cache.store import restore_manifest
 
+    restored = restore_manifest(path) if repair else None
     cache = open_cache(path)
     report = cache.verify(repair=repair)
+    if restored:
+        report.problems.insert(0, restored)
     for problem in report.problems:
         typer.echo(f"problem: {problem}", err=True)
     if report.ok:
@@ -267,9 +301,12 @@ def cache_verify(
         return
     msg = f"{len(report.problems)} problem(s) in {report.documents_checked} documents"
     if repair:
-        msg += f"; dropped {report.repaired_entries} damaged entries: re-run `cache build` to recompute them"
+        busy = f" (not {', '.join(report.busy_shards)}: being written)" if report.busy_shards else ""
+        msg += f"; repaired{busy}, dropped {report.repaired_entries} damaged entries: re-run `cache build` to recompute"
+    else:
+        msg += f": run `embrecycle cache verify --repair {path}`, then `cache build` to recompute what it drops"
     typer.echo(msg, err=True)
-    raise typer.Exit(0 if repair else 1)
+    raise typer.Exit(1)  # damage was found (and, with --repair, dropped)
 
 
 @command(app, "train", TrainConfig, UpperOptions)
@@ -294,9 +331,7 @@ def predict_cmd(given: Given, quiet: Quiet = False) -> None:
     from .multitask import TaskSet
 
     args = given.make(PredictArgs)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file: --out names a directory, which receives RUN_NAME.jsonl per run.")
+    out = _prediction_folder(args)  # before any work: a bad --out fails here, not after the predictions
     with _quiet(quiet):
         hw = given.make(HardwareArgs)
         tasks = TaskSet.load(args.runs, hw.device, hw.precision)
@@ -307,11 +342,12 @@ def predict_cmd(given: Given, quiet: Quiet = False) -> None:
         examples = first.read(args.data, args.data_format, text_field=args.text_field, label_field=None)
         docs = [e.doc for e in examples]
         preds = tasks.predict(docs, cache=args.cache, update_cache=args.update_cache, batch_size=args.batch_size)
-    out.mkdir(parents=True, exist_ok=True)
     for name, p in preds.items():
-        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for e, item in zip(examples, p, strict=True):
-                f.write(json.dumps({"source": e.source, **(item or {"skipped": "empty document"})}) + "\n")
+        lines = (
+            json.dumps({"source": e.source, **(item or {"skipped": "empty document"})})
+            for e, item in zip(examples, p, strict=True)
+        )
+        write_text_atomic(out / f"{name}.jsonl", "".join(f"{line}\n" for line in lines))
     p = next(iter(preds.values()))
     files = [f"{name}.jsonl" for name in preds]
     where = str(out / files[0]) if len(files) == 1 else f"{out}/ ({', '.join(files)})"

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,18 +18,26 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 from .errors import ConfigError, ModelLoadError
 from .families import get_family
 from .split import SplitEncoder
+from .tokenization import check_token_limit, set_token_limit
 
 __all__ = [
     "LoadedEncoder",
     "attn_kwargs",
+    "check_max_length",
+    "load_config",
     "load_encoder",
     "load_tokenizer",
     "model_identity",
     "module_fingerprint",
+    "position_limit",
     "tokenizer_fingerprint",
 ]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+# Families whose absolute positions start after the padding index (position id = padding_idx + 1 + i).
+_PADDING_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "mpnet"}
 
 # BPE tokenizers that need a prefix space to accept pre-split words (CoNLL input).
 _PREFIX_SPACE_TYPES = {"roberta", "camembert", "deberta", "longformer"}
@@ -62,7 +71,13 @@ class LoadedEncoder:
 
 
 def load_config(name_or_path: str, revision: str | None = None) -> Any:
-    """The model's config; raises :class:`ModelLoadError` with the reason and the fix."""
+    """The model's config; raises :class:`ModelLoadError` with the reason and the fix.
+
+    Every path that loads a model loads its config first, so this also refuses what cannot be loaded: a
+    local path that does not exist, and a local model directory with only pickle weights (see
+    :func:`check_model_path`).
+    """
+    check_model_path(name_or_path)
     try:
         return AutoConfig.from_pretrained(name_or_path, revision=revision)
     except (OSError, ValueError) as e:
@@ -72,7 +87,105 @@ def load_config(name_or_path: str, revision: str | None = None) -> Any:
         ) from e
 
 
-def load_tokenizer(name_or_path: str, model_type: str, revision: str | None = None) -> PreTrainedTokenizerBase:
+def looks_like_path(name: str) -> bool:
+    """Whether a model name is meant as a local path, not a hub id (``namespace/name``)."""
+    return (
+        name.startswith(("./", "../", "/", "~", ".\\", "..\\"))
+        or name in (".", "..")
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def check_model_path(name_or_path: str) -> None:
+    """Raise ModelLoadError for a local path that does not exist, or a model directory with only pickle weights."""
+    path = Path(name_or_path)
+    if not path.exists() and looks_like_path(name_or_path):
+        expanded = path.expanduser()
+        hint = (
+            f" The '~' was not expanded: pass the full path {str(expanded)!r}."
+            if expanded != path and expanded.exists()
+            else " Check the path, or pass a Hugging Face hub id (namespace/name)."
+        )
+        raise ModelLoadError(
+            f"cannot load model {name_or_path!r}: that local model directory does not exist (looked for "
+            f"{path.absolute()}).{hint}"
+        )
+    if path.is_dir():
+        _require_safetensors(path)
+
+
+def _require_safetensors(path: Path) -> None:
+    files = [p.name for p in path.iterdir() if p.is_file()]
+    if any(f.endswith(".safetensors") for f in files):
+        return
+    pickles = sorted(f for f in files if f.endswith(_PICKLE_SUFFIXES))
+    if pickles:
+        raise ModelLoadError(pickle_only_message(str(path), pickles))
+
+
+def pickle_only_message(name: str, files: list[str]) -> str:
+    """Why a model with only pickle weights is refused, and how to convert it."""
+    shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+    return (
+        f"the model {name!r} has only pickle weights ({shown}) and no .safetensors file; embrecycle loads "
+        "safetensors only (a pickle file can run arbitrary code when it is loaded). If you trust the model, "
+        'convert it once: python -c "from transformers import AutoModel; '
+        f"AutoModel.from_pretrained('{name}').save_pretrained('{name}')\" (transformers reads the pickle with "
+        "torch's weights-only loader and writes model.safetensors), or use a safetensors revision from the hub."
+    )
+
+
+def position_limit(model_config: Any) -> tuple[int, str] | None:
+    """``(tokens, why)``: most tokens per document the model's absolute position embeddings take; None for a
+    model with relative positions only (DeBERTa-v2/v3 without ``position_biased_input``)."""
+    model_type = getattr(model_config, "model_type", "")
+    if model_type == "deberta-v2" and not getattr(model_config, "position_biased_input", True):
+        return None
+    n = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(n, int):
+        return None
+    if model_type in _PADDING_OFFSET_TYPES:
+        pad = model_config.pad_token_id if isinstance(getattr(model_config, "pad_token_id", None), int) else 1
+        return n - pad - 1, f"max_position_embeddings={n}, less {pad + 1}: positions start after the padding index"
+    return n, f"max_position_embeddings={n}"
+
+
+def check_max_length(max_length: int | None, model_config: Any, name: str) -> None:
+    """Raise ConfigError when ``max_length`` exceeds the model's position limit (see :func:`position_limit`)."""
+    limit = position_limit(model_config)
+    if max_length is not None and limit is not None and max_length > limit[0]:
+        raise ConfigError(
+            f"max_length={max_length} is more than the model {name!r} takes: at most {limit[0]} tokens per "
+            f"document ({limit[1]}). Pass --max-length {limit[0]} or less, or leave it out (the default is the "
+            "model's limit, at most 512)."
+        )
+
+
+def load_tokenizer(
+    name_or_path: str,
+    model_type: str,
+    revision: str | None = None,
+    max_length: int | None = None,
+    model_config: Any = None,
+) -> PreTrainedTokenizerBase:
+    """The model's fast tokenizer, with the model's position limit recorded on it (``encode_documents`` then
+    refuses a larger ``max_length``).
+
+    Args:
+        name_or_path: The model.
+        model_type: ``config.model_type``.
+        revision: Hub revision.
+        max_length: Checked against the model's limit before the tokenizer loads.
+        model_config: The model's config (loaded when not given).
+
+    Raises:
+        ConfigError: ``max_length`` exceeds the model's position limit.
+        ModelLoadError: the tokenizer cannot be loaded, or is not a fast tokenizer.
+    """
+    if model_config is None:
+        model_config = load_config(name_or_path, revision)
+    check_max_length(max_length, model_config, name_or_path)
     kwargs: dict[str, Any] = {"revision": revision}
     if model_type in _PREFIX_SPACE_TYPES:
         kwargs["add_prefix_space"] = True
@@ -85,6 +198,10 @@ def load_tokenizer(name_or_path: str, model_type: str, revision: str | None = No
             f"the tokenizer of {name_or_path!r} is not a fast tokenizer; embrecycle needs one "
             "(for word ids and character offsets). Install `tokenizers` or convert the tokenizer."
         )
+    limit = position_limit(model_config)
+    set_token_limit(tok, None if limit is None else (limit[0], f"{name_or_path!r}: {limit[1]}"))
+    if max_length is not None:
+        check_token_limit(tok, max_length, repr(name_or_path))
     return tok
 
 
@@ -94,22 +211,31 @@ def load_encoder(
     revision: str | None = None,
     attn_implementation: str | None = None,
     dtype: torch.dtype = torch.float32,
+    max_length: int | None = None,
 ) -> LoadedEncoder:
     """Load ``AutoModel`` + tokenizer from a local directory or the hub and split it at ``layer``.
 
     The model is in eval mode. ``attn_implementation`` defaults to ``sdpa`` where
-    the family supports it, ``eager`` otherwise.
+    the family supports it, ``eager`` otherwise. ``max_length``, when given, is checked against the
+    model's position limit before any weight loads.
+
+    Raises:
+        ConfigError: ``max_length`` exceeds the model's position limit.
+        ModelLoadError: the model cannot be loaded (missing local path, pickle-only weights, ...).
     """
     config = load_config(name_or_path, revision)
     get_family(config.model_type)  # unsupported architectures fail before loading weights
+    check_max_length(max_length, config, name_or_path)
     try:
         model = AutoModel.from_pretrained(
             name_or_path, revision=revision, dtype=dtype, **attn_kwargs(config.model_type, attn_implementation)
         )
+    except pickle.UnpicklingError as e:  # a hub model with only pickle weights: refused by torch's loader
+        raise ModelLoadError(pickle_only_message(name_or_path, ["pytorch_model.bin"]) + f" ({e})") from e
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the weights of {name_or_path!r}: {e}") from e
     model.eval()
-    tokenizer = load_tokenizer(name_or_path, config.model_type, revision)
+    tokenizer = load_tokenizer(name_or_path, config.model_type, revision, max_length, config)
     return LoadedEncoder(name_or_path, revision, SplitEncoder(model, layer), tokenizer)
 
 

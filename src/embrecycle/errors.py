@@ -52,3 +52,23 @@ class CacheMissError(CacheError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else "document not in cache"
+
+
+class RunError(EmbRecycleError, OSError):
+    """Base class of run-directory errors (what ``embrecycle train`` writes)."""
+
+
+class IncompleteRunError(RunError):
+    """A run directory did not finish training (interrupted, or still being trained): resume it or re-run."""
+
+
+class RunExistsError(RunError, FileExistsError):
+    """The run directory to write exists already (pass ``overwrite=True`` / ``--overwrite`` to replace it)."""
+
+
+class RunCorruptedError(RunError):
+    """A run file is truncated or damaged."""
+
+
+class DiskFullError(EmbRecycleError, OSError):
+    """Not enough free disk space for what must be written (checked before the work, or hit while writing)."""

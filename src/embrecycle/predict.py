@@ -19,7 +19,7 @@ from .model import RecyclingModel
 from .run import load_run
 from .run_record import RunRecord
 from .tasks.ner import words_of
-from .tokenization import Encoded, encode_documents, is_empty
+from .tokenization import Encoded, encode_documents, is_empty, warn_truncated
 
 __all__ = ["Predictions", "TaskModel", "load", "predict_shared"]
 
@@ -111,8 +111,7 @@ class TaskModel:
     ) -> list[Example]:
         """Examples of a file, read as this run's task expects."""
         examples = read_examples(path, fmt, text_field=text_field, label_field=label_field)
-        if self.task.name == "ner" and examples and isinstance(examples[0].doc, str):
-            raise InputDataError(f"{path}: this is a NER run; give it CoNLL input.")
+        self.task.check_input(examples, path)
         return examples
 
     def evaluate(
@@ -179,11 +178,12 @@ def predict_shared(
                 encoded[j] = c.encoded(i)
     todo = [j for j, e in enumerate(encoded) if e is None]
     states = first.record.states
-    fresh = encode_documents(first.tokenizer, [live[j] for j in todo], states.max_length, states.truncation)
+    fresh = encode_documents(first.tokenizer, [live[j] for j in todo], states.max_length, states.truncation, warn=False)
     for j, e in zip(todo, fresh, strict=True):
         encoded[j] = e
     pad_id = first.tokenizer.pad_token_id or 0
     filled = cast(list[Encoded], encoded)  # every slot is set now: read from the cache or just tokenized
+    warn_truncated(filled, live, states.max_length)  # cached documents count as much as fresh ones
     logits = shared_document_logits([m.model for m in models], filled, c, index, pad_id, batch_size, first.hardware)
     for m, result, task_logits in zip(models, results, logits, strict=True):
         result.hits, result.misses, result.added_to_cache = hits, len(live) - hits, added

@@ -3,28 +3,54 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from ._version import __version__
-from .encoder import attn_kwargs, load_config, load_tokenizer, module_fingerprint
-from .errors import CacheMismatchError, ConfigError
+from .encoder import attn_kwargs, load_config, load_tokenizer, module_fingerprint, pickle_only_message
+from .errors import CacheMismatchError, ConfigError, ModelLoadError, RunCorruptedError
 from .families import get_family
+from .files import atomic_write
 from .model import RecyclingModel
 from .run_record import RUN_FILE, RunRecord, read_run_record
 from .tasks import get_task
 
-__all__ = ["WEIGHTS_FILE", "build_task_model", "load_run", "save_weights"]
+__all__ = ["WEIGHTS_FILE", "build_task_model", "load_run", "read_weights", "save_weights"]
 
 WEIGHTS_FILE = "model.safetensors"
 
 
 def save_weights(model: RecyclingModel, out: Path) -> None:
-    save_file(model.trainable_state_dict(), str(out / WEIGHTS_FILE), metadata={"embrecycle": __version__})
+    """Write the model's trained weights to ``out/model.safetensors`` (atomically)."""
+    state = model.trainable_state_dict()
+    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"embrecycle": __version__}))
+
+
+def read_weights(run_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The trained weights of a run (``model.safetensors``; no pickle is ever read).
+
+    Raises:
+        RunCorruptedError: the file is missing, truncated or damaged.
+    """
+    path = Path(run_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise RunCorruptedError(
+            f"{path} is missing: the run in {run_dir} is damaged. Train it again (--overwrite replaces it)."
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RunCorruptedError(
+            f"{path} is truncated or damaged ({e}): the run in {run_dir} cannot be loaded. Train it again "
+            "(--overwrite replaces it)."
+        ) from e
 
 
 def build_task_model(model: str, task_name: str, labels: list[str], revision: str | None = None) -> PreTrainedModel:
@@ -43,6 +69,8 @@ def build_task_model(model: str, task_name: str, labels: list[str], revision: st
             label2id={label: i for i, label in enumerate(labels)},
             **attn_kwargs(config.model_type, None),
         )
+    except pickle.UnpicklingError as e:  # a hub model with pickle weights only: refused, never executed
+        raise ModelLoadError(pickle_only_message(model, ["pytorch_model.bin"]) + f" ({e})") from e
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -70,7 +98,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[RecyclingModel, Any, RunR
             f"{record.mode} run in {run_dir} was trained over {record.upper_fingerprint[:16]} (its upper layers are "
             f"not stored in the run). Point the run's model in {RUN_FILE} ('states.model') to the original base model."
         )
-    state = load_file(str(Path(run_dir) / WEIGHTS_FILE))
+    state = read_weights(run_dir)
     own = task_model.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:

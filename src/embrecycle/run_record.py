@@ -19,7 +19,9 @@ from typing import Any
 from ._version import __version__
 from .cache.settings import KEY_FIELDS, CacheSettings
 from .errors import ConfigError
+from .files import write_text_atomic
 from .modes import TrainingMode, get_mode, mode_of_v1_run
+from .run_dir import check_complete, check_finished
 from .upper import UpperOptions
 
 __all__ = ["RUN_FILE", "RUN_FORMAT", "RUN_FORMAT_VERSION", "RunRecord", "read_run_record"]
@@ -159,9 +161,9 @@ class RunRecord:
         """Write ``run.json`` and ``labels.json`` (id2label/label2id, for tools that read only that)."""
         out = Path(run_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(out / RUN_FILE, json.dumps(self.to_json(), indent=2) + "\n")
         labels = {"id2label": dict(enumerate(self.labels)), "label2id": {v: i for i, v in enumerate(self.labels)}}
-        (out / "labels.json").write_text(json.dumps(labels, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(out / "labels.json", json.dumps(labels, indent=2) + "\n")
 
 
 def read_run_record(run_dir: str | os.PathLike[str]) -> RunRecord:
@@ -170,7 +172,9 @@ def read_run_record(run_dir: str | os.PathLike[str]) -> RunRecord:
     Raises:
         FileNotFoundError: ``run.json`` is missing.
         ConfigError: it is unreadable, of an unknown version, or has unknown or missing keys.
+        IncompleteRunError: the run did not finish training (:func:`~embrecycle.run_dir.check_complete`).
     """
+    check_complete(run_dir)
     path = Path(run_dir) / RUN_FILE
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory: {RUN_FILE} is missing (train one first).")
@@ -178,7 +182,9 @@ def read_run_record(run_dir: str | os.PathLike[str]) -> RunRecord:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}. Re-create the run with `embrecycle train`.") from e
-    return RunRecord.from_json(data, str(path))
+    record = RunRecord.from_json(data, str(path))
+    check_finished(run_dir)
+    return record
 
 
 def _get(data: Any, key: str) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -10,9 +12,24 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .errors import InputDataError
+from .errors import ConfigError, InputDataError
 
-__all__ = ["Encoded", "encode_documents", "is_empty", "pad_ids"]
+__all__ = [
+    "Encoded",
+    "check_token_limit",
+    "encode_documents",
+    "is_empty",
+    "pad_ids",
+    "set_token_limit",
+    "token_limit",
+    "warn_truncated",
+]
+
+log = logging.getLogger(__name__)
+
+# Tokens per document each loaded tokenizer's model takes (see :func:`set_token_limit`).
+_LIMITS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[int, str] | None] = weakref.WeakKeyDictionary()
+_NO_LIMIT = 1_000_000  # transformers' "no limit known" model_max_length is 1e30
 
 
 @dataclass
@@ -50,18 +67,52 @@ def is_empty(doc: str | Sequence[str]) -> bool:
     return not doc.strip() if isinstance(doc, str) else not any(w.strip() for w in doc)
 
 
+def set_token_limit(tokenizer: PreTrainedTokenizerBase, limit: tuple[int, str] | None) -> None:
+    """Record what ``tokenizer``'s model takes: ``(most tokens per document, where that comes from)``, or None
+    for a model without a position limit; :func:`encode_documents` then refuses a larger ``max_length``."""
+    _LIMITS[tokenizer] = limit
+
+
+def token_limit(tokenizer: PreTrainedTokenizerBase) -> tuple[int, str] | None:
+    """``(limit, why)``: the recorded limit of the tokenizer's model (see :func:`set_token_limit`), else the
+    tokenizer's own ``model_max_length`` when it states one; None when there is no known limit."""
+    if tokenizer in _LIMITS:
+        return _LIMITS[tokenizer]
+    own = getattr(tokenizer, "model_max_length", None)
+    if isinstance(own, int) and 0 < own < _NO_LIMIT:
+        return own, f"the tokenizer's model_max_length is {own}"
+    return None
+
+
+def check_token_limit(tokenizer: PreTrainedTokenizerBase, max_length: int, name: str = "the model") -> None:
+    """Raise ConfigError when ``max_length`` exceeds what ``tokenizer``'s model takes (see :func:`token_limit`)."""
+    known = token_limit(tokenizer)
+    if known is not None and max_length > known[0]:
+        limit, why = known
+        raise ConfigError(
+            f"max_length={max_length} is more than {name} takes: at most {limit} tokens per document ({why}). "
+            f"Pass --max-length {limit} or less, or leave it out (the default is the model's limit, at most 512)."
+        )
+
+
 def encode_documents(
     tokenizer: PreTrainedTokenizerBase,
     docs: Sequence[str | Sequence[str]],
     max_length: int,
     truncation: str = "truncate",
     sources: Sequence[str] | None = None,
+    warn: bool = True,
 ) -> list[Encoded]:
     """Tokenize texts and word lists (CoNLL) alike.
 
+    Documents longer than ``max_length`` tokens are truncated (``truncation="truncate"``) and, with ``warn``,
+    counted in one warning per call (see :func:`warn_truncated`).
+
     Raises:
+        ConfigError: ``max_length`` is more than the tokenizer's model takes (see :func:`check_token_limit`).
         InputDataError: with ``truncation="error"``, a document longer than ``max_length`` tokens.
     """
+    check_token_limit(tokenizer, max_length)
     out: list[Encoded | None] = [None] * len(docs)
     for split_words in (False, True):
         idx = [i for i, d in enumerate(docs) if isinstance(d, str) != split_words]
@@ -94,7 +145,45 @@ def encode_documents(
             assert enc is not None
             word_ids = [-1 if w is None else w for w in enc.word_ids(row)]
             out[i] = Encoded(list(enc["input_ids"][row]), word_ids, list(enc["offset_mapping"][row]), j in pos)
-    return cast(list[Encoded], out)  # both passes together fill every slot
+    encoded = cast(list[Encoded], out)  # both passes together fill every slot
+    if warn:
+        warn_truncated(encoded, docs, max_length, sources)
+    return encoded
+
+
+def words_cut_off(encoded: Encoded, doc: str | Sequence[str]) -> int:
+    """How many words of ``doc`` have no token in ``encoded`` (cut off by truncation)."""
+    if not encoded.truncated:
+        return 0
+    if isinstance(doc, str):
+        ends = [end for (_start, end), w in zip(encoded.offsets, encoded.word_ids, strict=True) if w >= 0]
+        return len(doc[max(ends, default=0) :].split())
+    seen = max(encoded.word_ids, default=-1) + 1
+    return len(doc) - seen
+
+
+def warn_truncated(
+    encoded: Sequence[Encoded],
+    docs: Sequence[str | Sequence[str]],
+    max_length: int,
+    sources: Sequence[str] | None = None,
+) -> None:
+    """One warning for the truncated documents of a call: how many, how many words were cut off, the fix."""
+    cut = [i for i, e in enumerate(encoded) if e.truncated]
+    if not cut:
+        return
+    words = sum(words_cut_off(encoded[i], docs[i]) for i in cut)
+    where = f"; the first is {sources[cut[0]]}" if sources else ""
+    log.warning(
+        "%d of %d documents are longer than max_length=%d tokens and were truncated: %d words at their ends are "
+        "not seen by the model (NER tags them O and does not train on them)%s. Raise --max-length (up to the "
+        "model's limit) to keep them, or pass --truncation error to stop instead.",
+        len(cut),
+        len(encoded),
+        max_length,
+        words,
+        where,
+    )
 
 
 def pad_ids(encoded: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,9 +50,13 @@ def test_train_predict_evaluate(tiny_bert_dir, toy_classification, tmp_path: Pat
     assert f"-> {preds / 'run.jsonl'}:" in r.output
     rows = [json.loads(line) for line in (preds / "run.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and rows[0]["label"] in ("protein", "disease") and rows[1]["skipped"]
-    r = runner.invoke(app, ["predict", "--run", str(run), "--data", str(new), "--out", str(preds), "--update-cache"])
+    r = runner.invoke(
+        app, ["predict", "--run", str(run), "--data", str(new), "--out", str(preds), "--update-cache", "--overwrite"]
+    )
     assert "2 added to the cache" in r.output
     r = runner.invoke(app, ["predict", "--run", str(run), "--data", str(new), "--out", str(preds)])
+    assert r.exit_code == 2 and "already holds run.jsonl: pass --overwrite" in r.output  # before any work
+    r = runner.invoke(app, ["predict", "--run", str(run), "--data", str(new), "--out", str(preds), "--overwrite"])
     assert "2 cache hits, 0 misses" in r.output
 
     r = runner.invoke(app, ["evaluate", "--run", str(run), "--data", str(toy_classification["dev"]), "--json"])

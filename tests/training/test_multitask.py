@@ -111,6 +111,6 @@ def test_cli_predicts_several_runs_into_a_directory(runs: dict[str, str], tmp_pa
         rows = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
         assert len(rows) == 4 and rows[0]["label"] in ("protein", "disease")
     r = CliRunner().invoke(
-        app, ["predict", "--run", runs["full"], "--run", runs["k1"], "--data", str(data), "--out", str(out)]
+        app, ["predict", "--run", runs["full"], "--run", runs["k1"], "--data", str(data), "--out", str(tmp_path / "o2")]
     )
     assert r.exit_code == 2 and "layer: 2 vs 1" in r.output

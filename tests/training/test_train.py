@@ -250,7 +250,7 @@ def test_ner_run_rejects_text_input_for_evaluation(
     tiny_bert_dir: str, toy_ner: dict[str, Path], toy_classification: dict[str, Path], tmp_path: Path
 ) -> None:
     result = train(_config(tmp_path, tiny_bert_dir, toy_ner, "ner", epochs=1), progress=False)
-    with pytest.raises(InputDataError, match="NER run"):
+    with pytest.raises(InputDataError, match="NER needs CoNLL input"):
         embrecycle.load(result.run_dir).read(toy_classification["dev"])
 
 

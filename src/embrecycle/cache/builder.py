@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,10 +38,12 @@ from ..split import SplitEncoder
 from ..tokenization import Encoded, encode_documents, is_empty, pad_ids
 from .format import STORAGE_DTYPES
 from .settings import TRUNCATION_MODES, CacheSettings
-from .shard import Entry, ShardWriter, shard_paths
+from .shard import Entry, ShardWriter, shard_name_problem, shard_paths
 from .store import Cache, Document
 
 __all__ = ["BuildConfig", "BuildSummary", "build_cache", "cache_settings_for"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,8 +82,13 @@ class BuildConfig(Settings):
             .choice("truncation", self.truncation, TRUNCATION_MODES)
             .choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"), optional=True)
             .extend(hardware_problems(self.device, self.precision))
+            .extend(self._shard_problems())
             .problems
         )
+
+    def _shard_problems(self) -> list[str]:
+        problem = None if self.shard is None else shard_name_problem(self.shard)
+        return [problem] if problem else []
 
 
 @dataclass
@@ -192,17 +202,19 @@ def build_cache(
     elif encoder.layer != config.layer:
         raise ConfigError(f"the given encoder is split at layer {encoder.layer}, the config asks for {config.layer}.")
     settings = cache_settings_for(encoder, config, hardware.precision)
-    cache = Cache.create(out, settings)
+    cache = Cache.create(out, settings, documents)
     summary = BuildSummary(documents=len(documents))
     input_keys, todo = triage(cache, documents, summary)
+    if not todo:  # everything is cached: write nothing, take no lock (the cache may be read-only)
+        return _finish(summary, cache, start)
 
+    cache.ensure_settings_copy()
     writer = cache.writer(config.shard, fsync=config.fsync)
     try:
-        if todo:
-            batches, summary.encoded = plan_batches(
-                cache, writer.name, documents, input_keys, todo, settings, config, sources, encoder.tokenizer
-            )
-            _run(cache, writer, encoder, hardware, batches, summary.encoded, settings, summary, progress)
+        batches, summary.encoded = plan_batches(
+            cache, writer.name, documents, input_keys, todo, settings, config, sources, encoder.tokenizer
+        )
+        _run(cache, writer, encoder, hardware, batches, summary.encoded, settings, summary, progress)
         shard_paths(cache.root, writer.name)["plan.npz"].unlink(missing_ok=True)
     except BaseException:
         writer.close()
@@ -216,6 +228,10 @@ def build_cache(
     else:
         cache.update_manifest_stats()
     summary.bytes_written = writer.bytes_written
+    return _finish(summary, cache, start)
+
+
+def _finish(summary: BuildSummary, cache: Cache, start: float) -> BuildSummary:
     summary.cache = cache.stats()
     summary.opened = cache  # refreshed by the manifest update: it holds what this build wrote
     summary.seconds = time.perf_counter() - start
@@ -269,9 +285,8 @@ def plan_batches(
     plan_path = shard_paths(cache.root, shard)["plan.npz"]
     kept: list[list[bytes]] = []
     planned: set[bytes] = set()
-    if plan_path.exists():
-        with np.load(plan_path, allow_pickle=False) as saved:
-            keys, bounds = saved["keys"], saved["bounds"]
+    keys, bounds = _saved_plan(plan_path)
+    if len(bounds):
         for a, b in itertools.pairwise(bounds):
             batch = [k.tobytes() for k in keys[a:b]]
             if any(k in todo for k in batch) and all(k in input_keys for k in batch):
@@ -292,6 +307,22 @@ def plan_batches(
     np.savez(tmp, keys=np.frombuffer(b"".join(flat), dtype="V32"), bounds=bounds)
     os.replace(tmp, plan_path)
     return batches, encoded
+
+
+def _saved_plan(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The keys and batch bounds of an interrupted build's plan (none when absent or unreadable)."""
+    none = (np.empty(0, "V32"), np.empty(0, np.int64))
+    if not path.exists():
+        return none
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            keys, bounds = saved["keys"], saved["bounds"]
+        if keys.dtype != np.dtype("V32") or bounds.ndim != 1 or (len(bounds) and bounds[-1] > len(keys)):
+            raise ValueError("inconsistent keys and bounds")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        log.warning("ignoring the damaged batch plan %s (%s): planning afresh", path, e)
+        return none
+    return keys, bounds
 
 
 def _run(

@@ -158,9 +158,10 @@ def build_cache_ray(
         total = sum(len(b) for b in batches)
         _run(ray, rows, total, cache, config, settings, options, summary, progress, actor_class or LowerLayersActor)
         shard_paths(cache.root, PLAN_SHARD)["plan.npz"].unlink(missing_ok=True)
-    if cache.remote is not None:
-        cache.remote.pull_meta()
-    cache.update_manifest_stats()  # the shards' indexes, merged into the manifest's statistics
+        if cache.remote is not None:
+            cache.remote.pull_meta()
+        cache.update_manifest_stats()  # the shards' indexes, merged into the manifest's statistics
+    # (nothing to compute: nothing is written, so a read-only cache works)
     summary.cache = cache.stats()
     summary.seconds = time.perf_counter() - start
     return summary

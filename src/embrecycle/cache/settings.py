@@ -18,6 +18,17 @@ from ..hardware import PRECISIONS
 from .format import FORMAT_VERSION, STORAGE_DTYPES
 
 MANIFEST_NAME = "manifest.json"
+OWN_FILES = frozenset({".manifest.lock", "shards"})
+"""What a cache directory may hold besides its manifest without holding states (``shards`` if it has no index)."""
+
+
+def is_own_file(name: str) -> bool:
+    """Whether ``name`` in a cache directory is the cache's own bookkeeping (a lock, a killed manifest write)."""
+    return name in OWN_FILES or (name.startswith(f".{MANIFEST_NAME}.") and name.endswith(".tmp"))
+
+
+SETTINGS_COPY = "shards/settings.json"
+"""A copy of the cache's settings beside its shards, from which ``cache verify --repair`` restores a lost manifest."""
 TRUNCATION_MODES = ("truncate", "error")
 
 # Settings that change the stored states: two caches agree only if all match.
@@ -97,12 +108,17 @@ class CacheSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CacheSettings:
+    def from_dict(cls, data: Any, where: str = "manifest") -> CacheSettings:
+        if not isinstance(data, dict):
+            raise CacheCorruptedError(f"{where}: settings are {type(data).__name__}, not an object.")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise CacheCorruptedError(f"manifest settings have unknown keys {unknown}; known: {sorted(known)}.")
-        return cls(**data)
+            raise CacheCorruptedError(f"{where}: settings have unknown keys {unknown}; known: {sorted(known)}.")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as e:
+            raise CacheCorruptedError(f"{where}: unusable settings ({e}).") from e
 
     def check_matches(self, other: CacheSettings, where: str) -> None:
         """Raise :class:`CacheMismatchError` naming every key setting that differs."""
@@ -127,8 +143,16 @@ class CacheSettings:
             )
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old or the new file, never a mix."""
+    """Write JSON so that readers see the old or the new file, never a mix (mode ``0o666`` less the umask,
+    as ``open`` would create it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -136,6 +160,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
             json.dump(data, f, indent=2, sort_keys=False)
             f.write("\n")
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -151,25 +176,101 @@ def new_manifest(settings: CacheSettings) -> dict[str, Any]:
         "library_version": __version__,
         "created": now,
         "settings": settings.to_dict(),
+        "settings_fingerprint": settings.fingerprint(),
         "stats": {"documents": 0, "tokens": 0, "bytes": 0, "shards": 0, "updated": now},
     }
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
-    path = root / MANIFEST_NAME
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no cache at {root}: {MANIFEST_NAME} is missing. Build one with `embrecycle cache build ... --out {root}`."
-        )
+def settings_copy_path(root: Path) -> Path:
+    """Where a cache keeps a copy of its settings next to its shards (to restore a lost manifest)."""
+    return root / SETTINGS_COPY
+
+
+def write_settings_copy(root: Path, settings: CacheSettings) -> None:
+    atomic_write_json(
+        settings_copy_path(root), {"settings": settings.to_dict(), "settings_fingerprint": settings.fingerprint()}
+    )
+
+
+def read_settings_copy(root: Path) -> CacheSettings | None:
+    """The settings copy of the cache at ``root``, or None when it is missing or damaged."""
+    path = settings_copy_path(root)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CacheCorruptedError(f"cannot read {path}: {e}") from e
-    if data.get("format") != "embrecycle-cache":
-        raise CacheCorruptedError(f"{path} is not an embrecycle cache manifest (format={data.get('format')!r}).")
+        settings = CacheSettings.from_dict(data["settings"], str(path))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, CacheCorruptedError):
+        return None
+    return settings if data.get("settings_fingerprint") == settings.fingerprint() else None
+
+
+def has_shards(root: Path) -> bool:
+    return any((root / "shards").glob("*.index"))
+
+
+def missing_manifest_error(root: Path) -> OSError:
+    """The error for a cache directory without its manifest: nothing to open, or shards to recover."""
+    path = root / MANIFEST_NAME
+    if not has_shards(root):
+        return FileNotFoundError(
+            f"no cache at {root}: {MANIFEST_NAME} is missing. Build one with `embrecycle cache build ... --out {root}`."
+        )
+    if read_settings_copy(root) is not None:
+        how = (
+            f"run `embrecycle cache verify --repair {root}` to restore it from {settings_copy_path(root)}, "
+            f"or re-run the `embrecycle cache build ... --out {root}` that made it"
+        )
+    else:
+        how = (
+            f"re-run the `embrecycle cache build ... --out {root}` that made it (same --model, --layer, "
+            "--max-length, --truncation, --dtype and --precision, with any of its documents): it restores the "
+            "manifest once it finds its documents in the shards"
+        )
+    return CacheCorruptedError(f"{path} is missing but {root / 'shards'} holds cached states: {how}.")
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The parsed manifest of the cache at ``root``, checked.
+
+    Raises:
+        FileNotFoundError: no cache at ``root``.
+        CacheCorruptedError: the manifest is missing beside shards, unreadable or inconsistent (the message says
+            how to restore it).
+    """
+    path = root / MANIFEST_NAME
+    if not path.exists():
+        raise missing_manifest_error(root)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        _check_manifest(data, path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, CacheCorruptedError) as e:
+        text = str(e) if isinstance(e, CacheCorruptedError) else f"cannot read {path}: {e}"
+        raise CacheCorruptedError(f"{text.rstrip('.')}. {_manifest_fix(root)}") from e
+    return data
+
+
+def _check_manifest(data: Any, path: Path) -> None:
+    if not isinstance(data, dict) or data.get("format") != "embrecycle-cache":
+        shown = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CacheCorruptedError(f"{path} is not an embrecycle cache manifest (format={shown!r})")
     if data.get("format_version") != FORMAT_VERSION:
         raise CacheCorruptedError(
             f"{path} has cache format version {data.get('format_version')!r}; this embrecycle "
-            f"({__version__}) reads version {FORMAT_VERSION}. Rebuild the cache or use a matching embrecycle."
+            f"({__version__}) reads version {FORMAT_VERSION} (made by another embrecycle: use a matching one)"
         )
-    return data
+    settings = CacheSettings.from_dict(data.get("settings"), str(path))
+    recorded = data.get("settings_fingerprint")
+    if recorded is not None and recorded != settings.fingerprint():
+        raise CacheCorruptedError(
+            f"{path}: its settings do not match their recorded fingerprint (the file was modified or damaged)"
+        )
+
+
+def _manifest_fix(root: Path) -> str:
+    if read_settings_copy(root) is not None:
+        copy = settings_copy_path(root)
+        fix = f"delete it and run `embrecycle cache verify --repair {root}` (restores it from {copy})"
+        return f"If it was damaged, {fix}."
+    return (
+        f"If it was damaged, delete it and re-run the `embrecycle cache build ... --out {root}` that made it: "
+        "it restores the manifest once it finds its documents in the shards."
+    )

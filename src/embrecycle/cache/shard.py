@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import CacheCorruptedError, CacheLockedError
+from ..errors import CacheCorruptedError, CacheLockedError, ConfigError
 from .format import (
     FLAG_TRUNCATED,
+    FORMAT_VERSION,
     HEADER_SIZE,
     RECORD_DTYPE,
     RECORD_SIZE,
@@ -32,6 +34,19 @@ from .format import (
 )
 
 SHARD_DIR = "shards"
+SHARD_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+"""A shard name: a plain file-name token (its files are ``shards/<name>.index`` and so on)."""
+
+
+def shard_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a shard (None: it can)."""
+    if SHARD_NAME.fullmatch(name):
+        return None
+    return (
+        f"shard={name!r} (use a plain name of letters, digits, '-', '_' and '.', not starting with '.', "
+        "at most 128 characters and no path separators, e.g. --shard worker-1; check that the shell variable "
+        "it comes from is set)"
+    )
 
 
 @dataclass
@@ -63,6 +78,35 @@ def list_shards(root: Path) -> list[str]:
     return sorted(p.name[: -len(".index")] for p in d.glob("*.index"))
 
 
+def repair_hint(path: Path) -> str:
+    """The command that repairs the cache holding shard file ``path`` (``<cache>/shards/<file>``)."""
+    return f"`embrecycle cache verify --repair {path.parent.parent}`"
+
+
+def header_problem(raw: bytes, hidden_size: int, dtype: str) -> str | None:
+    """Why an index header does not fit a cache of ``hidden_size`` / ``dtype`` (None: it fits)."""
+    try:
+        version, hs, dt = parse_header(raw[:HEADER_SIZE])
+    except (ValueError, UnicodeDecodeError) as e:
+        return f"bad index header ({e})"
+    if version != FORMAT_VERSION:
+        return f"index header says format version {version}, this embrecycle reads version {FORMAT_VERSION}"
+    if (hs, dt) != (hidden_size, dtype):
+        return (
+            f"shard holds hidden_size={hs}, dtype={dt!r} but the manifest says "
+            f"hidden_size={hidden_size}, dtype={dtype!r} (another cache's shard, or a damaged header)"
+        )
+    return None
+
+
+def split_index(raw: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+    """The records after the header of index bytes ``raw``, which pass their checksum, and the torn tail size."""
+    body = raw[HEADER_SIZE:]
+    n = len(body) // RECORD_SIZE
+    records = np.frombuffer(body[: n * RECORD_SIZE], dtype=RECORD_DTYPE).copy()
+    return records, valid_records(records), len(body) - n * RECORD_SIZE
+
+
 def scan_index(path: Path, hidden_size: int, dtype: str) -> tuple[np.ndarray, np.ndarray, int]:
     """All records of an index file, which of them pass their checksum, and the torn tail size in bytes.
 
@@ -70,19 +114,19 @@ def scan_index(path: Path, hidden_size: int, dtype: str) -> tuple[np.ndarray, np
         CacheCorruptedError: the header is bad or belongs to another cache.
     """
     raw = path.read_bytes()
-    try:
-        _, hs, dt = parse_header(raw[:HEADER_SIZE])
-    except ValueError as e:
-        raise CacheCorruptedError(f"{path}: {e}. Delete this shard's files and re-run `cache build`.") from e
-    if (hs, dt) != (hidden_size, dtype):
+    problem = header_problem(raw, hidden_size, dtype)
+    if problem:
         raise CacheCorruptedError(
-            f"{path}: shard holds hidden_size={hs}, dtype={dt!r} but the manifest says "
-            f"hidden_size={hidden_size}, dtype={dtype!r}; this shard belongs to another cache."
+            f"{path}: {problem}. Run {repair_hint(path)} (it rebuilds the header and keeps every record whose "
+            "data checks out), then re-run `cache build`."
         )
-    body = raw[HEADER_SIZE:]
-    n = len(body) // RECORD_SIZE
-    records = np.frombuffer(body[: n * RECORD_SIZE], dtype=RECORD_DTYPE).copy()
-    return records, valid_records(records), len(body) - n * RECORD_SIZE
+    return split_index(raw)
+
+
+def trusted_records(records: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """The records to use and the positions of damaged ones (a bad last record is a torn write, not damage)."""
+    bad = [int(j) for j in np.flatnonzero(~ok[:-1])] if len(records) else []
+    return records[ok], bad
 
 
 def read_index(path: Path, hidden_size: int, dtype: str) -> tuple[np.ndarray, int]:
@@ -96,11 +140,11 @@ def read_index(path: Path, hidden_size: int, dtype: str) -> tuple[np.ndarray, in
     """
     records, ok, torn = scan_index(path, hidden_size, dtype)
     n = len(records)
-    if n and not ok[:-1].all():
-        bad = int(np.flatnonzero(~ok[:-1])[0])
+    _, bad = trusted_records(records, ok)
+    if bad:
         raise CacheCorruptedError(
-            f"{path}: index record {bad} of {n} fails its checksum (the file was modified or damaged). "
-            "Run `embrecycle cache verify --repair` to drop the damaged entries, then re-run `cache build`."
+            f"{path}: index record {bad[0]} of {n} fails its checksum (the file was modified or damaged). "
+            f"Run {repair_hint(path)} to drop the damaged entries, then re-run `cache build`."
         )
     if n and not ok[-1]:
         records, torn = records[:-1], torn + RECORD_SIZE
@@ -120,6 +164,9 @@ class ShardWriter:
     """
 
     def __init__(self, root: Path, name: str, hidden_size: int, dtype: str, fsync: bool = True) -> None:
+        problem = shard_name_problem(name)
+        if problem:
+            raise ConfigError(f"invalid {problem}.")
         self.paths = shard_paths(root, name)
         self.name = name
         self.hidden_size = hidden_size
@@ -133,7 +180,11 @@ class ShardWriter:
         except BlockingIOError:
             self._lock.close()
             raise CacheLockedError(f"shard {name!r} is being written by another process") from None
-        self._recover()
+        try:
+            self._recover()
+        except BaseException:
+            self._lock.close()  # releases the lock
+            raise
         self._hidden = open(self.paths["hidden"], "r+b")  # noqa: SIM115
         self._tokens = open(self.paths["tokens"], "r+b")  # noqa: SIM115
         self._index = open(self.paths["index"], "r+b")  # noqa: SIM115
@@ -159,7 +210,7 @@ class ShardWriter:
             if size < self.next_row * width:
                 raise CacheCorruptedError(
                     f"{p} is truncated: {size} bytes, but its index needs {self.next_row * width}. "
-                    "Run `embrecycle cache verify --repair`, then re-run `cache build`."
+                    f"Run {repair_hint(p)}, then re-run `cache build`."
                 )
             if size > self.next_row * width:
                 os.truncate(p, self.next_row * width)  # rows of a batch killed before its index write

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
 import zlib
@@ -19,16 +21,49 @@ import numpy.typing as npt
 import torch
 
 from ..errors import CacheCorruptedError, CacheLockedError, CacheMissError
-from ..tokenization import Encoded
-from .format import FLAG_TRUNCATED, HEADER_SIZE, STORAGE_DTYPES, TOKEN_FIELDS
+from ..tokenization import Encoded, is_empty
+from .format import FLAG_TRUNCATED, FORMAT_VERSION, RECORD_DTYPE, STORAGE_DTYPES, TOKEN_FIELDS, make_header
 from .location import Remote, is_remote, local_path
-from .settings import MANIFEST_NAME, CacheSettings, atomic_write_json, new_manifest, read_manifest
-from .shard import SHARD_DIR, ShardWriter, list_shards, read_index, scan_index, shard_paths
+from .settings import (
+    MANIFEST_NAME,
+    CacheSettings,
+    atomic_write_json,
+    has_shards,
+    is_own_file,
+    missing_manifest_error,
+    new_manifest,
+    read_manifest,
+    read_settings_copy,
+    settings_copy_path,
+    write_settings_copy,
+)
+from .shard import (
+    SHARD_DIR,
+    ShardWriter,
+    header_problem,
+    list_shards,
+    repair_hint,
+    scan_index,
+    shard_paths,
+    split_index,
+    trusted_records,
+)
 
 Document = str | Sequence[str]
 """A document: a text, or a list of words (pre-tokenized input such as CoNLL)."""
 
-__all__ = ["Cache", "CachedBatch", "CachedDocument", "Document", "VerifyReport", "document_key", "open_cache"]
+__all__ = [
+    "Cache",
+    "CachedBatch",
+    "CachedDocument",
+    "Document",
+    "VerifyReport",
+    "document_key",
+    "open_cache",
+    "restore_manifest",
+]
+
+log = logging.getLogger(__name__)
 
 
 def document_key(settings_fingerprint: str, doc: Document) -> bytes:
@@ -87,6 +122,8 @@ class VerifyReport:
     documents_checked: int = 0
     problems: list[str] = field(default_factory=list)
     repaired_entries: int = 0
+    busy_shards: list[str] = field(default_factory=list)
+    """Shards a repair left alone because another process was writing them."""
 
     @property
     def ok(self) -> bool:
@@ -113,6 +150,7 @@ class Cache:
         self.manifest = manifest
         self.settings = CacheSettings.from_dict(manifest["settings"])
         self.verify_reads = verify_reads
+        self._reported: list[str] = []
         self.fingerprint = self.settings.fingerprint()
         self._storage = STORAGE_DTYPES[self.settings.dtype]
         self._row_bytes = self.settings.hidden_size * self._storage.itemsize
@@ -141,8 +179,18 @@ class Cache:
         return cache
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], settings: CacheSettings, **kw: Any) -> Cache:
-        """Open the cache at ``path`` (a directory or a URL) with ``settings``, creating it if absent."""
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        settings: CacheSettings,
+        documents: Sequence[Document] = (),
+        **kw: Any,
+    ) -> Cache:
+        """Open the cache at ``path`` (a directory or a URL) with ``settings``, creating it if absent.
+
+        A local cache whose manifest was lost gets it back when its settings are proven: by the copy beside
+        its shards, or by finding one of ``documents`` (keyed under ``settings``) in its shards.
+        """
         if is_remote(path):
             remote = Remote(os.fspath(path))
             if remote.exists(MANIFEST_NAME):
@@ -157,31 +205,56 @@ class Cache:
         root = local_path(path)
         if (root / MANIFEST_NAME).exists():
             return cls.open(root, expected=settings, **kw)
-        if root.exists() and any(root.iterdir()):
+        if has_shards(root):
+            return cls._recover(root, settings, documents, **kw)
+        if root.exists() and not all(is_own_file(p.name) for p in root.iterdir()):
             raise FileExistsError(f"{root} exists, is not empty and holds no cache manifest: choose another --out.")
         atomic_write_json(root / MANIFEST_NAME, new_manifest(settings))
-        return cls(root, read_manifest(root), **kw)
+        cache = cls(root, read_manifest(root), **kw)
+        cache.ensure_settings_copy()
+        return cache
+
+    @classmethod
+    def _recover(cls, root: Path, settings: CacheSettings, documents: Sequence[Document], **kw: Any) -> Cache:
+        """Restore the lost manifest of the shards at ``root``, if they are proven to hold ``settings``' states."""
+        copy = read_settings_copy(root)
+        if copy is not None:
+            copy.check_matches(settings, str(root))
+        elif not _documents_in_shards(root, settings, documents):
+            raise missing_manifest_error(root)
+        atomic_write_json(root / MANIFEST_NAME, new_manifest(settings))
+        log.warning("%s: restored the lost %s (its shards hold these settings' states)", root, MANIFEST_NAME)
+        cache = cls(root, read_manifest(root), **kw)
+        cache.ensure_settings_copy()
+        cache.update_manifest_stats()
+        return cache
+
+    def ensure_settings_copy(self) -> None:
+        """Write the copy of the settings beside the shards if it is missing or damaged (local caches)."""
+        if self.remote is None and read_settings_copy(self.root) != self.settings:
+            write_settings_copy(self.root, self.settings)
 
     # ---- index ------------------------------------------------------------
     def refresh(self) -> None:
-        """Re-read every shard index (picks up documents appended since opening)."""
-        s = self.settings
-        self.shards = list_shards(self.root)
-        keys, shard_ids, rows, ntoks, hcrc, tcrc, flags = [], [], [], [], [], [], []
-        for sid, name in enumerate(self.shards):
-            rec, _ = read_index(shard_paths(self.root, name)["index"], s.hidden_size, s.dtype)
-            keys.append(rec["key"])
-            shard_ids.append(np.full(len(rec), sid, np.int32))
-            rows.append(rec["row"].astype(np.int64))
-            ntoks.append(rec["n_tokens"].astype(np.int64))
-            hcrc.append(rec["hidden_crc"])
-            tcrc.append(rec["tokens_crc"])
-            flags.append(rec["flags"])
+        """Re-read every shard index (picks up documents appended since opening).
 
-        def cat(xs: list[np.ndarray], dt: npt.DTypeLike) -> np.ndarray:
+        What cannot be trusted is left out and described in :attr:`damage`: a shard whose index header is bad,
+        index records that fail their checksum, data files shorter than their records need, and records the
+        manifest counted that are gone.
+        """
+        self.shards = list_shards(self.root)
+        self.damage: list[str] = []
+        self.lost: list[str] = []  # the part of ``damage`` about records the manifest counted that are gone
+        self.shard_records: dict[str, int] = {}
+        self._present: dict[str, int] = {}
+        parts = [self._load_shard(sid, name) for sid, name in enumerate(self.shards)]
+        self._check_recorded_counts()
+
+        def cat(i: int, dt: npt.DTypeLike) -> np.ndarray:
+            xs = [p[i] for p in parts]
             return np.concatenate(xs) if xs else np.empty(0, dt)
 
-        all_keys = cat(keys, "V32")
+        all_keys = cat(0, "V32")
         # First occurrence wins: a document written twice (two writers) is stored once logically.
         self._lookup: dict[bytes, int] = {}
         order: list[int] = []
@@ -191,13 +264,80 @@ class Cache:
                 order.append(i)
         sel = np.asarray(order, dtype=np.int64)
         self.keys = all_keys[sel]
-        self.shard_ids = cat(shard_ids, np.int32)[sel]
-        self.rows = cat(rows, np.int64)[sel]
-        self.lengths = cat(ntoks, np.int64)[sel]
-        self._hidden_crc = cat(hcrc, np.uint32)[sel]
-        self._tokens_crc = cat(tcrc, np.uint32)[sel]
-        self._flags = cat(flags, np.uint32)[sel]
+        self.shard_ids = cat(1, np.int32)[sel]
+        self.rows = cat(2, np.int64)[sel]
+        self.lengths = cat(3, np.int64)[sel]
+        self._hidden_crc = cat(4, np.uint32)[sel]
+        self._tokens_crc = cat(5, np.uint32)[sel]
+        self._flags = cat(6, np.uint32)[sel]
         self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if self.damage and self.damage != self._reported:
+            more = f" (and {len(self.damage) - 1} more problem(s))" if len(self.damage) > 1 else ""
+            log.warning("cache %s is damaged: %s%s", self.location, self.damage[0], more)
+        self._reported = list(self.damage)
+
+    def _load_shard(self, sid: int, name: str) -> tuple[np.ndarray, ...]:
+        """The trusted records of shard ``name`` as columns (key, shard id, row, n_tokens, crcs, flags)."""
+        s = self.settings
+        path = shard_paths(self.root, name)["index"]
+        hint = f"run {repair_hint(path)}, then re-run `cache build` to recompute what it drops"
+        try:
+            records, ok, _ = scan_index(path, s.hidden_size, s.dtype)
+        except CacheCorruptedError as e:
+            self.damage.append(str(e))
+            records, ok = np.empty(0, RECORD_DTYPE), np.empty(0, bool)
+        except OSError as e:
+            self.damage.append(f"cannot read {path}: {e}; {hint}")
+            records, ok = np.empty(0, RECORD_DTYPE), np.empty(0, bool)
+        rec, bad = trusted_records(records, ok)
+        for j in bad:
+            self.damage.append(f"{path}: index record {j} of {len(records)} fails its checksum; {hint}")
+        self.shard_records[name] = len(rec)
+        self._present[name] = len(rec) + len(bad)  # what the manifest's count is checked against
+        self._check_data_sizes(name, rec, hint)
+        return (
+            rec["key"],
+            np.full(len(rec), sid, np.int32),
+            rec["row"].astype(np.int64),
+            rec["n_tokens"].astype(np.int64),
+            rec["hidden_crc"],
+            rec["tokens_crc"],
+            rec["flags"],
+        )
+
+    def _check_data_sizes(self, name: str, rec: np.ndarray, hint: str) -> None:
+        """Note a data file shorter than its records need (only for files present here)."""
+        if not len(rec):
+            return
+        rows = int((rec["row"] + rec["n_tokens"]).max())
+        paths = shard_paths(self.root, name)
+        for kind, width in (("hidden", self._row_bytes), ("tokens", TOKEN_FIELDS * 4)):
+            p = paths[kind]
+            if self.remote is not None and not p.exists():
+                continue  # not downloaded yet
+            size = p.stat().st_size if p.exists() else 0
+            if size < rows * width:
+                need = rows * width
+                state = f"is truncated ({size} bytes, its index needs {need})" if p.exists() else "is missing"
+                self.damage.append(f"{p} {state}; {hint}")
+
+    def _check_recorded_counts(self) -> None:
+        """Note shards that hold fewer records than the manifest counted (an index truncated or deleted)."""
+        recorded = self.manifest.get("stats", {}).get("shard_records")
+        if self.remote is not None or not isinstance(recorded, dict):
+            return
+        manifest = self.root / MANIFEST_NAME
+        for name, n in sorted(recorded.items()):
+            have = self._present.get(name)
+            if not isinstance(n, int) or (have is not None and have >= n):
+                continue
+            index = shard_paths(self.root, name)["index"]
+            state = "is missing" if have is None else f"holds {have} records"
+            self.lost.append(
+                f"{index} {state} but {manifest} counted {n}: documents were lost (index truncated or deleted); "
+                f"run {repair_hint(index)} to accept the loss, then re-run `cache build` to recompute them"
+            )
+        self.damage.extend(self.lost)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -232,16 +372,12 @@ class Cache:
         hidden_mm, tokens_mm = self._maps_for(sid)
         h, t = hidden_mm[row : row + n], tokens_mm[row : row + n]
         if h.shape[0] != n or t.shape[0] != n:
-            raise CacheCorruptedError(
-                f"{self._where(i)}: the shard's data file is truncated. "
-                "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
-            )
+            raise CacheCorruptedError(f"{self._where(i)}: the shard's data file is truncated. " + self._fix())
         if self.verify_reads and (
             zlib.crc32(h.data) != int(self._hidden_crc[i]) or zlib.crc32(t.data) != int(self._tokens_crc[i])
         ):
             raise CacheCorruptedError(
-                f"{self._where(i)}: checksum mismatch, the stored states are corrupted. "
-                "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
+                f"{self._where(i)}: checksum mismatch, the stored states are corrupted. " + self._fix()
             )
         return h, t
 
@@ -255,20 +391,22 @@ class Cache:
         sid, row, n = int(self.shard_ids[i]), int(self.rows[i]), int(self.lengths[i])
         t = self._maps_for(sid)[1][row : row + n]
         if t.shape[0] != n:
-            raise CacheCorruptedError(
-                f"{self._where(i)}: the shard's token file is truncated. "
-                "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
-            )
+            raise CacheCorruptedError(f"{self._where(i)}: the shard's token file is truncated. " + self._fix())
         if self.verify_reads and zlib.crc32(t.data) != int(self._tokens_crc[i]):
             raise CacheCorruptedError(
-                f"{self._where(i)}: checksum mismatch, the stored tokens are corrupted. "
-                "Run `embrecycle cache verify --repair`, then re-run `cache build` to recompute it."
+                f"{self._where(i)}: checksum mismatch, the stored tokens are corrupted. " + self._fix()
             )
         return np.array(t), bool(int(self._flags[i]) & FLAG_TRUNCATED)
 
     def _where(self, i: int) -> str:
         shard = self.shards[int(self.shard_ids[i])]
-        return f"document {self.keys[i].tobytes().hex()[:16]} in shard {shard!r} of {self.location}"
+        return (
+            f"document {self.keys[i].tobytes().hex()[:16]} in shard {shard!r} "
+            f"({shard_paths(self.root, shard)['hidden'].with_suffix('.*')}) of {self.location}"
+        )
+
+    def _fix(self) -> str:
+        return f"Run `embrecycle cache verify --repair {self.location}`, then re-run `cache build` to recompute it."
 
     def read(self, i: int) -> CachedDocument:
         """Entry ``i`` as float32 arrays."""
@@ -290,6 +428,11 @@ class Cache:
         i = self._lookup.get(self.key(doc))
         if i is None:
             shown = doc if isinstance(doc, str) else " ".join(doc)
+            if self.damage:  # the document may be among what cannot be trusted: say so, not "missing"
+                raise CacheCorruptedError(
+                    f"document {shown[:80]!r} is not among the trusted entries of cache {self.location}, which is "
+                    f"damaged ({len(self.damage)} problem(s); first: {self.damage[0]})"
+                )
             raise CacheMissError(f"document not in cache {self.location}: {shown[:80]!r}")
         return self.read(i)
 
@@ -368,12 +511,16 @@ class Cache:
         }
 
     def update_manifest_stats(self) -> None:
-        """Refresh and write the manifest's ``stats`` (under a lock: several writers may finish at once)."""
+        """Refresh and write the manifest's ``stats`` (under a lock: several writers may finish at once).
+
+        ``stats.shard_records`` counts each shard's records, so that a reader notices records that were lost.
+        """
         with open(self.root / ".manifest.lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.refresh()
             manifest = read_manifest(self.root)
-            manifest["stats"] = {**self.stats(), "updated": datetime.now(UTC).isoformat(timespec="seconds")}
+            now = datetime.now(UTC).isoformat(timespec="seconds")
+            manifest["stats"] = {**self.stats(), "shard_records": dict(self.shard_records), "updated": now}
             atomic_write_json(self.root / MANIFEST_NAME, manifest)
             self.manifest = manifest
             if self.remote is not None:
@@ -383,51 +530,135 @@ class Cache:
     def verify(self, repair: bool = False) -> VerifyReport:
         """Check every record's checksum, every file's length and every document's data.
 
-        With ``repair``, damaged entries are dropped from their shard's index so
-        that the next ``cache build`` recomputes them.
+        With ``repair``, damaged entries are dropped from their shard's index (a damaged header is rebuilt
+        from the manifest, keeping every record whose data checks out) and the manifest's statistics are
+        rewritten, so that the next ``cache build`` recomputes exactly the dropped documents.
         """
-        s, report = self.settings, VerifyReport()
+        report = VerifyReport()
+        self.refresh()
+        lost = list(self.lost)
         for name in list_shards(self.root):
-            paths = shard_paths(self.root, name)
-            if self.remote is not None:
-                self.remote.pull_shard_data(name)
-            try:
-                records, ok, torn = scan_index(paths["index"], s.hidden_size, s.dtype)
-            except CacheCorruptedError as e:
-                report.problems.append(str(e))
-                continue
-            if torn:
-                report.problems.append(f"shard {name!r}: index ends with {torn} bytes of an unfinished write")
-            hidden_mm = _memmap(paths["hidden"], self._storage, s.hidden_size)
-            tokens_mm = _memmap(paths["tokens"], np.dtype("<i4"), TOKEN_FIELDS)
-            good = ok.copy()
-            for j, rec in enumerate(records):
-                report.documents_checked += 1
-                key = rec["key"].tobytes().hex()[:16]
-                if not ok[j]:
-                    report.problems.append(f"shard {name!r}: index record {j} fails its checksum")
-                    continue
-                row, n = int(rec["row"]), int(rec["n_tokens"])
-                h, t = hidden_mm[row : row + n], tokens_mm[row : row + n]
-                if len(h) != n or len(t) != n:
-                    report.problems.append(f"shard {name!r}: document {key} is cut off (data file truncated)")
-                    good[j] = False
-                elif zlib.crc32(h.data) != int(rec["hidden_crc"]) or zlib.crc32(t.data) != int(rec["tokens_crc"]):
-                    report.problems.append(f"shard {name!r}: document {key} fails its data checksum")
-                    good[j] = False
-            if repair and (not good.all() or torn):
-                keep = records[good]
-                tmp = paths["index"].with_suffix(".index.tmp")
-                with open(paths["index"], "rb") as f:
-                    header = f.read(HEADER_SIZE)
-                tmp.write_bytes(header + keep.tobytes())
-                os.replace(tmp, paths["index"])
-                report.repaired_entries += int((~good).sum())
-                if self.remote is not None:
-                    self.remote.push(f"{SHARD_DIR}/{name}.index")
+            self._verify_shard(name, repair, report)
+        report.problems.extend(lost)
         if repair:
+            if self.remote is None and not report.ok and not report.busy_shards:
+                self.update_manifest_stats()  # accept what was dropped or lost
             self.refresh()
         return report
+
+    def _verify_shard(self, name: str, repair: bool, report: VerifyReport) -> None:
+        s, paths = self.settings, shard_paths(self.root, name)
+        index = paths["index"]
+        if self.remote is not None:
+            self.remote.pull_shard_data(name)
+        try:
+            raw = index.read_bytes()
+        except OSError as e:
+            report.problems.append(f"cannot read {index}: {e}")
+            return
+        bad_header = header_problem(raw, s.hidden_size, s.dtype)
+        if bad_header:
+            report.problems.append(f"{index}: {bad_header}")
+        records, ok, torn = split_index(raw)
+        if torn:
+            report.problems.append(f"{index}: ends with {torn} bytes of an unfinished write")
+        good = self._check_records(name, records, ok, report)
+        damaged = bool(bad_header or torn or not good.all())
+        if repair and damaged and self._rewrite_index(name, records[good], report):
+            report.repaired_entries += int((~good).sum())
+
+    def _check_records(self, name: str, records: np.ndarray, ok: np.ndarray, report: VerifyReport) -> np.ndarray:
+        """Which records are sound: checksummed, pointing at complete data that matches its checksums."""
+        s, paths = self.settings, shard_paths(self.root, name)
+        hidden_mm = _memmap(paths["hidden"], self._storage, s.hidden_size)
+        tokens_mm = _memmap(paths["tokens"], np.dtype("<i4"), TOKEN_FIELDS)
+        good, data = ok.copy(), paths["hidden"].with_suffix(".hidden|.tokens")
+        for j, rec in enumerate(records):
+            report.documents_checked += 1
+            key = rec["key"].tobytes().hex()[:16]
+            if not ok[j]:
+                report.problems.append(f"shard {name!r} ({paths['index']}): index record {j} fails its checksum")
+                continue
+            row, n = int(rec["row"]), int(rec["n_tokens"])
+            h, t = hidden_mm[row : row + n], tokens_mm[row : row + n]
+            if len(h) != n or len(t) != n:
+                report.problems.append(f"shard {name!r}: document {key} is cut off ({data} truncated)")
+                good[j] = False
+            elif zlib.crc32(h.data) != int(rec["hidden_crc"]) or zlib.crc32(t.data) != int(rec["tokens_crc"]):
+                report.problems.append(f"shard {name!r}: document {key} fails its data checksum ({data})")
+                good[j] = False
+        return good
+
+    def _rewrite_index(self, name: str, keep: np.ndarray, report: VerifyReport) -> bool:
+        """Replace shard ``name``'s index by a fresh header and ``keep``, under the shard's write lock."""
+        s, paths = self.settings, shard_paths(self.root, name)
+        with open(paths["lock"], "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                report.busy_shards.append(name)
+                report.problems.append(
+                    f"shard {name!r} is being written by another process: re-run "
+                    f"`embrecycle cache verify --repair {self.location}` when that build has finished"
+                )
+                return False
+            tmp = paths["index"].with_name(paths["index"].name + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(make_header(s.hidden_size, s.dtype) + keep.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, paths["index"])
+        if self.remote is not None:
+            self.remote.push(f"{SHARD_DIR}/{name}.index")
+        return True
+
+
+def restore_manifest(path: str | os.PathLike[str]) -> str | None:
+    """Restore the lost or damaged manifest of the local cache at ``path`` from the settings copy beside its
+    shards (a damaged one is kept as ``manifest.json.damaged``); its statistics are recounted from the shards.
+
+    Returns what was done (None: nothing to restore, or no copy to restore it from).
+    """
+    if is_remote(path):
+        return None
+    root = local_path(path)
+    manifest, copy = root / MANIFEST_NAME, read_settings_copy(root)
+    if copy is None or not has_shards(root):
+        return None
+    if manifest.exists():
+        try:
+            read_manifest(root)
+            return None
+        except CacheCorruptedError as e:
+            if _other_format_version(manifest):
+                return None  # another embrecycle's cache, not a damaged one
+            what = f"{manifest} was damaged ({str(e).split('. ')[0]}; kept as {manifest.name}.damaged)"
+            os.replace(manifest, manifest.with_name(f"{manifest.name}.damaged"))
+    else:
+        what = f"{manifest} was missing"
+    atomic_write_json(manifest, new_manifest(copy))
+    Cache(root, read_manifest(root)).update_manifest_stats()
+    return f"{what}: restored it from {settings_copy_path(root)}"
+
+
+def _other_format_version(manifest: Path) -> bool:
+    """Whether ``manifest`` is a readable manifest of another cache format version."""
+    try:
+        version = json.loads(manifest.read_text(encoding="utf-8")).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(version, int) and version != FORMAT_VERSION
+
+
+def _documents_in_shards(root: Path, settings: CacheSettings, documents: Sequence[Document]) -> bool:
+    """Whether one of ``documents``, keyed under ``settings``, is in a shard at ``root`` (proves the settings)."""
+    stored: set[bytes] = set()
+    for name in list_shards(root):
+        with contextlib.suppress(OSError):
+            records, ok, _ = split_index(shard_paths(root, name)["index"].read_bytes())
+            stored.update(records[ok]["key"].tolist())
+    fingerprint = settings.fingerprint()
+    return any(not is_empty(d) and document_key(fingerprint, d) in stored for d in documents)
 
 
 def _memmap(path: Path, dtype: np.dtype, width: int) -> np.ndarray:

@@ -19,7 +19,8 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str] | None, str]]:
     Tags are normalised to IOB2 (see :func:`normalize_tags`).
 
     Raises:
-        InputDataError: invalid UTF-8, or a line whose column count differs from the file's first line.
+        InputDataError: invalid UTF-8, a line whose column count differs from the file's first line, or a tag
+            that is not in a known scheme (each reported with its own line).
     """
     sentences: list[tuple[list[str], list[str] | None, str]] = []
     words: list[str] = []
@@ -53,6 +54,8 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str] | None, str]]:
                         f"{path}:{n}: malformed CoNLL line {line!r}: {len(cols)} columns, but the file's first "
                         f"line has {ncols}. Expected the token first and the tag last, separated by tabs."
                     )
+                if ncols > 1:
+                    _split(cols[-1], f"{path}:{n}")  # a bad tag is reported on its own line
                 if not words:
                     start = n
                 words.append(cols[0])
@@ -68,7 +71,10 @@ def _split(tag: str, where: str) -> tuple[str, str]:
         return "O", ""
     if len(tag) > 2 and tag[1] in "-_" and tag[0] in "BIESLU":
         return tag[0], tag[2:]
-    raise InputDataError(f"{where}: tag {tag!r} is not O or PREFIX-TYPE with PREFIX in B, I, E, S (or L, U).")
+    raise InputDataError(
+        f"{where}: tag {tag!r} is not O or PREFIX-TYPE with PREFIX in B, I, E, S (or L, U), such as B-PER. "
+        "The tag is the last column of the line: fix the tag, or the line's columns."
+    )
 
 
 def normalize_tags(tags: Sequence[str], where: str = "tags") -> list[str]:

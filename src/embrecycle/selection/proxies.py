@@ -86,6 +86,7 @@ def proxy_config(
         "device": config.device,
         "precision": config.precision,
         "eval_every": half_way(len(read_examples(train)), config),
+        "overwrite": True,  # proxies are scratch runs: a re-run (or the timing run) replaces them
     }
     return TrainConfig(**{**base, **overrides})
 

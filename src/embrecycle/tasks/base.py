@@ -39,6 +39,12 @@ class Task(ABC):
     def check_labels(self, examples: Sequence[Example], split: str) -> None:
         """Raise InputDataError naming every label of ``examples`` outside the vocabulary."""
 
+    @classmethod
+    @abstractmethod
+    def check_input(cls, examples: Sequence[Example], path: object) -> None:
+        """Raise InputDataError naming ``path``, the task and the format it needs when the examples are of
+        the wrong kind (texts for a task on words, or word lists for a task on texts)."""
+
     @abstractmethod
     def target(self, example: Example, encoded: Encoded) -> torch.Tensor:
         """What the loss compares logits with: a class id, or one id per token (-100 = ignored)."""
@@ -59,6 +65,12 @@ class Task(ABC):
                 f"the {split} data has {what}s the model was not trained on: {first}. "
                 f"Known {what}s: {self.labels}.{hint}"
             )
+
+    @staticmethod
+    def no_label_why(example: Example) -> str:
+        """The end of a "has no label" message: why (the field looked for, the fields there are) and the fix."""
+        why = f": {example.missing_label}" if example.missing_label else ""
+        return f"{why}. Give every example a label, or pass --label-field NAME if the labels are in another field."
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)

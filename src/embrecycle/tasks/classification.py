@@ -23,10 +23,24 @@ class ClassificationTask(Task):
     primary_metric = "macro_f1"
 
     @classmethod
+    def check_input(cls, examples: Sequence[Example], path: object) -> None:
+        words = next((e for e in examples if not isinstance(e.doc, str)), None)
+        if words is not None:
+            raise InputDataError(
+                f"{path}: the classification task needs one text and one label per document (JSON lines, CSV/TSV "
+                f"or plain text), but {words.source} is a CoNLL sentence (a word and a tag per line). Use --task "
+                "ner to tag words, or give a file with a text field and a label field."
+            )
+
+    @classmethod
     def label_vocabulary(cls, examples: Sequence[Example]) -> list[str]:
-        missing = [e.source for e in examples if e.label is None]
+        cls.check_input(examples, "the training data")
+        missing = [e for e in examples if e.label is None]
         if missing:
-            raise InputDataError(f"{len(missing)} training examples have no label, first at {missing[0]}.")
+            raise InputDataError(
+                f"{len(missing)} training examples have no label, the first at {missing[0].source}"
+                + cls.no_label_why(missing[0])
+            )
         labels = sorted({str(e.label) for e in examples})
         if len(labels) < 2:
             raise InputDataError(f"classification needs at least 2 labels in the training data, found {labels}.")
@@ -34,9 +48,10 @@ class ClassificationTask(Task):
 
     def check_labels(self, examples: Sequence[Example], split: str) -> None:
         unknown: dict[str, str] = {}
+        self.check_input(examples, f"the {split} data")
         for e in examples:
             if e.label is None:
-                raise InputDataError(f"{e.source}: the {split} example has no label.")
+                raise InputDataError(f"{e.source}: the {split} example has no label" + self.no_label_why(e))
             if e.label not in self.label2id:
                 unknown.setdefault(str(e.label), e.source)
         self.reject_unknown(unknown, split, "label", " Fix the labels or add examples of them to the training data.")

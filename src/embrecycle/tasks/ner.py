@@ -29,19 +29,38 @@ class NerTask(Task):
     primary_metric = "f1"
 
     @classmethod
+    def check_input(cls, examples: Sequence[Example], path: object) -> None:
+        text = next((e for e in examples if isinstance(e.doc, str)), None)
+        if text is not None:
+            label = f" with the label {text.label!r}" if text.label is not None else ""
+            raise InputDataError(
+                f"{path}: NER needs CoNLL input (--task ner: a word and its tag per line, a blank line between "
+                f"sentences, e.g. a .conll file), but {text.source} is a text document{label}. Give a CoNLL "
+                "file, or use --task classification for one label per document."
+            )
+
+    @classmethod
     def label_vocabulary(cls, examples: Sequence[Example]) -> list[str]:
+        cls.check_input(examples, "the training data")
         types: set[str] = set()
         for e in examples:
             if not isinstance(e.label, list):
-                raise InputDataError(f"{e.source}: NER needs a tag per word (CoNLL input with a tag column).")
+                raise InputDataError(
+                    f"{e.source}: NER needs a tag per word, but this sentence has no tag column. Give a CoNLL "
+                    "file with the tag as the last column (word<TAB>tag)."
+                )
             types.update(t[2:] for t in e.label if t != "O")
         return ["O"] + [f"{p}-{t}" for t in sorted(types) for p in ("B", "I")]
 
     def check_labels(self, examples: Sequence[Example], split: str) -> None:
+        self.check_input(examples, f"the {split} data")
         unknown: dict[str, str] = {}
         for e in examples:
             if not isinstance(e.label, list):
-                raise InputDataError(f"{e.source}: the {split} sentence has no tag column.")
+                raise InputDataError(
+                    f"{e.source}: the {split} sentence has no tag column. Give a CoNLL file with the tag as the "
+                    "last column (word<TAB>tag)."
+                )
             for t in e.label:
                 if t not in self.label2id:
                     unknown.setdefault(t, e.source)

@@ -80,6 +80,14 @@ class TrainConfig(Settings):
         None, "Input format when the file extension does not say.", flag="--format", choices=FORMATS
     )
     cache_dtype: str = setting("float16", "Storage dtype of the cache.", choices=sorted(STORAGE_DTYPES))
+    overwrite: bool = setting(
+        False, "Replace an existing run directory at --out (the old run stays until the new one is complete)."
+    )
+    resume: bool = setting(
+        False,
+        "Continue an interrupted run of the same settings from its last evaluation (its partial files are in "
+        "OUT.partial); ends with the same weights as an uninterrupted run.",
+    )
     init_from: str | None = setting(
         None,
         "Run directory (same base model, task and labels) whose saved weights start this run's trained weights; "
@@ -94,6 +102,11 @@ class TrainConfig(Settings):
     def problems(self) -> list[str]:
         return (
             Checks()
+            .require(
+                not (self.resume and self.overwrite),
+                "resume and overwrite exclude each other: --resume "
+                "continues the unfinished run, --overwrite starts it over",
+            )
             .choice("task", self.task, sorted(TASKS))
             .choice("upper", self.upper, UPPER_CHOICES)
             .choice("baseline", self.baseline, sorted(BASELINES), optional=True)

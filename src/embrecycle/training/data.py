@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from ..tokenization import is_empty
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-__all__ = ["TrainingData", "read_data", "read_split"]
+__all__ = ["TrainingData", "conflicting_labels", "read_data", "read_split"]
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +32,66 @@ class TrainingData:
 
 
 def read_split(path: str, config: TrainConfig, task_name: str, limit: int | None, split: str) -> list[Example]:
-    """The non-empty examples of a training or dev file, subsampled (seeded by ``config.seed``) to ``limit``."""
+    """The non-empty examples of a training or dev file, subsampled (seeded by ``config.seed``) to ``limit``.
+
+    Empty documents are skipped with a warning (they have no states to learn from); documents that appear
+    twice with different labels are kept, with a warning naming the first such pair.
+
+    Raises:
+        InputDataError: the file is unreadable or malformed, has no non-empty document, or is of the wrong
+            kind for the task (CoNLL for classification, texts for NER).
+    """
     examples = read_examples(path, config.data_format, text_field=config.text_field, label_field=config.label_field)
     kept = [e for e in examples if not is_empty(e.doc)]
     if len(kept) < len(examples):
-        log.warning("%s: skipped %d empty documents", path, len(examples) - len(kept))
+        first = next(e.source for e in examples if is_empty(e.doc))
+        log.warning("%s: skipped %d empty documents (the first at %s)", path, len(examples) - len(kept), first)
     if not kept:
         raise InputDataError(f"the {split} file {path} has no non-empty documents.")
-    if task_name == "ner" and isinstance(kept[0].doc, str):
-        raise InputDataError(f"{path}: NER needs CoNLL input (a token and a tag per line).")
+    get_task(task_name).check_input(kept, path)
+    warn_conflicting_labels(kept, path)
     if limit is not None and len(kept) > limit:
         rng = random.Random(config.seed)
         kept = [kept[i] for i in sorted(rng.sample(range(len(kept)), limit))]
     return kept
+
+
+def _key(value: str | Sequence[str] | None) -> Hashable:
+    return value if value is None or isinstance(value, str) else tuple(value)
+
+
+def conflicting_labels(examples: Sequence[Example]) -> list[tuple[Example, Example]]:
+    """Pairs ``(first, other)`` of examples with the same document and different labels, one per document."""
+    first: dict[Hashable, Example] = {}
+    found: dict[Hashable, tuple[Example, Example]] = {}
+    for e in examples:
+        doc = _key(e.doc)
+        seen = first.setdefault(doc, e)
+        if _key(seen.label) != _key(e.label) and doc not in found:
+            found[doc] = (seen, e)
+    return list(found.values())
+
+
+def warn_conflicting_labels(examples: Sequence[Example], path: str) -> None:
+    """Log a warning when the same document has different labels (the model cannot fit both)."""
+    pairs = conflicting_labels(examples)
+    if pairs:
+        a, b = pairs[0]
+        log.warning(
+            "%s: %d documents appear more than once with different labels, e.g. %s (%s) and %s (%s); "
+            "fix the labels or drop the duplicates",
+            path,
+            len(pairs),
+            a.source,
+            _shown(a.label),
+            b.source,
+            _shown(b.label),
+        )
+
+
+def _shown(label: str | list[str] | None) -> str:
+    text = repr(label)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_data(config: TrainConfig) -> TrainingData:

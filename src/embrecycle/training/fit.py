@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import faults
 from ..batching import train_batches
 from ..hardware import Hardware, autocast
 from ..model import RecyclingModel
@@ -105,52 +107,96 @@ def fit(
     checkpoint: Callable[[], None],
     progress: bool,
     hardware: Hardware,
+    save_state: Callable[[dict[str, Any]], None] | None = None,
+    resume_from: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train for ``config.epochs`` on length-bucketed shuffled batches; evaluate every epoch (or ``eval_every``
     steps), call ``checkpoint`` whenever the primary dev metric improves, stop after ``patience`` evaluations
-    without improvement."""
+    without improvement.
+
+    After every evaluation ``save_state(position)`` is called (the weights of the best point are saved before
+    it), with where the loop stands; ``resume_from`` is such a position, and the loop continues from it (the
+    caller has put back the weights, optimiser, schedule and random generators of that moment).
+    """
     step_once = _Steps(model, task, inputs, targets, pad_id, optimizer, scheduler, config.max_grad_norm, hardware)
     lengths = np.array([len(e.input_ids) for e in inputs.train])
     steps_per_epoch = -(-len(lengths) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    result = FitResult()
-    bad_evals, step = 0, 0
+    result, at = FitResult(), _Position()
+    if resume_from is not None:
+        result, at = _from_position(resume_from)
     model.train()
     bar = progress_bar(total_steps, f"train {config.method}", "step", enabled=progress)
+    bar.update(at.step)
     try:
-        for epoch in range(config.epochs):
-            t_epoch, stop = 0.0, False
-            for batch in train_batches(lengths, config.batch_size, config.seed, epoch):
+        while at.epoch < config.epochs and not at.stopped:
+            batches = train_batches(lengths, config.batch_size, config.seed, at.epoch)
+            for batch in batches[at.batch :]:
                 t0 = time.perf_counter()
                 result.losses.append(step_once(batch, result))
+                faults.point("train step")
                 dt = time.perf_counter() - t0
-                t_epoch += dt
+                at.epoch_seconds += dt
                 result.step_seconds.append(dt)
-                step += 1
+                at.step += 1
+                at.batch += 1
                 result.seen += len(batch)
                 bar.update(1)
                 bar.set_postfix(loss=f"{result.losses[-1]:.4f}", ex_s=f"{len(batch) / dt:.0f}")
-                if not _evaluates_now(config, step, steps_per_epoch, total_steps):
+                if not _evaluates_now(config, at.step, steps_per_epoch, total_steps):
                     continue
                 scores = evaluate()
                 point = {
-                    "epoch": epoch + 1,
-                    "step": step,
+                    "epoch": at.epoch + 1,
+                    "step": at.step,
                     "train_loss": float(np.mean(result.losses[-steps_per_epoch:])),
                     **scores,
                 }
                 result.history.append(point)
                 if not result.best or scores[task.primary_metric] > result.best[task.primary_metric]:
-                    result.best, result.best_predictions, bad_evals = point, evaluate.predictions, 0
+                    result.best, result.best_predictions, at.bad_evals = point, evaluate.predictions, 0
                     checkpoint()
                 else:
-                    bad_evals += 1
-                    if config.patience and bad_evals >= config.patience:
-                        stop = True
-                        break
-            result.epoch_seconds.append(t_epoch)
-            if stop:
-                break
+                    at.bad_evals += 1
+                    at.stopped = bool(config.patience and at.bad_evals >= config.patience)
+                if at.batch == len(batches) or at.stopped:
+                    at.end_epoch(result)
+                if save_state is not None:
+                    save_state(_to_position(result, at))
+                if at.stopped:
+                    break
+            if at.batch == len(batches):  # an epoch that did not end on an evaluation
+                at.end_epoch(result)
     finally:
         bar.close()
     return result
+
+
+@dataclass
+class _Position:
+    """Where the loop stands: epoch (0-based), batches done in it, global step."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    bad_evals: int = 0
+    stopped: bool = False
+    epoch_seconds: float = 0.0
+
+    def end_epoch(self, result: FitResult) -> None:
+        result.epoch_seconds.append(self.epoch_seconds)
+        self.epoch_seconds, self.batch = 0.0, 0
+        if not self.stopped:
+            self.epoch += 1
+
+
+_RESULT_FIELDS = ("history", "best", "best_predictions", "losses", "step_seconds", "epoch_seconds", "read_seconds",
+                  "seen")  # fmt: skip
+
+
+def _to_position(result: FitResult, at: _Position) -> dict[str, Any]:
+    return {**{k: getattr(result, k) for k in _RESULT_FIELDS}, "position": dataclasses.asdict(at)}
+
+
+def _from_position(saved: dict[str, Any]) -> tuple[FitResult, _Position]:
+    return FitResult(**{k: saved[k] for k in _RESULT_FIELDS}), _Position(**saved["position"])

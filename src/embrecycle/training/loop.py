@@ -17,44 +17,87 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from ..encoder import model_identity
+from ..errors import ConfigError
+from ..files import check_free_space
+from ..model import RecyclingModel
 from ..run import WEIGHTS_FILE, save_weights
-from ..run_record import RunRecord
+from ..run_dir import INCOMPLETE_MARKER, RESUME_FILE, open_staging, publish
+from ..run_record import RUN_FILE, RunRecord
 from .build import BuiltModel, build_model
+from .checkpoint import ResumeState, load_resume_state, restore, save_resume_state
 from .config import TrainConfig
 from .data import TrainingData, read_data
 from .evaluate import Evaluator
 from .fit import fit
 from .inputs import TrainingInputs, prepare_inputs
 from .optim import make_optimizer
-from .result import TrainResult, write_metrics
+from .result import TrainResult, read_metrics, write_metrics
 
 __all__ = ["TrainResult", "train"]
 
+RUN_ONLY = ("resume", "overwrite", "out")
+"""Settings that say where and how to write a run, not what it trains: a resumed run may change them."""
+
 
 def train(config: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train a task model as ``config`` says and write its run directory. See the module docstring."""
+    """Train a task model as ``config`` says and write its run directory. See the module docstring.
+
+    The run is written to ``OUT.partial`` and renamed to ``OUT`` when it is complete (:mod:`embrecycle.run_dir`);
+    ``config.resume`` continues an interrupted one from its last evaluation.
+
+    Raises:
+        RunExistsError: ``OUT`` exists (pass ``overwrite``), or an unfinished run is there (pass ``resume``).
+        IncompleteRunError: ``resume`` with nothing to resume.
+        DiskFullError: the disk cannot hold the run (checked before the work).
+    """
     t_total = time.perf_counter()
     out = Path(config.out)
+    stage, resuming = open_staging(out, config.overwrite, config.resume)
+    if resuming and not (stage / INCOMPLETE_MARKER).exists():  # finished, killed before it was published
+        return _published(stage, out)
+    try:
+        return _train(config, out, stage, resuming, progress, t_total)
+    except BaseException:
+        if not (stage / RESUME_FILE).exists() and (stage / INCOMPLETE_MARKER).exists():
+            shutil.rmtree(stage, ignore_errors=True)  # nothing to resume from: leave no staging directory behind
+        raise
+
+
+def _train(config: TrainConfig, out: Path, stage: Path, resuming: bool, progress: bool, t_total: float) -> TrainResult:
+    saved = _saved_state(stage, config) if resuming else None
     data = read_data(config)  # 1
     built = build_model(config, data.task)  # 2
     model = built.model
+    check_free_space(stage, _bytes_needed(model), f"the run {out}")
     inputs = prepare_inputs(config, data, built.encoder, built.build, built.settings, progress)  # 3
     steps = -(-len(data.train) // config.batch_size) * config.epochs
     optimizer, scheduler = make_optimizer(model, config, steps)  # 4
-    record = _record(config, data, built, inputs)
-    record.write(out)  # 6 (first part)
+    _record(config, data, built, inputs).write(stage)  # 6 (first part)
     pad_id = built.encoder.tokenizer.pad_token_id or 0
     evaluate = Evaluator(model, data.task, data.dev, inputs, pad_id, config.batch_size, built.hardware)
     targets = [data.task.target(e, enc) for e, enc in zip(data.train, inputs.train, strict=True)]
+    if saved is not None:
+        restore(saved, model, optimizer, scheduler)
+        evaluate.seconds = float(saved.progress.get("eval_seconds", 0.0))
+    settings = _what_it_trains(config)
+
+    def save_state(position: dict[str, Any]) -> None:
+        position = {**position, "eval_seconds": evaluate.seconds}
+        save_resume_state(stage / RESUME_FILE, model, optimizer, scheduler, position, settings)
+
     fitted = fit(  # 5
         model, data.task, config, inputs, targets, pad_id, optimizer, scheduler, evaluate,
-        checkpoint=lambda: save_weights(model, out), progress=progress, hardware=built.hardware,
+        checkpoint=lambda: save_weights(model, stage), progress=progress, hardware=built.hardware,
+        save_state=save_state, resume_from=saved.progress if saved is not None else None,
     )  # fmt: skip
-    weights = out / WEIGHTS_FILE
+    weights = stage / WEIGHTS_FILE
     result = TrainResult(
         run_dir=str(out),
         method=config.method,
@@ -76,12 +119,52 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         device=str(built.hardware.device),
         precision=built.hardware.precision,
         threads=built.hardware.threads,
+        resumed=saved is not None,
         losses=fitted.losses,
         step_seconds=fitted.step_seconds,
         dev_predictions=fitted.best_predictions,
     )
-    write_metrics(result, data.task.primary_metric, title=f"{config.task} {config.method}")  # 6
+    write_metrics(result, data.task.primary_metric, title=f"{config.task} {config.method}", folder=stage)  # 6
+    publish(stage, out)
     return result
+
+
+def _what_it_trains(config: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in RUN_ONLY}
+
+
+def _saved_state(stage: Path, config: TrainConfig) -> ResumeState | None:
+    """The resume state in ``stage`` (None: interrupted before its first evaluation, so it starts over)."""
+    theirs: dict[str, Any] | None = None
+    saved = None
+    if (stage / RESUME_FILE).exists():
+        saved, theirs = load_resume_state(stage / RESUME_FILE)
+    elif (stage / RUN_FILE).exists():
+        try:
+            theirs = json.loads((stage / RUN_FILE).read_text(encoding="utf-8")).get("train_config")
+        except (OSError, ValueError):
+            theirs = None  # run.json was being written when the run was killed: nothing was trained yet
+    if theirs is not None:
+        mine = _what_it_trains(config)
+        theirs = {k: v for k, v in theirs.items() if k not in RUN_ONLY}
+        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if changed:
+            shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in changed)
+            raise ConfigError(
+                f"--resume continues the run in {stage} with the settings it started with, but these differ: "
+                f"{shown}. Resume with the same settings, or start over with --overwrite."
+            )
+    return saved
+
+
+def _bytes_needed(model: RecyclingModel) -> int:
+    """The best weights, plus the resume state (weights again and AdamW's two moments), in float32, plus 1 MB."""
+    return model.num_trainable_parameters() * 4 * 4 + 1_000_000
+
+
+def _published(stage: Path, out: Path) -> TrainResult:
+    publish(stage, out)
+    return read_metrics(out)
 
 
 def _record(config: TrainConfig, data: TrainingData, built: BuiltModel, inputs: TrainingInputs) -> RunRecord:

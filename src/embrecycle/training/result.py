@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import write_text_atomic
 from .plots import plot_curves
 
 __all__ = ["TrainResult", "write_metrics"]
+
+METRICS_FILE = "metrics.json"
 
 PER_STEP = ("losses", "step_seconds", "dev_predictions")
 """Fields kept in memory but not written to ``metrics.json``."""
@@ -40,6 +43,8 @@ class TrainResult:
     device: str = "cpu"
     precision: str = "fp32"
     threads: int = 0
+    resumed: bool = False
+    """The run was continued from an interrupted one (``resume``); its timings cover the resumed part too."""
     losses: list[float] = field(default_factory=list, repr=False)
     step_seconds: list[float] = field(default_factory=list, repr=False)
     dev_predictions: list[Any] = field(default_factory=list, repr=False)
@@ -57,10 +62,18 @@ class TrainResult:
         )
 
 
-def write_metrics(result: TrainResult, primary_metric: str, title: str) -> None:
-    """``metrics.json`` (every field but the per-step ones) and ``training_curves.png`` in the run directory."""
-    out = Path(result.run_dir)
+def write_metrics(result: TrainResult, primary_metric: str, title: str, folder: str | Path | None = None) -> None:
+    """``metrics.json`` (every field but the per-step ones) and ``training_curves.png`` in ``folder``
+    (default: the run directory)."""
+    out = Path(folder if folder is not None else result.run_dir)
     metrics = {k: v for k, v in dataclasses.asdict(result).items() if k not in PER_STEP}
     metrics["primary_metric"] = primary_metric
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     plot_curves(result.losses, result.history, primary_metric, out / "training_curves.png", title=title)
+    write_text_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> TrainResult:
+    """The :class:`TrainResult` a finished run recorded in ``metrics.json`` (without the per-step fields)."""
+    metrics = json.loads((Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
+    known = {f.name for f in dataclasses.fields(TrainResult)}
+    return TrainResult(**{k: v for k, v in metrics.items() if k in known and k != "run_dir"}, run_dir=str(run_dir))

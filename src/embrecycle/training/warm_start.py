@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from safetensors.torch import load_file
-
 from ..errors import ConfigError
 from ..model import RecyclingModel
-from ..run import WEIGHTS_FILE
+from ..run import read_weights
 from ..run_record import read_run_record
 from .config import TrainConfig
 
@@ -36,7 +32,7 @@ def warm_start(model: RecyclingModel, run_dir: str, config: TrainConfig) -> list
             f"init_from={run_dir!r} cannot start this run: it was trained with " + "; ".join(problems) + ". "
             "Warm-start only from a run of the same base model, task and label set."
         )
-    state = load_file(str(Path(run_dir) / WEIGHTS_FILE))
+    state = read_weights(run_dir)
     wanted = model.trainable_state_dict()
     missing = sorted(set(wanted) - set(state))
     if missing:
