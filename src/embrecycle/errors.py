@@ -66,6 +66,10 @@ class RunExistsError(RunError, FileExistsError):
     """The run directory to write exists already (pass ``overwrite=True`` / ``--overwrite`` to replace it)."""
 
 
+class NotARunError(RunError, FileNotFoundError):
+    """The directory given as a run has no ``run.json``."""
+
+
 class RunCorruptedError(RunError):
     """A run file is truncated or damaged."""
 

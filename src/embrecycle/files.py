@@ -22,7 +22,7 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~mask
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path`` (atomic on POSIX).
 
     The file gets the permissions the umask gives new files. A full disk raises :class:`DiskFullError`

@@ -10,6 +10,7 @@ that says how to re-create the run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 
 from ._version import __version__
 from .cache.settings import KEY_FIELDS, CacheSettings
-from .errors import ConfigError
+from .errors import ConfigError, NotARunError, RunCorruptedError
 from .files import write_text_atomic
 from .modes import TrainingMode, get_mode, mode_of_v1_run
 from .run_dir import check_complete, check_finished
@@ -27,6 +28,8 @@ from .upper import UpperOptions
 __all__ = ["RUN_FILE", "RUN_FORMAT", "RUN_FORMAT_VERSION", "RunRecord", "read_run_record"]
 
 RUN_FILE = "run.json"
+SELF_CHECK = "record_sha256"
+"""Key of ``run.json``'s checksum of its own content (every other key, canonical JSON)."""
 RUN_FORMAT = "embrecycle-run"
 RUN_FORMAT_VERSION = 2
 
@@ -51,6 +54,8 @@ class RunRecord:
         cache: Where the training cache was (None for runs trained from text).
         train_config: The training settings as given (informational).
         device, precision: Where and in which compute precision the run trained (resolved from ``auto``).
+        files: ``sha256:`` of every other file of the finished run (weights, labels, metrics, curves), checked
+            by every reader; empty while training and in runs of releases before 0.2.
         embrecycle_version: The release that wrote the run.
     """
 
@@ -65,6 +70,7 @@ class RunRecord:
     train_config: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     precision: str = "fp32"
+    files: dict[str, str] = field(default_factory=dict)
     embrecycle_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -121,6 +127,7 @@ class RunRecord:
             "train_config": self.train_config,
             "device": self.device,
             "precision": self.precision,
+            "files": dict(self.files),
         }
 
     @classmethod
@@ -152,6 +159,7 @@ class RunRecord:
                 train_config=body.get("train_config") or {},
                 device=body.get("device", "cpu"),
                 precision=body.get("precision", "fp32"),
+                files=dict(body.get("files") or {}),
                 embrecycle_version=body.get("embrecycle_version", "unknown"),
             )
         except (TypeError, ValueError) as e:
@@ -161,7 +169,9 @@ class RunRecord:
         """Write ``run.json`` and ``labels.json`` (id2label/label2id, for tools that read only that)."""
         out = Path(run_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / RUN_FILE, json.dumps(self.to_json(), indent=2) + "\n")
+        body = self.to_json()
+        body[SELF_CHECK] = _digest(body)
+        write_text_atomic(out / RUN_FILE, json.dumps(body, indent=2) + "\n")
         labels = {"id2label": dict(enumerate(self.labels)), "label2id": {v: i for i, v in enumerate(self.labels)}}
         write_text_atomic(out / "labels.json", json.dumps(labels, indent=2) + "\n")
 
@@ -170,21 +180,64 @@ def read_run_record(run_dir: str | os.PathLike[str]) -> RunRecord:
     """The record of a run directory.
 
     Raises:
-        FileNotFoundError: ``run.json`` is missing.
+        NotARunError: ``run.json`` is missing (a FileNotFoundError).
         ConfigError: it is unreadable, of an unknown version, or has unknown or missing keys.
         IncompleteRunError: the run did not finish training (:func:`~embrecycle.run_dir.check_complete`).
     """
     check_complete(run_dir)
     path = Path(run_dir) / RUN_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: {RUN_FILE} is missing (train one first).")
+        raise NotARunError(f"{run_dir} is not a run directory: {RUN_FILE} is missing (train one first).")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}. Re-create the run with `embrecycle train`.") from e
+    if isinstance(data, dict) and SELF_CHECK in data:
+        stated = data.pop(SELF_CHECK)
+        if stated != _digest(data):
+            raise RunCorruptedError(
+                f"{path} is damaged: its content does not match its own checksum ({SELF_CHECK}). Train the run "
+                "again (--overwrite replaces it)."
+            )
     record = RunRecord.from_json(data, str(path))
     check_finished(run_dir)
+    verify_files(run_dir, record)
     return record
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:`` of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"
+
+
+def verify_files(run_dir: str | os.PathLike[str], record: RunRecord) -> None:
+    """Check every file ``record.files`` lists against its checksum.
+
+    Raises:
+        RunCorruptedError: a file is missing or its bytes differ (named, with the fix).
+    """
+    for name, digest in record.files.items():
+        path = Path(run_dir) / name
+        if not path.is_file():
+            raise RunCorruptedError(f"{path} is missing from the run. Train the run again (--overwrite replaces it).")
+        if file_digest(path) != digest:
+            raise RunCorruptedError(
+                f"{path} is damaged: its bytes differ from the checksum in {RUN_FILE}. Train the run again "
+                "(--overwrite replaces it)."
+            )
+
+
+def _digest(body: dict[str, Any]) -> str:
+    """The record's checksum over everything but where the base model and tokenizer are (``states.model``,
+    ``states.tokenizer``): a user may repoint those to a moved directory; the fingerprints check what they hold."""
+    states = body.get("states")
+    if isinstance(states, dict):
+        body = {**body, "states": {k: v for k, v in states.items() if k not in ("model", "tokenizer")}}
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _get(data: Any, key: str) -> Any:

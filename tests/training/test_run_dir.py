@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -204,6 +205,14 @@ def test_damaged_run_files_are_named(tiny_bert_dir: str, toy_classification: dic
     weights = run / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunCorruptedError, match=r"model\.safetensors is damaged"):  # the checksum in run.json
+        embrecycle.load(run)
+    from embrecycle.run_record import read_run_record
+
+    weights.write_bytes(data)
+    record = read_run_record(run)
+    dataclasses.replace(record, files={}).write(run)  # a run without checksums: safetensors itself still tells
+    weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(RunCorruptedError, match=r"model\.safetensors is truncated or damaged"):
         embrecycle.load(run)
     weights.unlink()
@@ -217,4 +226,21 @@ def test_damaged_run_files_are_named(tiny_bert_dir: str, toy_classification: dic
     (run / "run.json").write_text(record)
     (run / "metrics.json").unlink()  # as a run killed by an older release would be
     with pytest.raises(IncompleteRunError, match=r"metrics\.json"):
+        embrecycle.load(run)
+
+
+def test_a_moved_base_model_can_be_repointed_by_hand(
+    tiny_bert_dir: str, toy_classification: dict, tmp_path: Path
+) -> None:
+    import shutil
+
+    run = Path(train(_config(tmp_path, tiny_bert_dir, toy_classification, epochs=1), progress=False).run_dir)
+    moved = shutil.copytree(tiny_bert_dir, tmp_path / "moved-model")
+    body = json.loads((run / "run.json").read_text())
+    body["states"]["model"] = body["states"]["tokenizer"] = str(moved)  # what the format docs tell users to do
+    (run / "run.json").write_text(json.dumps(body, indent=2))
+    assert embrecycle.load(run).record.model == str(moved)
+    body["labels"] = body["labels"][::-1]  # any other edit is damage
+    (run / "run.json").write_text(json.dumps(body, indent=2))
+    with pytest.raises(RunCorruptedError, match=r"run\.json is damaged"):
         embrecycle.load(run)

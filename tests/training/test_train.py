@@ -280,6 +280,9 @@ def test_parameter_efficient_runs_store_only_what_was_trained(
     from safetensors.torch import save_file
 
     save_file(state, str(Path(result.run_dir) / "model.safetensors"))
+    with pytest.raises(embrecycle.RunCorruptedError, match=r"model\.safetensors is damaged"):  # the checksum
+        embrecycle.load(result.run_dir)
+    dataclasses.replace(record, files={}).write(result.run_dir)  # as a run without checksums (before 0.2)
     with pytest.raises(ConfigError, match="lacks 2 trained weights"):
         embrecycle.load(result.run_dir)
 

@@ -46,7 +46,7 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
     return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(cached)]}
 

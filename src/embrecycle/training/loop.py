@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -29,7 +30,7 @@ from ..files import check_free_space
 from ..model import RecyclingModel
 from ..run import WEIGHTS_FILE, save_weights
 from ..run_dir import INCOMPLETE_MARKER, RESUME_FILE, open_staging, publish
-from ..run_record import RUN_FILE, RunRecord
+from ..run_record import RUN_FILE, RunRecord, file_digest
 from .build import BuiltModel, build_model
 from .checkpoint import ResumeState, load_resume_state, restore, save_resume_state
 from .config import TrainConfig
@@ -38,7 +39,7 @@ from .evaluate import Evaluator
 from .fit import fit
 from .inputs import TrainingInputs, prepare_inputs
 from .optim import make_optimizer
-from .result import TrainResult, read_metrics, write_metrics
+from .result import CURVES_FILE, METRICS_FILE, TrainResult, read_metrics, write_metrics
 
 __all__ = ["TrainResult", "train"]
 
@@ -79,7 +80,8 @@ def _train(config: TrainConfig, out: Path, stage: Path, resuming: bool, progress
     inputs = prepare_inputs(config, data, built.encoder, built.build, built.settings, progress)  # 3
     steps = -(-len(data.train) // config.batch_size) * config.epochs
     optimizer, scheduler = make_optimizer(model, config, steps)  # 4
-    _record(config, data, built, inputs).write(stage)  # 6 (first part)
+    record = _record(config, data, built, inputs)
+    record.write(stage)  # 6 (first part)
     pad_id = built.encoder.tokenizer.pad_token_id or 0
     evaluate = Evaluator(model, data.task, data.dev, inputs, pad_id, config.batch_size, built.hardware)
     targets = [data.task.target(e, enc) for e, enc in zip(data.train, inputs.train, strict=True)]
@@ -125,6 +127,9 @@ def _train(config: TrainConfig, out: Path, stage: Path, resuming: bool, progress
         dev_predictions=fitted.best_predictions,
     )
     write_metrics(result, data.task.primary_metric, title=f"{config.task} {config.method}", folder=stage)  # 6
+    finished = [WEIGHTS_FILE, "labels.json", METRICS_FILE, CURVES_FILE]
+    files = {name: file_digest(stage / name) for name in finished if (stage / name).exists()}
+    dataclasses.replace(record, files=files).write(stage)  # the checksums every reader checks
     publish(stage, out)
     return result
 

@@ -14,6 +14,7 @@ from .plots import plot_curves
 __all__ = ["TrainResult", "write_metrics"]
 
 METRICS_FILE = "metrics.json"
+CURVES_FILE = "training_curves.png"
 
 PER_STEP = ("losses", "step_seconds", "dev_predictions")
 """Fields kept in memory but not written to ``metrics.json``."""
@@ -68,7 +69,7 @@ def write_metrics(result: TrainResult, primary_metric: str, title: str, folder: 
     out = Path(folder if folder is not None else result.run_dir)
     metrics = {k: v for k, v in dataclasses.asdict(result).items() if k not in PER_STEP}
     metrics["primary_metric"] = primary_metric
-    plot_curves(result.losses, result.history, primary_metric, out / "training_curves.png", title=title)
+    plot_curves(result.losses, result.history, primary_metric, out / CURVES_FILE, title=title)
     write_text_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
 
 
