@@ -128,7 +128,10 @@ def test_an_interrupted_run_is_refused_by_every_reader(
         train(_config(tmp_path, tiny_bert_dir, toy_classification), progress=False)
 
 
-@pytest.mark.parametrize(("task", "kw"), [("classification", {}), ("ner", {"upper": "lora", "eval_every": 2})])
+@pytest.mark.parametrize(
+    ("task", "kw"),
+    [("classification", {}), ("classification", {"save_every": 1}), ("ner", {"upper": "lora", "eval_every": 2})],
+)
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(
     task: str,
     kw: dict[str, Any],

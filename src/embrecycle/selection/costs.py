@@ -89,7 +89,7 @@ def timing_probe(
         progress=False,
     )
     docs = [e.doc for e in read_examples(probe_train)]
-    lengths = np.array([len(e.input_ids) for e in encode_documents(tokenizer, docs, limit, "truncate")])
+    lengths = np.array([len(e.input_ids) for e in encode_documents(tokenizer, docs, limit, "truncate", warn=False)])
     return seconds_per_token(probe, lengths, batch, config.seed), probe
 
 

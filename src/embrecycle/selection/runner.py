@@ -93,10 +93,11 @@ def _read_corpus(config: SelectConfig, model_cfg: Any) -> _Corpus:
     read_cfg = read_config(config)
     train_ex = read_split(config.train, read_cfg, config.task, None, "train")
     dev_ex = read_split(config.dev, read_cfg, config.task, None, "dev")
-    tokenizer = load_tokenizer(config.model, model_cfg.model_type)
+    # an over-long --max-length fails here, before any proxy
+    tokenizer = load_tokenizer(config.model, model_cfg.model_type, max_length=config.max_length, model_config=model_cfg)
     limit = config.max_length or max_length_for(model_cfg, tokenizer)  # what the caches will keep
     docs = [e.doc for e in train_ex + dev_ex]
-    lengths = [len(e.input_ids) for e in encode_documents(tokenizer, docs, limit, "truncate")]
+    lengths = [len(e.input_ids) for e in encode_documents(tokenizer, docs, limit, "truncate", warn=False)]
     return _Corpus(train_ex, dev_ex, tokenizer, limit, sum(lengths), np.array(lengths[: len(train_ex)]))
 
 

@@ -80,6 +80,9 @@ class TrainConfig(Settings):
         None, "Input format when the file extension does not say.", flag="--format", choices=FORMATS
     )
     cache_dtype: str = setting("float16", "Storage dtype of the cache.", choices=sorted(STORAGE_DTYPES))
+    save_every: int | None = setting(
+        None, "Also save the resume state every N steps (default: at each evaluation only); see --resume."
+    )
     overwrite: bool = setting(
         False, "Replace an existing run directory at --out (the old run stays until the new one is complete)."
     )
@@ -124,6 +127,7 @@ class TrainConfig(Settings):
                 max_grad_norm=self.max_grad_norm,
                 max_length=self.max_length,
                 eval_every=self.eval_every,
+                save_every=self.save_every,
                 patience=self.patience,
                 train_limit=self.train_limit,
                 dev_limit=self.dev_limit,

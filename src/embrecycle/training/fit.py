@@ -144,6 +144,10 @@ def fit(
                 bar.update(1)
                 bar.set_postfix(loss=f"{result.losses[-1]:.4f}", ex_s=f"{len(batch) / dt:.0f}")
                 if not _evaluates_now(config, at.step, steps_per_epoch, total_steps):
+                    if save_state is not None and config.save_every and at.step % config.save_every == 0:
+                        if at.batch == len(batches):
+                            at.end_epoch(result)
+                        save_state(_to_position(result, at))
                     continue
                 scores = evaluate()
                 point = {
