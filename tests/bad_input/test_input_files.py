@@ -255,3 +255,12 @@ def test_quiet_silences_transformers_and_hub_bars() -> None:
     finally:
         set_quiet(False)
     assert hf_logging.is_progress_bar_enabled()
+
+
+def test_an_over_long_max_length_leaves_no_cache_behind(tiny_bert_dir: str, tmp_path: Path) -> None:
+    from embrecycle import BuildConfig, ConfigError, build_cache
+
+    with pytest.raises(ConfigError, match="max_length=100000"):
+        build_cache(["a document"], tmp_path / "cache", BuildConfig(model=tiny_bert_dir, layer=1, max_length=100000))
+    assert not (tmp_path / "cache").exists()  # the re-run with a valid value starts clean
+    build_cache(["a document"], tmp_path / "cache", BuildConfig(model=tiny_bert_dir, layer=1, max_length=32))

@@ -32,8 +32,8 @@ from embrecycle.run_dir import staging_dir
 
 pytestmark = pytest.mark.faults
 
-POINTS = 12
-TIMED_KILLS = 5
+POINTS = 10
+TIMED_KILLS = 3
 SEED = 19
 COUNTS: dict[str, int] = {"points_killed": 0, "timed_kills": 0, "runs_resumed": 0, "restarted": 0, "mismatches": 0}
 

@@ -30,7 +30,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..config import Checks, Settings, setting
-from ..encoder import LoadedEncoder, load_encoder
+from ..encoder import LoadedEncoder, check_max_length, load_encoder
 from ..errors import ConfigError
 from ..hardware import PRECISION_CHOICES, Hardware, autocast, hardware_problems, resolve_hardware
 from ..progress import progress_bar
@@ -154,8 +154,13 @@ def max_length_for(model_config: Any, tokenizer: PreTrainedTokenizerBase) -> int
 
 
 def cache_settings_for(encoder: LoadedEncoder, config: BuildConfig, precision: str) -> CacheSettings:
-    """The settings a cache built by ``encoder`` under ``config`` has, its states computed in ``precision``."""
+    """The settings a cache built by ``encoder`` under ``config`` has, its states computed in ``precision``.
+
+    Raises:
+        ConfigError: ``config.max_length`` exceeds the model's position limit (before any directory is made).
+    """
     split = encoder.split
+    check_max_length(config.max_length, split.config, encoder.model_name)
     return CacheSettings(
         model=encoder.model_name,
         model_revision=encoder.revision,
