@@ -61,6 +61,13 @@ SEED_METHODS = ("full-fp32", "full-bf16", "recycle-fp32", "recycle-bf16")
 LR = {"trainer": 1e-4, "full": 1e-4, "recycle": 3e-4, "lora": 3e-3}
 LORA_R = 8
 N_TASKS = 5
+# What embrecycle's rows ran: runs of another revision are not reused, and the report shows the latest one's rows.
+CODE_REVISION = 2
+CODE_REVISIONS = {
+    1: "torch's dropout, per-tensor AdamW, LoRA kept apart at prediction (embrecycle before FastDropout)",
+    2: "embrecycle.dropout.FastDropout on the CPU (a third of torch's mask cost), fused AdamW, LoRA merged at "
+    "prediction (`load`/`TaskSet.load` with merge_lora=True; the shared pass is also timed with it False)",
+}
 
 
 def main() -> int:
@@ -129,6 +136,7 @@ class Bench:
             "batch_size": a.batch_size,
             "max_length": a.max_length,
             "layer": self.k,
+            "code": CODE_REVISION,
         }
 
     def kept(self) -> list[dict[str, Any]]:
@@ -431,6 +439,7 @@ class Bench:
 
         single = {p: load(runs[p][0], device="cpu", precision=p) for p in ("fp32", "bf16")}
         shared = {p: TaskSet.load(runs[p], device="cpu", precision=p) for p in ("fp32", "bf16")}
+        apart = {p: TaskSet.load(runs[p], device="cpu", precision=p, merge_lora=False) for p in ("fp32", "bf16")}
         plain = {
             p: [AutoModelForSequenceClassification.from_pretrained(exported[p]).eval() for _ in range(N_TASKS)]
             for p in ("fp32", "bf16")
@@ -457,6 +466,7 @@ class Bench:
         for p in ("fp32", "bf16"):
             variants[f"single-{p}"] = lambda p=p: single[p].predict(docs, cache=cache[p])
             variants[f"shared5-{p}"] = lambda p=p: shared[p].predict(docs, cache=cache[p])
+            variants[f"apart5-{p}"] = lambda p=p: apart[p].predict(docs, cache=cache[p])
             variants[f"separate5-{p}"] = separate(p)
             variants[f"plain1-{p}"] = lambda p=p: separate_one(plain[p][0], tok, docs, a.max_length, hw[p])
         for fn in variants.values():  # warm-up
@@ -479,6 +489,13 @@ class Bench:
             "seconds": seconds,
             "best_seconds": {k: min(v) for k, v in seconds.items()},
             "cache_hits": hits,
+            "parameter_bytes": {
+                "shared5-merged": shared["fp32"].parameter_bytes(),
+                "shared5-apart": apart["fp32"].parameter_bytes(),
+                "separate5": sum(
+                    sum(t.numel() * t.element_size() for t in m.state_dict().values()) for m in plain["fp32"]
+                ),
+            },
             "other_cpu_cores": other.cores,
         }
 
@@ -604,6 +621,7 @@ def report() -> None:
         rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
         if not rows:
             continue
+        rows = [r for r in rows if r.get("settings") == rows[-1].get("settings")]  # the latest run's settings only
         model = model_dir.name
         section, summary = _model_report(model, rows)
         models[model] = summary
@@ -656,7 +674,8 @@ def _model_report(model: str, rows: list[dict[str, Any]]) -> tuple[list[str], di
         f"## {model}",
         "",
         f"{settings['train_limit']} training / {settings['dev_limit']} dev examples, {settings['epochs']} epochs, "
-        f"cut k = {settings['layer']}. Each row: mean over its seeds (± sample std where more than one).",
+        f"cut k = {settings['layer']}. Each row: mean over its seeds (± sample std where more than one). "
+        f"embrecycle code revision {settings.get('code', 1)}: {CODE_REVISIONS[settings.get('code', 1)]}.",
         "",
     ]
     table = []
@@ -839,6 +858,10 @@ def _model_report(model: str, rows: list[dict[str, Any]]) -> tuple[list[str], di
             "separate_bf16_gain": b["separate5-fp32"] / b["separate5-bf16"],
             "single_vs_plain": {p: b[f"plain1-{p}"] / b[f"single-{p}"] for p in ("fp32", "bf16")},
         }
+        has_apart = "apart5-fp32" in b
+        if has_apart:
+            inference["apart_vs_separate"] = {p: b[f"separate5-{p}"] / b[f"apart5-{p}"] for p in ("fp32", "bf16")}
+        memory = inf[-1].get("parameter_bytes")
         lines += [
             "### Inference on the cached dev documents",
             "",
@@ -865,6 +888,7 @@ def _model_report(model: str, rows: list[dict[str, Any]]) -> tuple[list[str], di
                         ("single", "single recycled run, cached"),
                         ("plain1", "plain, 1 model"),
                         ("shared5", "shared pass, 5 tasks, cached"),
+                        *([("apart5", "shared pass, 5 tasks, cached, LoRA kept apart")] if has_apart else []),
                         ("separate5", "separate, 5 full models"),
                     )
                 ],
@@ -881,6 +905,19 @@ def _model_report(model: str, rows: list[dict[str, Any]]) -> tuple[list[str], di
                         f"fp32 {_verdict(inference['shared_vs_separate']['fp32'] >= 1.9)}, "
                         f"bf16 {_verdict(inference['shared_vs_separate']['bf16'] >= 1.9)}",
                     ],
+                    *(
+                        [
+                            [
+                                "5 separate full models / shared pass of 5, LoRA kept apart",
+                                f"{inference['apart_vs_separate']['fp32']:.2f}x",
+                                f"{inference['apart_vs_separate']['bf16']:.2f}x",
+                                "report (least memory)",
+                                "",
+                            ]
+                        ]
+                        if has_apart
+                        else []
+                    ),
                     [
                         "1 plain model / 1 recycled run, cached",
                         f"{inference['single_vs_plain']['fp32']:.2f}x",
@@ -892,6 +929,15 @@ def _model_report(model: str, rows: list[dict[str, Any]]) -> tuple[list[str], di
             ),
             "",
         ]
+        if memory:
+            lines += [
+                "Weights held for 5 tasks (parameters and buffers, fp32): shared pass with LoRA merged "
+                f"{memory['shared5-merged'] / 1e6:.1f} MB, with LoRA kept apart "
+                f"{memory['shared5-apart'] / 1e6:.1f} MB, "
+                f"5 separate models {memory['separate5'] / 1e6:.1f} MB.",
+                "",
+            ]
+            inference["parameter_bytes"] = memory
     units = environment()["cpu_bf16_units"]
     summary = {
         "settings": settings,

@@ -46,7 +46,7 @@ def export_run(run: str | os.PathLike[str] | TaskModel, out: str | os.PathLike[s
         ConfigError: the run has bottleneck adapters (not expressible as transformers weights).
         EmbRecycleError: the exported model does not reproduce the run's logits.
     """
-    model = run if isinstance(run, TaskModel) else load(run)
+    model = run if isinstance(run, TaskModel) else load(run, merge_lora=False)  # the check compares LoRA as trained
     record = model.record
     state = model.model.canonical_state_dict()  # raises for adapter runs
     out = Path(out)

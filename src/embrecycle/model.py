@@ -116,6 +116,30 @@ class RecyclingModel(nn.Module):
                     state[key] = state[key] + delta.detach()
         return state
 
+    def merge_lora(self) -> int:
+        """Fold every LoRA update into the weight it adapts and drop the LoRA modules (for prediction: the
+        same function, without the low-rank matmuls beside every linear layer); returns how many were merged.
+
+        The merged weights are this model's own afterwards: merge before sharing weights between models, and do
+        not train the model further.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        merged = 0
+        for name, module in list(self.task_model.named_modules()):
+            if not isinstance(module, LoraLayer):
+                continue
+            base = module.get_base_layer()
+            with torch.no_grad():
+                for adapter in module.lora_A:
+                    # Each concrete LoraLayer defines get_delta_weight; the mixin doesn't.
+                    delta = module.get_delta_weight(adapter)  # type: ignore[attr-defined]
+                    base.weight.data = base.weight.data + delta.to(base.weight.dtype)
+            parent, _, attr = name.rpartition(".")
+            setattr(self.task_model.get_submodule(parent), attr, base)
+            merged += 1
+        return merged
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The task model's trained weights (what a run directory stores), by transformers key."""
         trainable = {id(p) for p in self.task_model.parameters() if p.requires_grad}

@@ -64,9 +64,21 @@ class TaskSet:
         self.shared_parameters = _share_frozen_weights([m.model for m in self.models])
 
     @classmethod
-    def load(cls, run_dirs: Sequence[str | os.PathLike[str]], device: str = "auto", precision: str = "auto") -> TaskSet:
-        """Load every run on ``device`` in ``precision`` (see :mod:`embrecycle.hardware`)."""
-        return cls([load(r, device, precision) for r in run_dirs])
+    def load(
+        cls,
+        run_dirs: Sequence[str | os.PathLike[str]],
+        device: str = "auto",
+        precision: str = "auto",
+        merge_lora: bool = True,
+    ) -> TaskSet:
+        """Load every run on ``device`` in ``precision`` (see :mod:`embrecycle.hardware`).
+
+        ``merge_lora`` (default) folds each LoRA run's updates into its own copy of the upper layers: fastest,
+        each such run then holds its upper layers. ``False`` keeps one copy of the frozen upper layers for all
+        LoRA runs and adds the low-rank updates at every layer: least memory, slower (see the hardware
+        benchmark). The lower layers and embeddings are held once either way.
+        """
+        return cls([load(r, device, precision, merge_lora) for r in run_dirs])
 
     @property
     def names(self) -> list[str]:

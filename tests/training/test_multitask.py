@@ -75,8 +75,9 @@ def test_shared_pass_equals_separate_predictions(runs: dict[str, str]) -> None:
 
 
 def test_frozen_weights_are_held_once(runs: dict[str, str]) -> None:
-    separate = sum(TaskSet.load([runs[n]]).parameter_bytes() for n in ("head", "lora", "adapter"))
-    shared = TaskSet.load([runs[n] for n in ("head", "lora", "adapter")])
+    names = ("head", "lora", "adapter")
+    separate = sum(TaskSet.load([runs[n]], merge_lora=False).parameter_bytes() for n in names)
+    shared = TaskSet.load([runs[n] for n in names], merge_lora=False)
     one = TaskSet.load([runs["head"]]).parameter_bytes()
     assert shared.shared_parameters > 0
     # the three parameter-efficient runs cost one base model plus what the other two trained (and their buffers)
@@ -114,3 +115,25 @@ def test_cli_predicts_several_runs_into_a_directory(runs: dict[str, str], tmp_pa
         app, ["predict", "--run", runs["full"], "--run", runs["k1"], "--data", str(data), "--out", str(tmp_path / "o2")]
     )
     assert r.exit_code == 2 and "layer: 2 vs 1" in r.output
+
+
+def test_merged_lora_predicts_as_trained_and_still_shares_the_lower_layers(runs: dict[str, str]) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    names = ["head", "lora"]
+    merged = TaskSet.load([runs[n] for n in names])
+    apart = TaskSet.load([runs[n] for n in names], merge_lora=False)
+    lora = merged.models[1].model
+    assert not any(isinstance(m, LoraLayer) for m in lora.modules())
+    assert any(isinstance(m, LoraLayer) for m in apart.models[1].model.modules())
+    a, b = merged.predict(DOCS, cache=runs["cache"]), apart.predict(DOCS, cache=runs["cache"])
+    for x, y in zip(a["lora"].items, b["lora"].items, strict=True):
+        if x is None:
+            assert y is None
+            continue
+        assert x["label"] == y["label"]
+        assert max(abs(x["probabilities"][k] - y["probabilities"][k]) for k in x["probabilities"]) < 1e-5
+    # the lower layers are held once; the merged run holds its own upper layers
+    lower = {id(p) for m in merged.models[0].model.split.lower_modules().values() for p in m.parameters()}
+    assert lower and lower <= {id(p) for p in lora.parameters()}
+    assert apart.parameter_bytes() < merged.parameter_bytes()
