@@ -28,6 +28,7 @@ __all__ = [
     "load_encoder",
     "load_tokenizer",
     "model_identity",
+    "model_problems",
     "module_fingerprint",
     "position_limit",
     "tokenizer_fingerprint",
@@ -160,6 +161,28 @@ def check_max_length(max_length: int | None, model_config: Any, name: str) -> No
             f"document ({limit[1]}). Pass --max-length {limit[0]} or less, or leave it out (the default is the "
             "model's limit, at most 512)."
         )
+
+
+def model_problems(name_or_path: str, revision: str | None, max_length: int | None) -> list[str]:
+    """What is wrong with settings for the model ``name_or_path``: a ``max_length`` above its position limit.
+
+    For the settings' own checks, when they are made and before any work (only the model's config is read,
+    and only when ``max_length`` is given). A model that cannot be loaded is no problem here: loading it
+    reports that, with its fix.
+    """
+    if not isinstance(max_length, int) or max_length <= 0:
+        return []  # unset (the model's limit), or refused as not positive
+    try:
+        limit = position_limit(load_config(name_or_path, revision))
+    except ModelLoadError:
+        return []
+    if limit is None or max_length <= limit[0]:
+        return []
+    return [
+        f"max_length={max_length} (more than the model {name_or_path!r} takes: at most {limit[0]} tokens per "
+        f"document, {limit[1]}; pass --max-length {limit[0]} or less, or leave it out: the default is the model's "
+        "limit, at most 512)"
+    ]
 
 
 def load_tokenizer(

@@ -132,6 +132,39 @@ def test_max_length_above_the_limit_on_the_command_line(tiny_bert_dir: str, tmp_
     assert r.exit_code == 2 and "--max-length 64" in r.output and "Traceback" not in r.output, r.output
 
 
+LIMIT_MESSAGE = r"max_length=100000 \(more than the model .* takes: at most 64 tokens .*--max-length 64 or less"
+
+
+def test_max_length_above_the_limit_is_refused_when_the_settings_are_made(tiny_bert_dir: str, tmp_path: Path) -> None:
+    from embrecycle.selection import SelectConfig
+
+    files = {"train": str(tmp_path / "absent.jsonl"), "dev": str(tmp_path / "absent.jsonl")}
+    with pytest.raises(ConfigError, match=LIMIT_MESSAGE):
+        TrainConfig(
+            task="classification", model=tiny_bert_dir, layer=2, out=str(tmp_path / "r"), max_length=100000, **files
+        )
+    with pytest.raises(ConfigError, match=LIMIT_MESSAGE):
+        SelectConfig(task="classification", model=tiny_bert_dir, out=str(tmp_path / "s"), max_length=100000, **files)
+    TrainConfig(task="classification", model=tiny_bert_dir, layer=2, out=str(tmp_path / "r"), max_length=64, **files)
+    TrainConfig(task="classification", model="no/such-model", layer=2, out="r", max_length=100000, **files)  # load says
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["train", "select-layer"])
+def test_max_length_above_the_limit_fails_before_any_work(
+    tiny_bert_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.setenv("EMBRECYCLE_CACHE_HOME", str(tmp_path / "caches"))
+    data = _jsonl(tmp_path / "d.jsonl", [{"text": "the model", "label": "x"}, {"text": "the data", "label": "y"}])
+    args = [command, "--task", "classification", "--model", tiny_bert_dir, "--train", str(data), "--dev", str(data)]
+    args += ["--layer", "2"] if command == "train" else []
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "out"), "--max-length", "100000", "-q"])
+    assert r.exit_code == 2, r.output
+    assert "max_length=100000" in r.output and "at most 64" in r.output and "--max-length 64" in r.output
+    assert "Traceback" not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]  # no run, staging directory or cache
+
+
 # --- 7. tracebacks where a message belongs ----------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..config import Checks, Settings, setting
-from ..encoder import LoadedEncoder, check_max_length, load_encoder
+from ..encoder import LoadedEncoder, check_max_length, load_encoder, model_problems
 from ..errors import ConfigError
 from ..hardware import PRECISION_CHOICES, Hardware, autocast, hardware_problems, resolve_hardware
 from ..progress import progress_bar
@@ -83,6 +83,7 @@ class BuildConfig(Settings):
             .choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"), optional=True)
             .extend(hardware_problems(self.device, self.precision))
             .extend(self._shard_problems())
+            .extend(model_problems(self.model, self.revision, self.max_length))
             .problems
         )
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..cache.format import STORAGE_DTYPES
 from ..config import Checks, Settings, setting
+from ..encoder import model_problems
 from ..errors import ConfigError
 from ..hardware import PRECISION_CHOICES, hardware_problems
 from ..tasks import TASKS
@@ -101,18 +102,22 @@ class SelectConfig(Settings):
             checks.require(
                 not bad, f"candidates {bad} (a cut k must be >= 1; k = 0 is full fine-tuning, the reference)"
             )
-        return checks.positive(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            proxy_epochs=self.proxy_epochs,
-            proxy_batch_size=self.proxy_batch_size,
-            budget_minutes=self.budget_minutes,
-            reference_lr=self.reference_lr,
-            sample=self.sample,
-            dev_sample=self.dev_sample,
-            max_length=self.max_length,
-        ).problems
+        return (
+            checks.positive(
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                proxy_epochs=self.proxy_epochs,
+                proxy_batch_size=self.proxy_batch_size,
+                budget_minutes=self.budget_minutes,
+                reference_lr=self.reference_lr,
+                sample=self.sample,
+                dev_sample=self.dev_sample,
+                max_length=self.max_length,
+            )
+            .extend(model_problems(self.model, None, self.max_length))
+            .problems
+        )
 
     def resolved_candidates(self, num_layers: int) -> list[int]:
         """The cuts to evaluate for a model with ``num_layers`` layers (checked against it)."""

@@ -9,6 +9,7 @@ from ..cache.format import STORAGE_DTYPES
 from ..cache.settings import TRUNCATION_MODES
 from ..config import Checks, Settings, setting
 from ..data.readers import FORMATS
+from ..encoder import model_problems
 from ..hardware import PRECISION_CHOICES, hardware_problems
 from ..modes import BASELINES, UPPER_CHOICES, TrainingMode, resolve_mode
 from ..tasks import TASKS
@@ -132,6 +133,7 @@ class TrainConfig(Settings):
                 train_limit=self.train_limit,
                 dev_limit=self.dev_limit,
             )
+            .extend(model_problems(self.model, self.revision, self.max_length))
             .problems
         )
 
