@@ -168,7 +168,7 @@ def predict_shared(
         )
         encoder = LoadedEncoder(states.model, states.model_revision, first.model.split, first.tokenizer)
         misses = [d for d, i in zip(live, index, strict=True) if i is None]
-        added = build_cache(misses, c.location, cfg, encoder=encoder, progress=False).computed
+        added = build_cache(misses, c.location, cfg, encoder=encoder, progress=False, warn_truncated=False).computed
         c.refresh()
         index = [c.index_of(c.key(d)) for d in live]
     encoded: list[Encoded | None] = [None] * len(live)

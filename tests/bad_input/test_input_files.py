@@ -235,6 +235,70 @@ def test_truncation_is_warned_once_with_documents_and_words(
     assert "20 words" in warnings[0] and "the first is x:1" in warnings[0] and "--max-length" in warnings[0]
 
 
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "longer than max_length" in r.getMessage()
+    ]
+
+
+def test_training_counts_truncated_documents_also_when_they_come_from_the_cache(
+    tiny_bert_dir: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from embrecycle.training import train
+
+    texts = [("the model " * 20 if i % 3 == 0 else "the data ") + "of " * i for i in range(8)]
+    rows = [{"text": text, "label": "xy"[i % 2]} for i, text in enumerate(texts)]
+    data = _jsonl(tmp_path / "d.jsonl", rows)  # documents 0, 3 and 6 (lines 1, 4, 7) are over 16 tokens
+
+    def config(name: str) -> TrainConfig:
+        return TrainConfig(
+            task="classification", model=tiny_bert_dir, layer=2, train=str(data), dev=str(data),
+            out=str(tmp_path / name), cache=str(tmp_path / "cache"), epochs=1, batch_size=4, max_length=16,
+            device="cpu", precision="fp32",
+        )  # fmt: skip
+
+    for name in ("builds-the-cache", "reads-the-cache"):  # the second run computes nothing: every state is cached
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="embrecycle"):
+            result = train(config(name), progress=False)
+        warnings = _warnings(caplog)
+        assert len(warnings) == 2, warnings  # one for the training file, one for the dev file: not one per build
+        assert all("3 of 8 documents are longer than max_length=16" in w for w in warnings), warnings
+        assert "the first is " + str(data) + ":1" in warnings[0]
+        assert (result.train_truncated, result.dev_truncated) == (3, 3)
+        assert "3 train and 3 dev documents were longer than max_length" in result.summary()
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert (metrics["train_truncated"], metrics["dev_truncated"]) == (3, 3)
+
+
+def test_ner_prediction_warns_about_words_beyond_max_length(
+    tiny_bert_dir: str, toy_ner: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import embrecycle
+    from embrecycle.training import train
+
+    config = TrainConfig(
+        task="ner", model=tiny_bert_dir, layer=2, train=str(toy_ner["train"]), dev=str(toy_ner["dev"]),
+        out=str(tmp_path / "run"), cache=str(tmp_path / "cache"), epochs=1, batch_size=8, max_length=16,
+        device="cpu", precision="fp32",
+    )  # fmt: skip
+    train(config, progress=False)
+    model = embrecycle.load(tmp_path / "run", device="cpu", precision="fp32")
+    long_doc, short_doc = ["the", "protein", "of"] * 10, ["the", "protein"]
+    for update_cache in (True, False):  # tokenized now (and stored), then read back from the cache
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="embrecycle"):
+            preds = model.predict([long_doc, short_doc], update_cache=update_cache)
+        assert preds.hits == (0 if update_cache else 2)
+        warnings = _warnings(caplog)
+        assert len(warnings) == 1, warnings
+        assert "1 of 2 documents are longer than max_length=16" in warnings[0]
+        assert "16 words at their ends are not seen by the model (NER tags them O" in warnings[0], warnings[0]
+        assert len(preds[0]["tags"]) == len(long_doc) and set(preds[0]["tags"][14:]) == {"O"}
+
+
 def test_a_misspelt_label_field_names_the_field_and_the_columns(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("text,label\nthe model,x\nthe data,y\n")
     with pytest.raises(InputDataError, match=r"no column 'labl'; columns are \['text', 'label'\].*--label-field"):

@@ -186,6 +186,7 @@ def build_cache(
     encoder: LoadedEncoder | None = None,
     sources: Sequence[str] | None = None,
     progress: bool = True,
+    warn_truncated: bool = True,
 ) -> BuildSummary:
     """Compute and store the layer-k states of every document not yet in the cache at ``out``.
 
@@ -200,6 +201,8 @@ def build_cache(
             ``config.device``.
         sources: ``file:line`` of each document, for error messages.
         progress: Show a progress bar.
+        warn_truncated: Warn about the truncated documents this build computes (off for a caller that counts
+            every document itself, the cached ones too: training).
     """
     start = time.perf_counter()
     hardware = resolve_hardware(config.device, config.precision)
@@ -218,7 +221,16 @@ def build_cache(
     writer = cache.writer(config.shard, fsync=config.fsync)
     try:
         batches, summary.encoded = plan_batches(
-            cache, writer.name, documents, input_keys, todo, settings, config, sources, encoder.tokenizer
+            cache,
+            writer.name,
+            documents,
+            input_keys,
+            todo,
+            settings,
+            config,
+            sources,
+            encoder.tokenizer,
+            warn_truncated,
         )
         _run(cache, writer, encoder, hardware, batches, summary.encoded, settings, summary, progress)
         shard_paths(cache.root, writer.name)["plan.npz"].unlink(missing_ok=True)
@@ -282,6 +294,7 @@ def plan_batches(
     config: BuildConfig,
     sources: Sequence[str] | None,
     tokenizer: PreTrainedTokenizerBase,
+    warn: bool = True,
 ) -> tuple[list[list[bytes]], dict[bytes, Encoded]]:
     """Batches of keys to compute: the unfinished batches of an interrupted build first, then new ones.
 
@@ -302,7 +315,7 @@ def plan_batches(
     docs = [documents[input_keys[k]] for k in need]
     srcs = [sources[input_keys[k]] for k in need] if sources else None
     encoded = dict(
-        zip(need, encode_documents(tokenizer, docs, settings.max_length, settings.truncation, srcs), strict=True)
+        zip(need, encode_documents(tokenizer, docs, settings.max_length, settings.truncation, srcs, warn), strict=True)
     )
     fresh = sorted((k for k in todo if k not in planned), key=lambda k: (len(encoded[k].input_ids), k))
     batches = kept + [fresh[i : i + config.batch_size] for i in range(0, len(fresh), config.batch_size)]

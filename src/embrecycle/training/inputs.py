@@ -19,7 +19,7 @@ from ..cache.settings import CacheSettings
 from ..cache.store import Cache
 from ..data.readers import Example
 from ..encoder import LoadedEncoder
-from ..tokenization import Encoded, encode_documents
+from ..tokenization import Encoded, encode_documents, warn_truncated
 from .config import TrainConfig
 from .data import TrainingData
 
@@ -39,6 +39,10 @@ class TrainingInputs:
     dev_index: Sequence[int | None] = ()
     cache_seconds: float = 0.0
 
+    def truncated(self) -> tuple[int, int]:
+        """How many train and dev documents were cut to ``max_length`` (computed now or read from the cache)."""
+        return sum(e.truncated for e in self.train), sum(e.truncated for e in self.dev)
+
 
 def prepare_inputs(
     config: TrainConfig,
@@ -48,14 +52,38 @@ def prepare_inputs(
     settings: CacheSettings,
     progress: bool,
 ) -> TrainingInputs:
-    """The cache (built or extended) for a recycling mode, or plain tokenization for a mode that trains from text."""
-    if config.mode.from_text:
-        return TrainingInputs(
-            train=_encode(encoder, data.train, settings, with_sources=True),
-            dev=_encode(encoder, data.dev, settings, with_sources=False),
-            train_index=[None] * len(data.train),
-            dev_index=[None] * len(data.dev),
-        )
+    """The cache (built or extended) for a recycling mode, or plain tokenization for a mode that trains from text.
+
+    The truncated documents are warned about once per split, whether they were tokenized now or their states
+    (and tokens) come from a cache built before (:meth:`TrainingInputs.truncated` counts them).
+    """
+    inputs = (
+        _from_text(data, encoder, settings)
+        if config.mode.from_text
+        else _from_cache(config, data, encoder, build, settings, progress)
+    )
+    for encoded, examples in ((inputs.train, data.train), (inputs.dev, data.dev)):
+        warn_truncated(encoded, [e.doc for e in examples], settings.max_length, [e.source for e in examples])
+    return inputs
+
+
+def _from_text(data: TrainingData, encoder: LoadedEncoder, settings: CacheSettings) -> TrainingInputs:
+    return TrainingInputs(
+        train=_encode(encoder, data.train, settings),
+        dev=_encode(encoder, data.dev, settings),
+        train_index=[None] * len(data.train),
+        dev_index=[None] * len(data.dev),
+    )
+
+
+def _from_cache(
+    config: TrainConfig,
+    data: TrainingData,
+    encoder: LoadedEncoder,
+    build: BuildConfig,
+    settings: CacheSettings,
+    progress: bool,
+) -> TrainingInputs:
     examples = data.train + data.dev
     location = config.cache or str(default_cache_dir(settings))
     t0 = time.perf_counter()
@@ -66,6 +94,7 @@ def prepare_inputs(
         encoder=encoder,
         sources=[e.source for e in examples],
         progress=progress,
+        warn_truncated=False,  # counted below with the cached documents
     )
     seconds = time.perf_counter() - t0
     log.info("cache %s: %s", location, summary)
@@ -80,10 +109,6 @@ def prepare_inputs(
     return TrainingInputs(encoded[:n], encoded[n:], cache, index[:n], index[n:], seconds)
 
 
-def _encode(
-    encoder: LoadedEncoder, examples: list[Example], settings: CacheSettings, with_sources: bool
-) -> list[Encoded]:
-    sources = [e.source for e in examples] if with_sources else None
-    return encode_documents(
-        encoder.tokenizer, [e.doc for e in examples], settings.max_length, settings.truncation, sources
-    )
+def _encode(encoder: LoadedEncoder, examples: list[Example], settings: CacheSettings) -> list[Encoded]:
+    docs, sources = [e.doc for e in examples], [e.source for e in examples]
+    return encode_documents(encoder.tokenizer, docs, settings.max_length, settings.truncation, sources, warn=False)

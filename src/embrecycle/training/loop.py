@@ -100,6 +100,7 @@ def _train(config: TrainConfig, out: Path, stage: Path, resuming: bool, progress
         save_state=save_state, resume_from=saved.progress if saved is not None else None,
     )  # fmt: skip
     weights = stage / WEIGHTS_FILE
+    train_truncated, dev_truncated = inputs.truncated()
     result = TrainResult(
         run_dir=str(out),
         method=config.method,
@@ -115,6 +116,8 @@ def _train(config: TrainConfig, out: Path, stage: Path, resuming: bool, progress
         train_examples=len(data.train),
         dev_examples=len(data.dev),
         cache=inputs.cache.location if inputs.cache else None,
+        train_truncated=train_truncated,
+        dev_truncated=dev_truncated,
         read_seconds=fitted.read_seconds,
         weights_bytes=weights.stat().st_size if weights.exists() else 0,
         upper=config.mode.upper,

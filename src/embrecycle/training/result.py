@@ -38,6 +38,10 @@ class TrainResult:
     train_examples: int
     dev_examples: int
     cache: str | None = None
+    train_truncated: int = 0
+    """Training documents cut to ``max_length`` (their ends were not trained on), cached before or not."""
+    dev_truncated: int = 0
+    """Dev documents cut to ``max_length`` (their ends were not scored)."""
     read_seconds: float = 0.0
     weights_bytes: int = 0
     upper: str = "full"
@@ -59,7 +63,15 @@ class TrainResult:
             f"train {self.train_seconds:.1f} s "
             f"({self.examples_per_second:.1f} ex/s), cache build {self.cache_build_seconds:.1f} s, "
             f"{self.trainable_parameters:,} trainable parameters ({self.weights_bytes / 1e6:.1f} MB saved) "
-            f"-> {self.run_dir}"
+            f"-> {self.run_dir}{self._truncation_note()}"
+        )
+
+    def _truncation_note(self) -> str:
+        if not (self.train_truncated or self.dev_truncated):
+            return ""
+        return (
+            f"\nnote: {self.train_truncated} train and {self.dev_truncated} dev documents were longer than "
+            "max_length and truncated (raise --max-length to keep their ends)"
         )
 
 
