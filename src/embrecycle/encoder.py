@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -24,6 +25,7 @@ __all__ = [
     "LoadedEncoder",
     "attn_kwargs",
     "check_max_length",
+    "damaged_weights_error",
     "load_config",
     "load_encoder",
     "load_tokenizer",
@@ -255,11 +257,37 @@ def load_encoder(
         )
     except pickle.UnpicklingError as e:  # a hub model with only pickle weights: refused by torch's loader
         raise ModelLoadError(pickle_only_message(name_or_path, ["pytorch_model.bin"]) + f" ({e})") from e
+    except SafetensorError as e:
+        raise damaged_weights_error(name_or_path, e) from e
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the weights of {name_or_path!r}: {e}") from e
     model.eval()
     tokenizer = load_tokenizer(name_or_path, config.model_type, revision, max_length, config)
     return LoadedEncoder(name_or_path, revision, SplitEncoder(model, layer), tokenizer)
+
+
+def damaged_weights_error(name_or_path: str, error: Exception) -> ModelLoadError:
+    """The error for a model whose ``.safetensors`` weights cannot be read, naming the damaged file."""
+    path = Path(name_or_path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    damaged = [f for f in files if not _readable_safetensors(f)] or files
+    where = ", ".join(str(f) for f in damaged) if damaged else f"a .safetensors weight file of {name_or_path!r}"
+    fix = (
+        "Copy or save the model there again"
+        if files
+        else "Delete the model's folder from the Hugging Face cache ($HF_HOME/hub) so that it is downloaded again"
+    )
+    return ModelLoadError(
+        f"cannot load the weights of {name_or_path!r}: {where} is truncated or damaged ({error}). {fix}."
+    )
+
+
+def _readable_safetensors(path: Path) -> bool:
+    try:
+        with safe_open(str(path), "pt"):
+            return True
+    except (SafetensorError, OSError):
+        return False
 
 
 def attn_kwargs(model_type: str, attn_implementation: str | None) -> dict[str, Any]:

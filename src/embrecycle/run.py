@@ -14,7 +14,14 @@ from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from ._version import __version__
-from .encoder import attn_kwargs, load_config, load_tokenizer, module_fingerprint, pickle_only_message
+from .encoder import (
+    attn_kwargs,
+    damaged_weights_error,
+    load_config,
+    load_tokenizer,
+    module_fingerprint,
+    pickle_only_message,
+)
 from .errors import CacheMismatchError, ConfigError, ModelLoadError, RunCorruptedError
 from .families import get_family
 from .files import atomic_write
@@ -71,6 +78,8 @@ def build_task_model(model: str, task_name: str, labels: list[str], revision: st
         )
     except pickle.UnpicklingError as e:  # a hub model with pickle weights only: refused, never executed
         raise ModelLoadError(pickle_only_message(model, ["pytorch_model.bin"]) + f" ({e})") from e
+    except SafetensorError as e:  # a truncated or damaged base model: name the file, not a traceback
+        raise damaged_weights_error(model, e) from e
     finally:
         hf_logging.set_verbosity(verbosity)
 

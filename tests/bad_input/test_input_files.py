@@ -299,6 +299,26 @@ def test_ner_prediction_warns_about_words_beyond_max_length(
         assert len(preds[0]["tags"]) == len(long_doc) and set(preds[0]["tags"][14:]) == {"O"}
 
 
+@pytest.mark.parametrize("keep", [0, 4, 0.5])
+def test_a_truncated_base_model_is_named(tiny_bert_dir: str, tmp_path: Path, keep: float) -> None:
+    from embrecycle.run import build_task_model
+
+    model = shutil.copytree(tiny_bert_dir, tmp_path / "model")
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(keep * len(data)) if keep < 1 else int(keep)])
+    message = rf"{weights} is truncated or damaged .*Copy or save the model there again"
+    with pytest.raises(ModelLoadError, match=message):
+        load_encoder(str(model), 2)  # cache build, select-layer
+    with pytest.raises(ModelLoadError, match=message):
+        build_task_model(str(model), "classification", ["x", "y"])  # train, and every reader of a run
+    data_file = _jsonl(tmp_path / "d.jsonl", [{"text": "the model"}])
+    r = runner.invoke(app, ["cache", "build", "--model", str(model), "--layer", "2", "--data", str(data_file),
+                            "--out", str(tmp_path / "c"), "-q"])  # fmt: skip
+    assert r.exit_code == 2 and "model.safetensors is truncated or damaged" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
 def test_a_misspelt_label_field_names_the_field_and_the_columns(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("text,label\nthe model,x\nthe data,y\n")
     with pytest.raises(InputDataError, match=r"no column 'labl'; columns are \['text', 'label'\].*--label-field"):
