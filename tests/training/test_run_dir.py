@@ -128,6 +128,49 @@ def test_an_interrupted_run_is_refused_by_every_reader(
         train(_config(tmp_path, tiny_bert_dir, toy_classification), progress=False)
 
 
+def test_the_cli_readers_refuse_an_unfinished_run_with_exit_2(
+    tiny_bert_dir: str, toy_classification: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from embrecycle.cli import app
+
+    _interrupt_after_saves(monkeypatch, 1)
+    with pytest.raises(Interrupted):
+        train(_config(tmp_path, tiny_bert_dir, toy_classification), progress=False)
+    _no_interrupt(monkeypatch)
+    data, out = str(toy_classification["dev"]), tmp_path / "out"
+    for where in (tmp_path / "run", staging_dir(tmp_path / "run")):
+        for args in (
+            ["predict", "--run", str(where), "--data", data, "--out", str(out)],
+            ["evaluate", "--run", str(where), "--data", data],
+            ["export", "--run", str(where), "--out", str(out / "exported")],
+        ):
+            r = CliRunner().invoke(app, [*args, "--device", "cpu", "-q"])
+            assert r.exit_code == 2, (args, r.output)
+            assert "did not finish training" in r.output or "staging directory" in r.output, r.output
+            assert "--resume" in r.output and "Traceback" not in r.output, r.output
+            assert not [p for p in out.rglob("*") if p.is_file()]  # nothing predicted or exported
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "metrics.json", "labels.json"])
+def test_a_file_from_another_run_is_refused_and_named(
+    tiny_bert_dir: str, toy_classification: dict, tmp_path: Path, name: str
+) -> None:
+    a = Path(train(_config(tmp_path, tiny_bert_dir, toy_classification, name="a", epochs=1), progress=False).run_dir)
+    b_data = {**toy_classification, "train": tmp_path / "other-labels.jsonl", "dev": tmp_path / "other-labels.jsonl"}
+    rows = [json.loads(line) for line in toy_classification["train"].read_text().splitlines()]
+    b_data["train"].write_text("".join(json.dumps({**r, "label": r["label"].upper()}) + "\n" for r in rows))
+    b = Path(train(_config(tmp_path, tiny_bert_dir, b_data, name="b", epochs=1, seed=7), progress=False).run_dir)
+    assert (a / name).read_bytes() != (b / name).read_bytes()
+    (a / name).write_bytes((b / name).read_bytes())  # a whole, valid file: but another run's
+    pattern = name.replace(".", r"\.")
+    with pytest.raises(RunCorruptedError, match=rf"{pattern} is damaged"):
+        embrecycle.load(a)
+    with pytest.raises(RunCorruptedError, match=pattern):
+        TaskSet.load([a])
+
+
 @pytest.mark.parametrize(
     ("task", "kw"),
     [("classification", {}), ("classification", {"save_every": 1}), ("ner", {"upper": "lora", "eval_every": 2})],
