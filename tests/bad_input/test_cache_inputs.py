@@ -16,7 +16,7 @@ from embrecycle import BuildConfig, BuildSummary, CacheCorruptedError, CacheMism
 from embrecycle.cache.format import HEADER_SIZE, RECORD_SIZE
 from embrecycle.cache.shard import shard_paths
 from embrecycle.cli import app
-from embrecycle.errors import ConfigError
+from embrecycle.errors import ConfigError, InputDataError
 
 runner = CliRunner()
 SHARD = "local-00000"
@@ -82,6 +82,15 @@ def test_empty_input_is_an_error_before_anything_is_created(tiny_bert_dir: str, 
     r = _cli_build(tiny_bert_dir, data, out)
     assert r.exit_code == 2, r.output
     assert f"no documents in {data}" in r.output and not out.exists()
+
+
+@pytest.mark.parametrize("docs", [[], ["", "  "], [[], [" "]]])
+def test_empty_input_to_the_python_api_is_an_error_before_anything_is_created(
+    tiny_bert_dir: str, tmp_path: Path, docs: list[Any]
+) -> None:
+    with pytest.raises(InputDataError, match=rf"no documents to cache: {len(docs)} given, none with any text"):
+        build_cache(docs, tmp_path / "cache", BuildConfig(model=tiny_bert_dir, layer=2))
+    assert not (tmp_path / "cache").exists()
 
 
 def test_manifest_follows_the_umask(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import Checks, Settings, setting
 from ..encoder import LoadedEncoder, check_max_length, load_encoder, model_problems
-from ..errors import ConfigError
+from ..errors import ConfigError, InputDataError
 from ..hardware import PRECISION_CHOICES, Hardware, autocast, hardware_problems, resolve_hardware
 from ..progress import progress_bar
 from ..split import SplitEncoder
@@ -41,7 +41,7 @@ from .settings import TRUNCATION_MODES, CacheSettings
 from .shard import Entry, ShardWriter, shard_name_problem, shard_paths
 from .store import Cache, Document
 
-__all__ = ["BuildConfig", "BuildSummary", "build_cache", "cache_settings_for"]
+__all__ = ["BuildConfig", "BuildSummary", "build_cache", "cache_settings_for", "check_documents"]
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,18 @@ def cache_settings_for(encoder: LoadedEncoder, config: BuildConfig, precision: s
     )
 
 
+def check_documents(documents: Sequence[Document]) -> None:
+    """Raise :class:`InputDataError` when there is nothing to cache: no document, or only empty ones.
+
+    Checked before a model loads or a cache directory is made (an empty cache would look like a finished one).
+    """
+    if not documents or all(is_empty(d) for d in documents):
+        raise InputDataError(
+            f"no documents to cache: {len(documents)} given, none with any text or word. Check the input "
+            "(its file, format and text field)."
+        )
+
+
 def build_cache(
     documents: Sequence[Document],
     out: str | os.PathLike[str],
@@ -203,7 +215,11 @@ def build_cache(
         progress: Show a progress bar.
         warn_truncated: Warn about the truncated documents this build computes (off for a caller that counts
             every document itself, the cached ones too: training).
+
+    Raises:
+        InputDataError: no document has any content (see :func:`check_documents`).
     """
+    check_documents(documents)
     start = time.perf_counter()
     hardware = resolve_hardware(config.device, config.precision)
     if encoder is None:

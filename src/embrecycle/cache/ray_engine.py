@@ -42,7 +42,15 @@ from ..errors import ConfigError, MissingDependencyError
 from ..hardware import Hardware, configure_threads, resolve_hardware
 from ..progress import progress_bar
 from ..tokenization import encode_documents
-from .builder import BuildConfig, BuildSummary, cache_settings_for, lower_states, plan_batches, triage
+from .builder import (
+    BuildConfig,
+    BuildSummary,
+    cache_settings_for,
+    check_documents,
+    lower_states,
+    plan_batches,
+    triage,
+)
 from .location import SHARD_FILES, Remote, is_remote, local_path
 from .settings import CacheSettings
 from .shard import SHARD_DIR, Entry, ShardWriter, shard_paths
@@ -125,7 +133,9 @@ def build_cache_ray(
 
     Raises:
         MissingDependencyError: Ray is not installed.
+        InputDataError: no document has any content.
     """
+    check_documents(documents)
     ray = import_ray()
     options = options or RayOptions()
     start = time.perf_counter()
