@@ -492,6 +492,13 @@ class Bench:
             "parameter_bytes": {
                 "shared5-merged": shared["fp32"].parameter_bytes(),
                 "shared5-apart": apart["fp32"].parameter_bytes(),
+                # the 5 tasks are copies of one run, so their merged upper layers are equal and held once: distinct
+                # LoRA tasks would each hold their own (this many bytes each)
+                "upper_layers": sum(
+                    t.numel() * t.element_size()
+                    for layer in single["fp32"].model.split.upper_layers()
+                    for t in [*layer.parameters(), *layer.buffers()]
+                ),
                 "separate5": sum(
                     sum(t.numel() * t.element_size() for t in m.state_dict().values()) for m in plain["fp32"]
                 ),
@@ -934,7 +941,9 @@ def _model_report(model: str, rows: list[dict[str, Any]]) -> tuple[list[str], di
                 "Weights held for 5 tasks (parameters and buffers, fp32): shared pass with LoRA merged "
                 f"{memory['shared5-merged'] / 1e6:.1f} MB, with LoRA kept apart "
                 f"{memory['shared5-apart'] / 1e6:.1f} MB, "
-                f"5 separate models {memory['separate5'] / 1e6:.1f} MB.",
+                f"5 separate models {memory['separate5'] / 1e6:.1f} MB. The 5 tasks here are copies of one run, so "
+                "their merged upper layers are equal and held once; 5 distinct LoRA tasks, merged, would hold "
+                f"{(memory['shared5-merged'] + (N_TASKS - 1) * memory['upper_layers']) / 1e6:.1f} MB.",
                 "",
             ]
             inference["parameter_bytes"] = memory
