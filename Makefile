@@ -43,8 +43,8 @@ test-ray: $(RAY) $(ASSETS)  ## Ray engine tests: a local Ray cluster (installs t
 integration: $(ASSETS)  ## Integration tests on the offline models and ../shared/data
 	$(BIN)/python -m pytest -q -m integration
 
-faults: $(STAMP)  ## Fault-injection suite: kill -9 at seeded points of train/cache build/verify, corruption sweeps
-	$(BIN)/python -m pytest -q -m faults -p no:cacheprovider
+faults: $(STAMP)  ## Fault-injection suite: kill -9 at seeded points of train/cache build/verify, corruption sweeps; prints its counts
+	$(BIN)/python -m pytest -q -s -m faults -p no:cacheprovider
 
 test-all: $(ASSETS)  ## Unit, slow and integration tests
 	$(BIN)/python -m pytest -q -m ""

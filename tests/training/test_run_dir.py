@@ -128,6 +128,17 @@ def test_an_interrupted_run_is_refused_by_every_reader(
         train(_config(tmp_path, tiny_bert_dir, toy_classification), progress=False)
 
 
+def test_a_staging_directory_killed_before_its_marker_is_started_over(
+    tiny_bert_dir: str, toy_classification: dict, tmp_path: Path
+) -> None:
+    stage = staging_dir(tmp_path / "run")
+    stage.mkdir()
+    (stage / f".{INCOMPLETE_MARKER}.x1y2.tmp").write_text("{}")  # killed before the marker's rename
+    result = train(_config(tmp_path, tiny_bert_dir, toy_classification, epochs=1, resume=True), progress=False)
+    assert not result.resumed and not stage.exists()  # nothing had been trained: it started over, and finished
+    assert embrecycle.load(tmp_path / "run").record.labels
+
+
 def test_the_cli_readers_refuse_an_unfinished_run_with_exit_2(
     tiny_bert_dir: str, toy_classification: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -61,8 +61,12 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     t_total = time.perf_counter()
     out = Path(config.out)
     stage, resuming = open_staging(out, config.overwrite, config.resume)
-    if resuming and not (stage / INCOMPLETE_MARKER).exists():  # finished, killed before it was published
-        return _published(stage, out)
+    if resuming and not (stage / INCOMPLETE_MARKER).exists():
+        if (stage / METRICS_FILE).exists():  # finished, killed before it was published
+            return _published(stage, out)
+        # killed while the staging directory was being made, before its marker: nothing was trained. Start over
+        # (a replacement of OUT, too: only --overwrite gets as far as making the staging directory when OUT exists)
+        stage, resuming = open_staging(out, overwrite=True, resume=False)
     try:
         return _train(config, out, stage, resuming, progress, t_total)
     except BaseException:
