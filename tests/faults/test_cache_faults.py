@@ -4,7 +4,7 @@ and a corruption sweep over every file a cache consists of.
 The kills are real ``SIGKILL`` signals sent after a seeded random delay, calibrated to the time an uninterrupted
 run takes. So that a kill point costs milliseconds and not an interpreter start, a "zygote" process imports
 embrecycle once and forks one child per command (before any torch op: no thread pool is forked).
-Run with ``pytest -m faults -s`` to see the counts.
+``make faults`` (``-s``) prints the counts; they are also in ``fault-counts.json`` (see ``conftest.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,16 +36,23 @@ from embrecycle.errors import CacheCorruptedError, CacheError, CacheMissError
 
 pytestmark = pytest.mark.faults
 
+Record = Callable[[str, Mapping[str, object]], None]  # the fault_counts fixture (conftest.py)
+
 SEED = 20261203
 KILL_POINTS = 12
 KILLS_PER_CHAIN = 3
+REPAIR_KILLS = 8  # kills that must land while `verify --repair` runs (at most 4 * KILL_POINTS attempts)
 LAYER, BATCH = 2, 4
 
 ZYGOTE = textwrap.dedent(
     """
-    import json, os, sys
+    import json, logging, os, sys
     from embrecycle import BuildConfig, build_cache, open_cache
     from embrecycle.cache.store import restore_manifest
+    from embrecycle.progress import set_quiet
+
+    set_quiet(True)  # no weight-loading bars, and no warnings: the test checks what the cache holds
+    logging.getLogger("embrecycle").setLevel(logging.ERROR)
 
     def job(spec):
         if spec["kind"] == "build":
@@ -136,8 +143,8 @@ class Counts:
     def add(self, k: str, n: int = 1) -> None:
         self.values[k] += n
 
-    def show(self, title: str) -> None:
-        print(f"\n[faults] {title}: " + ", ".join(f"{k}={v}" for k, v in sorted(self.values.items())))
+    def show(self, title: str, record: Record) -> None:
+        record(title, dict(sorted(self.values.items())))
 
 
 # ---- helpers --------------------------------------------------------------------------------------------------
@@ -205,7 +212,9 @@ def _write_docs(tmp_path: Path, docs: list[str]) -> Path:
 # ---- SIGKILL during cache build -------------------------------------------------------------------------------
 
 
-def test_sigkill_during_build_at_random_points(zygote: Zygote, docs: list[str], tiny_bert_dir: str, tmp_path: Path):
+def test_sigkill_during_build_at_random_points(
+    zygote: Zygote, docs: list[str], tiny_bert_dir: str, tmp_path: Path, fault_counts: Record
+) -> None:
     rng, counts = random.Random(SEED), Counts()
     spec = {"kind": "build", "model": tiny_bert_dir, "docs": str(_write_docs(tmp_path, docs))}
     t_start, ref_root = time.perf_counter(), tmp_path / "reference"
@@ -248,7 +257,9 @@ def test_sigkill_during_build_at_random_points(zygote: Zygote, docs: list[str], 
         assert not mismatched, f"chain {chain}: the resumed cache differs from an uninterrupted build"
         assert _stored(final) == reference
     counts.add("seconds", round(time.perf_counter() - t_start))
-    counts.show(f"kill -9 during cache build (first record after {first:.2f} s, whole build {full:.2f} s)")
+    counts.add("first_record_ms", round(first * 1000))
+    counts.add("whole_build_ms", round(full * 1000))
+    counts.show("cache build: kill -9 at random times", fault_counts)
     assert enough(), "too few kills landed mid-build"
 
 
@@ -268,7 +279,9 @@ def _damage(root: Path) -> None:
     hidden.write_bytes(bytes(raw))
 
 
-def test_sigkill_during_verify_repair(zygote: Zygote, docs: list[str], tiny_bert_dir: str, tmp_path: Path) -> None:
+def test_sigkill_during_verify_repair(
+    zygote: Zygote, docs: list[str], tiny_bert_dir: str, tmp_path: Path, fault_counts: Record
+) -> None:
     rng, counts = random.Random(SEED + 1), Counts()
     t_start = time.perf_counter()
     base = tmp_path / "base"
@@ -288,12 +301,16 @@ def test_sigkill_during_verify_repair(zygote: Zygote, docs: list[str], tiny_bert
     assert dropped == 4  # a record in each shard, and the document whose states were flipped
 
     all_docs = {"kind": "build", "model": tiny_bert_dir, "docs": str(_write_docs(tmp_path, docs)), "shard": "a"}
-    for point in range(KILL_POINTS):
+    point = 0
+    while (point < KILL_POINTS or counts["points_killed"] < REPAIR_KILLS) and point < 4 * KILL_POINTS:
+        point += 1
         out = tmp_path / f"repair-{point}"
         shutil.copytree(damaged, out)
-        outcome, _ = zygote.run({"kind": "repair", "out": str(out)}, kill_after=rng.uniform(0.0, full))
+        outcome, seconds = zygote.run({"kind": "repair", "out": str(out)}, kill_after=rng.uniform(0.0, full))
         counts.add("points_killed" if outcome == "killed" else "finished_before_the_kill")
         assert outcome != "failed"
+        if outcome == "ok":  # the repair outran the kill: aim the next ones within its (maybe shorter) time
+            full = min(full, seconds)
         cache = open_cache(out)  # a reader between the kill and the next command: damage is named, never served
         served = _served(cache, counts)
         assert all(reference[k] == v for k, v in served.items())
@@ -313,8 +330,13 @@ def test_sigkill_during_verify_repair(zygote: Zygote, docs: list[str], tiny_bert
             assert i is not None
             got = np.frombuffer(final._rows(i)[0].tobytes(), np.float16)
             np.testing.assert_allclose(got, np.frombuffer(reference[k][0], np.float16), atol=2e-3)
+    counts.add("attempts", point)
+    counts.add("damaged_documents", dropped)
     counts.add("seconds", round(time.perf_counter() - t_start))
-    counts.show(f"kill -9 during cache verify --repair (uninterrupted repair {full * 1000:.0f} ms)")
+    counts.add("uninterrupted_repair_ms", round(full * 1000))
+    counts.show("cache verify --repair: kill -9 at random times", fault_counts)
+    assert counts["points_killed"] >= REPAIR_KILLS, "too few kills landed while the repair ran"
+    assert counts["repairs_resumed"] >= 1, "no kill left a repair unfinished for the next command"
 
 
 # ---- corruption sweep -----------------------------------------------------------------------------------------
@@ -352,6 +374,10 @@ def _read_outcome(root: Path, rel: str, docs: list[str], reference: dict[str, np
     if cache.damage and not any(_names_file(d, rel) for d in cache.damage):
         return f"silent:damage not naming {rel}: {cache.damage}"
     detected = bool(cache.damage)
+    problems = cache.verify().problems  # what only `cache verify` checks: the settings copy beside the shards
+    if problems and not any(_names_file(p, rel) for p in problems):
+        return f"silent:verify does not name {rel}: {problems}"
+    detected = detected or bool(problems)
     for doc in docs:
         try:
             got = cache.get(doc).hidden
@@ -380,7 +406,12 @@ def _recover(root: Path, docs: list[str], config: BuildConfig, encoder: object) 
     build_cache(docs, root, config, encoder=encoder, progress=False)  # type: ignore[arg-type]
 
 
-def test_corruption_sweep_over_every_cache_file(tiny_bert_dir: str, docs: list[str], tmp_path: Path) -> None:
+LOCK_SUFFIX = ".lock"
+
+
+def test_corruption_sweep_over_every_cache_file(
+    tiny_bert_dir: str, docs: list[str], tmp_path: Path, fault_counts: Record
+) -> None:
     counts, t_start = Counts(), time.perf_counter()
     encoder = load_encoder(tiny_bert_dir, LAYER)
     config = BuildConfig(model=tiny_bert_dir, layer=LAYER, batch_size=BATCH, dtype="float32")
@@ -391,9 +422,11 @@ def test_corruption_sweep_over_every_cache_file(tiny_bert_dir: str, docs: list[s
     reference = {d: ref_cache.get(d).hidden for d in docs}
     files = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
     assert {"manifest.json", "shards/settings.json", "shards/a.index", "shards/local-00000.hidden"} <= set(files)
-    failures = []
+    failures, harmless = [], []
     for rel in files:
+        counts.add(f"cases_{_kind(rel)}", 0)
         for case, damage in _cases(base / rel):
+            counts.add(f"cases_{_kind(rel)}")
             root = tmp_path / "case"
             shutil.rmtree(root, ignore_errors=True)
             shutil.copytree(base, root)
@@ -401,6 +434,8 @@ def test_corruption_sweep_over_every_cache_file(tiny_bert_dir: str, docs: list[s
             outcome = _read_outcome(root, rel, docs, reference)
             counts.add(outcome.split(":")[0])
             counts.add("cases")
+            if outcome == "harmless":
+                harmless.append(f"{rel} {case}")
             if outcome.startswith("silent"):
                 failures.append(f"{rel} {case}: {outcome}")
                 continue
@@ -413,5 +448,19 @@ def test_corruption_sweep_over_every_cache_file(tiny_bert_dir: str, docs: list[s
                 counts.add("recovered")
     counts.add("files", len(files))
     counts.add("seconds", round(time.perf_counter() - t_start))
-    counts.show("corruption sweep (truncate / flip / delete every cache file)")
+    counts.show("cache corruption sweep: truncate / flip / delete every file", fault_counts)
     assert not failures, "\n".join(failures)
+    locks = [rel for rel in files if rel.endswith(LOCK_SUFFIX)]
+    assert locks and sorted(harmless) == sorted(f"{rel} delete" for rel in locks), (
+        f"only a lock file's deletion may go unnoticed (the lock is taken anew); harmless: {harmless}"
+    )
+
+
+def _kind(rel: str) -> str:
+    """What a cache file is, for the counts: manifest, settings, lock, or a shard's hidden/index/tokens file."""
+    name = Path(rel).name
+    if name.endswith(LOCK_SUFFIX):
+        return "lock"
+    if name in ("manifest.json", "settings.json"):
+        return name.split(".")[0]
+    return name.rsplit(".", 1)[-1]

@@ -7,6 +7,7 @@ checks ``run.json`` against its own checksum and every other file against the ch
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from embrecycle import EmbRecycleError, TaskSet
 from embrecycle.training import TrainConfig, train
 
 pytestmark = pytest.mark.faults
+
+Record = Callable[[str, Mapping[str, object]], None]  # the fault_counts fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +69,23 @@ def _outcome(run: Path, name: str, original: embrecycle.TaskModel) -> str:
     return "harmless"
 
 
-def test_every_damaged_run_file_is_detected_and_named(finished_run: Path, tmp_path: Path) -> None:
+def test_every_damaged_run_file_is_detected_and_named(finished_run: Path, tmp_path: Path, fault_counts: Record) -> None:
     files = sorted(p.name for p in finished_run.iterdir())
     assert {"run.json", "labels.json", "metrics.json", "model.safetensors", "training_curves.png"} <= set(files)
     original = embrecycle.load(finished_run)
     counts = {"cases": 0, "detected": 0, "harmless": 0}
+    harmless: list[str] = []
     for name in files:
         for how, at in _cases((finished_run / name).stat().st_size):
             run = tmp_path / f"{name}-{how}-{at}"
             shutil.copytree(finished_run, run)
             _damage(run / name, how, at)
             counts["cases"] += 1
-            counts[_outcome(run, name, original)] += 1
+            outcome = _outcome(run, name, original)
+            counts[outcome] += 1
+            if outcome == "harmless":
+                harmless.append(f"{name} {how}@{at}")
             shutil.rmtree(run)
-    print(f"\nrun corruption sweep: {counts} over {files}")
+    fault_counts("run corruption sweep: truncate / flip / delete every file", {**counts, "files": len(files)})
     assert counts["cases"] > 40 and counts["harmless"] <= 2  # only a trailing newline of run.json may go
+    assert all(case.startswith("run.json ") for case in harmless), harmless

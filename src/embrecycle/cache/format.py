@@ -58,6 +58,8 @@ def parse_header(raw: bytes) -> tuple[int, int, str]:
     """``(format_version, hidden_size, dtype)`` of an index header; raises ValueError if not one."""
     if len(raw) < HEADER_SIZE or raw[:8] != MAGIC:
         raise ValueError("not an embrecycle index file (bad magic)")
+    if any(raw[32:HEADER_SIZE]):
+        raise ValueError("damaged: its reserved bytes 32-63 are not zero")
     version, hidden = np.frombuffer(raw[8:16], "<u4")
     dtype = raw[16:32].rstrip(b"\0").decode()
     return int(version), int(hidden), dtype

@@ -168,6 +168,24 @@ def atomic_write_json(path: Path, data: Any) -> None:
         raise
 
 
+MANIFEST_CHECKSUM = "manifest_sha256"
+"""The manifest's own checksum: sha256 of the file's exact bytes as written without this (last) key."""
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2) + "\n").encode("utf-8")  # what atomic_write_json writes
+
+
+def _manifest_checksum(data: dict[str, Any]) -> str:
+    return hashlib.sha256(_json_bytes({k: v for k, v in data.items() if k != MANIFEST_CHECKSUM})).hexdigest()
+
+
+def write_manifest(path: Path, data: dict[str, Any]) -> None:
+    """Write a cache manifest atomically, sealed with its checksum (:data:`MANIFEST_CHECKSUM`, the last key)."""
+    body = {k: v for k, v in data.items() if k != MANIFEST_CHECKSUM}
+    atomic_write_json(path, {**body, MANIFEST_CHECKSUM: _manifest_checksum(body)})
+
+
 def new_manifest(settings: CacheSettings) -> dict[str, Any]:
     now = datetime.now(UTC).isoformat(timespec="seconds")
     return {
@@ -196,9 +214,12 @@ def read_settings_copy(root: Path) -> CacheSettings | None:
     """The settings copy of the cache at ``root``, or None when it is missing or damaged."""
     path = settings_copy_path(root)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
         settings = CacheSettings.from_dict(data["settings"], str(path))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, CacheCorruptedError):
+        return None
+    if raw != _json_bytes(data):  # not exactly as written: damaged (or edited)
         return None
     return settings if data.get("settings_fingerprint") == settings.fingerprint() else None
 
@@ -240,8 +261,10 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not path.exists():
         raise missing_manifest_error(root)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
         _check_manifest(data, path)
+        _check_sealed(data, raw, path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, CacheCorruptedError) as e:
         text = str(e) if isinstance(e, CacheCorruptedError) else f"cannot read {path}: {e}"
         raise CacheCorruptedError(f"{text.rstrip('.')}. {_manifest_fix(root)}") from e
@@ -263,6 +286,15 @@ def _check_manifest(data: Any, path: Path) -> None:
         raise CacheCorruptedError(
             f"{path}: its settings do not match their recorded fingerprint (the file was modified or damaged)"
         )
+
+
+def _check_sealed(data: dict[str, Any], raw: bytes, path: Path) -> None:
+    """A manifest with a checksum must be exactly the bytes it was written as (one written before 0.2 has none)."""
+    recorded = data.get(MANIFEST_CHECKSUM)
+    if recorded is None:
+        return
+    if recorded != _manifest_checksum(data) or raw != _json_bytes(data):
+        raise CacheCorruptedError(f"{path} does not match its {MANIFEST_CHECKSUM} (the file was modified or damaged)")
 
 
 def _manifest_fix(root: Path) -> str:

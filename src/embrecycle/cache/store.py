@@ -35,6 +35,7 @@ from .settings import (
     read_manifest,
     read_settings_copy,
     settings_copy_path,
+    write_manifest,
     write_settings_copy,
 )
 from .shard import (
@@ -199,7 +200,7 @@ class Cache:
                 raise FileExistsError(
                     f"{remote.url} exists, is not empty and holds no cache manifest: choose another --out."
                 )
-            atomic_write_json(remote.mirror / MANIFEST_NAME, new_manifest(settings))
+            write_manifest(remote.mirror / MANIFEST_NAME, new_manifest(settings))
             remote.push(MANIFEST_NAME)
             return cls(remote.mirror, read_manifest(remote.mirror), remote=remote, **kw)
         root = local_path(path)
@@ -209,7 +210,7 @@ class Cache:
             return cls._recover(root, settings, documents, **kw)
         if root.exists() and not all(is_own_file(p.name) for p in root.iterdir()):
             raise FileExistsError(f"{root} exists, is not empty and holds no cache manifest: choose another --out.")
-        atomic_write_json(root / MANIFEST_NAME, new_manifest(settings))
+        write_manifest(root / MANIFEST_NAME, new_manifest(settings))
         cache = cls(root, read_manifest(root), **kw)
         cache.ensure_settings_copy()
         return cache
@@ -222,7 +223,7 @@ class Cache:
             copy.check_matches(settings, str(root))
         elif not _documents_in_shards(root, settings, documents):
             raise missing_manifest_error(root)
-        atomic_write_json(root / MANIFEST_NAME, new_manifest(settings))
+        write_manifest(root / MANIFEST_NAME, new_manifest(settings))
         log.warning("%s: restored the lost %s (its shards hold these settings' states)", root, MANIFEST_NAME)
         cache = cls(root, read_manifest(root), **kw)
         cache.ensure_settings_copy()
@@ -521,7 +522,7 @@ class Cache:
             manifest = read_manifest(self.root)
             now = datetime.now(UTC).isoformat(timespec="seconds")
             manifest["stats"] = {**self.stats(), "shard_records": dict(self.shard_records), "updated": now}
-            atomic_write_json(self.root / MANIFEST_NAME, manifest)
+            write_manifest(self.root / MANIFEST_NAME, manifest)
             self.manifest = manifest
             if self.remote is not None:
                 self.remote.push(MANIFEST_NAME)
@@ -540,11 +541,25 @@ class Cache:
         for name in list_shards(self.root):
             self._verify_shard(name, repair, report)
         report.problems.extend(lost)
+        copy_problem = self._settings_copy_problem()
+        if copy_problem:
+            report.problems.append(copy_problem)
         if repair:
+            if copy_problem:
+                self.ensure_settings_copy()
             if self.remote is None and not report.ok and not report.busy_shards:
                 self.update_manifest_stats()  # accept what was dropped or lost
             self.refresh()
         return report
+
+    def _settings_copy_problem(self) -> str | None:
+        """What is wrong with the settings copy beside the shards (None: it matches the manifest, or none is kept:
+        a cache at a URL, or one without shards yet)."""
+        if self.remote is not None or not has_shards(self.root) or read_settings_copy(self.root) == self.settings:
+            return None
+        path = settings_copy_path(self.root)
+        what = "is missing" if not path.exists() else "is damaged or differs from the manifest's settings"
+        return f"{path} {what} (it restores a lost manifest): `embrecycle cache verify --repair` rewrites it"
 
     def _verify_shard(self, name: str, repair: bool, report: VerifyReport) -> None:
         s, paths = self.settings, shard_paths(self.root, name)
@@ -636,7 +651,7 @@ def restore_manifest(path: str | os.PathLike[str]) -> str | None:
             os.replace(manifest, manifest.with_name(f"{manifest.name}.damaged"))
     else:
         what = f"{manifest} was missing"
-    atomic_write_json(manifest, new_manifest(copy))
+    write_manifest(manifest, new_manifest(copy))
     Cache(root, read_manifest(root)).update_manifest_stats()
     return f"{what}: restored it from {settings_copy_path(root)}"
 
