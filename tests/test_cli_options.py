@@ -113,6 +113,7 @@ class Demo(Settings):
     lr: float | None = setting(None, "Learning rate.")
     n: int = setting(3, "Count.")
     limit: int | None = setting(600, "Limit (none: all).")
+    seed: int = setting(7, "Seed; several make a sweep.", sweep=True)
     internal: dict[str, int] = setting(default_factory=dict, help="Internal.", cli="set by the program, not the user")
 
     def problems(self) -> list[str]:
@@ -158,6 +159,20 @@ def test_only_given_options_reach_the_dataclass() -> None:
         "limit": None,
     }
     assert made.internal == {} and loud
+
+
+def test_a_sweep_field_takes_one_value_or_several() -> None:
+    seen: list[Any] = []
+    demo = _demo_app(seen)
+    assert runner.invoke(demo, ["go", "--name", "x", "--seed", "3"]).exit_code == 0
+    assert seen[-1][0] == {"name": "x", "seed": 3} and seen[-1][1].seed == 3
+    r = runner.invoke(demo, ["go", "--name", "x", "--seed", "1, 2,3"])
+    assert r.exit_code == 0 and seen[-1][0]["seed"] == [1, 2, 3]  # a list: the command runs a sweep
+    assert runner.invoke(demo, ["go", "--name", "x"]).exit_code == 0 and seen[-1][1].seed == 7
+    r = runner.invoke(demo, ["go", "--name", "x", "--seed", "1,two"])
+    assert r.exit_code == 2 and "--seed takes integers (comma-separated for a sweep" in r.output and "'two'" in r.output
+    r = runner.invoke(demo, ["go", "--name", "x", "--seed", ","])
+    assert r.exit_code == 2 and "--seed takes integers" in r.output
 
 
 def test_bad_values_are_reported_as_errors_with_exit_2() -> None:

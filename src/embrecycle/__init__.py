@@ -42,6 +42,7 @@ from .families import supported_model_types
 from .multitask import TaskSet
 from .predict import Predictions, TaskModel, load
 from .split import SplitEncoder
+from .sweep import SweepResult, sweep
 
 __all__ = [
     "BuildConfig",
@@ -71,6 +72,7 @@ __all__ = [
     "RunError",
     "RunExistsError",
     "SplitEncoder",
+    "SweepResult",
     "TaskModel",
     "TaskSet",
     "UnsupportedModelError",
@@ -82,4 +84,5 @@ __all__ = [
     "load_encoder",
     "open_cache",
     "supported_model_types",
+    "sweep",
 ]

@@ -311,9 +311,24 @@ def cache_verify(
 
 @command(app, "train", TrainConfig, UpperOptions)
 def train_cmd(given: Given, quiet: Quiet = False) -> None:
-    """Train a classifier or NER tagger on recycled layer-k states (or fully fine-tune, as a baseline)."""
+    """Train a classifier or NER tagger on recycled layer-k states (or fully fine-tune, as a baseline).
+
+    Several values of --lr, --head-lr, --seed or --upper (comma-separated) make a sweep: every combination is
+    trained over one cache into OUT/runs/, with OUT/leaderboard.md, leaderboard.json and sweep.png; run the same
+    command again to resume an interrupted sweep.
+    """
+    from .sweep import SWEEP_FIELDS, sweep
     from .training import train
 
+    fields = given[TrainConfig]
+    swept = {k: fields.pop(k) for k in SWEEP_FIELDS if isinstance(fields.get(k), list)}
+    if swept:
+        first = {k: v[0] for k, v in swept.items()}
+        config = TrainConfig(**fields, **first, upper_options=given.make(UpperOptions))
+        with _quiet(quiet):
+            outcome = sweep(config, **swept, progress=not quiet)
+        typer.echo(outcome.summary())
+        return
     config = given.make(TrainConfig, upper_options=given.make(UpperOptions))
     with _quiet(quiet):
         result = train(config, progress=not quiet)

@@ -126,6 +126,8 @@ class OptionSpec:
     hidden: bool
     items: str
     """What the values are called in error messages (``layer numbers``)."""
+    sweep: bool = False
+    """Several comma-separated values are taken (a sweep): :meth:`convert` gives a list when there are several."""
 
     @property
     def required(self) -> bool:
@@ -158,7 +160,14 @@ class OptionSpec:
                 extra["help"] = f"{self.help} Choices: {', '.join(self.choices)}."
             if self.nullable:
                 metavar += "|none"
-            extra["metavar"] = f"{metavar}[,...]" if self.is_list and self.comma_separated else metavar
+            several = (self.is_list and self.comma_separated) or self.sweep
+            extra["metavar"] = f"{metavar}[,...]" if several else metavar
+        if self.sweep:  # text, split in convert
+            default = inspect.Parameter.empty if self.required else self.default
+            return inspect.Parameter(
+                self.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                annotation=Annotated[str, typer.Option(*self.decls, **extra)],
+            )  # fmt: skip
         if self.is_list:
             # given as text and converted here, so "2,3,4" and repeated flags both work
             shown = self.shown_default
@@ -171,10 +180,27 @@ class OptionSpec:
             default = inspect.Parameter.empty if self.required else self.default
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
+    def _one(self, text: str) -> Any:
+        if self.nullable and text.lower() == "none":
+            return None
+        try:
+            return self.item_type(text)
+        except ValueError:
+            example = " 1,2,3" if self.item_type is int else " 1e-4,3e-4" if self.item_type is float else ""
+            raise ConfigError(
+                f"{self.flag} takes {self.items} (comma-separated for a sweep, e.g. {self.flag}{example}); "
+                f"got {text!r}."
+            ) from None
+
     def convert(self, value: Any) -> Any:
         """The field value for what the user typed (lists split on commas and converted)."""
         if value is None:
             return value
+        if self.sweep:
+            values = [self._one(p.strip()) for p in str(value).split(",") if p.strip()]
+            if not values:
+                raise ConfigError(f"{self.flag} takes {self.items} (comma-separated for a sweep); got {value!r}.")
+            return values[0] if len(values) == 1 else values
         if self.nullable:
             if str(value).strip().lower() == "none":
                 return None
@@ -234,6 +260,7 @@ def option_specs(cls: type) -> list[OptionSpec]:
                 comma_separated=bool(metadata.get("comma_separated", True)),
                 hidden=bool(metadata.get("hidden", False)),
                 items=str(metadata.get("items", _SCALARS[item_type])),
+                sweep=bool(metadata.get("sweep", False)) and not is_list,
             )
         )
     return specs

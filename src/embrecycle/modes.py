@@ -8,16 +8,21 @@ share them), whether it can be exported as a plain transformers model, and which
 parameters its run directory saves. No module outside this one compares mode
 names.
 
-=================  ==========  ==========  ============  ==========  ====================================
-mode               method      trains      from          exportable  saves
-=================  ==========  ==========  ============  ==========  ====================================
-``full``           recycle     k+1..N      the cache     yes         upper layers + head
-``head``           recycle     head        the cache     yes         head
-``lora``           recycle     LoRA k+1..N the cache     yes (merged) LoRA weights + head
-``adapter``        recycle     adapters    the cache     no          adapter weights + head
-``full-finetune``  full-finetune every     text          yes         every weight
-``lora-text``      lora        LoRA 1..N   text          yes (merged) LoRA weights + head
-=================  ==========  ==========  ============  ==========  ====================================
+=================  ==========  ==========  ============  ==========  ================================  ==============
+mode               method      trains      from          exportable  saves                             default lr
+=================  ==========  ==========  ============  ==========  ================================  ==============
+``full``           recycle     k+1..N      the cache     yes         upper layers + head               3e-4, ner 1e-3
+``head``           recycle     head        the cache     yes         head                              1e-2
+``lora``           recycle     LoRA k+1..N the cache     yes (merged) LoRA weights + head               3e-3
+``adapter``        recycle     adapters    the cache     no          adapter weights + head            3e-3, ner 1e-2
+``full-finetune``  full-finetune every     text          yes         every weight                      1e-4
+``lora-text``      lora        LoRA 1..N   text          yes (merged) LoRA weights + head               1e-3, ner 3e-3
+=================  ==========  ==========  ============  ==========  ================================  ==============
+
+The default learning rates are the best of the learning-rate sweeps in ``benchmarks/results`` (MiniLM-L6,
+sci-cite and bc5cdr, 2,000 training examples; see the README's "Learning rates"): recycling trains fewer
+layers from states that are already contextual and wants a higher rate than full fine-tuning, LoRA and
+adapters a higher one still, and a head alone the highest.
 """
 
 from __future__ import annotations
@@ -36,7 +41,34 @@ from .upper import (
     train_upper_layers,
 )
 
-__all__ = ["BASELINES", "MODES", "UPPER_CHOICES", "TrainingMode", "get_mode", "mode_of_v1_run", "resolve_mode"]
+__all__ = [
+    "BASELINES",
+    "MODES",
+    "UPPER_CHOICES",
+    "LearningRates",
+    "TrainingMode",
+    "get_mode",
+    "mode_of_v1_run",
+    "resolve_mode",
+]
+
+
+@dataclass(frozen=True)
+class LearningRates:
+    """A mode's default peak learning rate per task."""
+
+    classification: float
+    ner: float
+
+    def for_task(self, task: str) -> float:
+        if task not in ("classification", "ner"):
+            raise ConfigError(f"task={task!r}: choose classification or ner.")
+        return float(getattr(self, task))
+
+    def __str__(self) -> str:
+        if self.classification == self.ner:
+            return f"{self.classification:g}"
+        return f"{self.classification:g} (classification), {self.ner:g} (ner)"
 
 
 @dataclass(frozen=True)
@@ -56,6 +88,7 @@ class TrainingMode:
         upper: What is trained above the cut, as ``--upper`` names it.
         saves: What the run directory's ``model.safetensors`` holds.
         cut: The cut this mode trains at whatever the requested layer is (LoRA from text: 0, every layer).
+        lr: The default peak learning rate per task (``TrainConfig.lr`` unset).
     """
 
     name: str
@@ -69,6 +102,7 @@ class TrainingMode:
     frozen_base: bool = False
     exportable: bool = True
     cut: int | None = None
+    lr: LearningRates = LearningRates(1e-4, 1e-4)
 
     def layer_for(self, requested: int) -> int:
         """The cut a run of this mode uses when ``requested`` is asked for."""
@@ -89,25 +123,27 @@ MODES: dict[str, TrainingMode] = {
     for m in (
         TrainingMode(
             "full", "recycle", "layers k+1..N and the head", train_upper_layers, "upper layers + head", "full",
+            lr=LearningRates(3e-4, 1e-3),
         ),
         TrainingMode(
             "head", "recycle", "the head only (frozen features)", train_head, "head", "head", frozen_base=True,
+            lr=LearningRates(1e-2, 1e-2),
         ),
         TrainingMode(
             "lora", "recycle", "LoRA on layers k+1..N, and the head", train_lora, "LoRA weights + head", "lora",
-            frozen_base=True,
+            frozen_base=True, lr=LearningRates(3e-3, 3e-3),
         ),
         TrainingMode(
             "adapter", "recycle", "bottleneck adapters in layers k+1..N, and the head", train_adapters,
-            "adapter weights + head", "adapter", frozen_base=True, exportable=False,
+            "adapter weights + head", "adapter", frozen_base=True, exportable=False, lr=LearningRates(3e-3, 1e-2),
         ),
         TrainingMode(
             "full-finetune", "full-finetune", "every weight, from text (baseline)", train_everything,
-            "every weight", "full", from_text=True, trains_lower=True,
+            "every weight", "full", from_text=True, trains_lower=True, lr=LearningRates(1e-4, 1e-4),
         ),
         TrainingMode(
             "lora-text", "lora", "LoRA on every layer, from text (baseline)", train_lora, "LoRA weights + head",
-            "lora", from_text=True, frozen_base=True, cut=0,
+            "lora", from_text=True, frozen_base=True, cut=0, lr=LearningRates(1e-3, 3e-3),
         ),
     )
 }  # fmt: skip

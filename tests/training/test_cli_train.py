@@ -36,10 +36,11 @@ def test_train_predict_evaluate(tiny_bert_dir, toy_classification, tmp_path: Pat
     r = runner.invoke(app, [*args, "--epochs", "1", "--batch-size", "8", "-q"])
     assert r.exit_code == 0, r.output
     assert "recycle (cpu, fp32" in r.output and "best dev" in r.output and (run / "model.safetensors").exists()
-    assert r.stderr == ""  # -q: no progress bars, no weight-loading bars
+    assert "it/s" not in r.stderr and "%|" not in r.stderr  # -q: no progress bars, no weight-loading bars
     saved = json.loads((run / "run.json").read_text())["train_config"]
     assert (saved["data_format"], saved["max_grad_norm"], saved["truncation"]) == ("jsonl", 0.5, "error")
-    assert (saved["epochs"], saved["lr"], saved["upper_options"]["lora_r"]) == (1, 5e-5, 8)  # dataclass defaults
+    assert (saved["epochs"], saved["lr"], saved["upper_options"]["lora_r"]) == (1, None, 8)  # dataclass defaults
+    assert json.loads((run / "metrics.json").read_text())["lr"] == 3e-4  # the mode's default
 
     new = tmp_path / "new.txt"
     new.write_text("the protein of the method\n\ndisease in our results\n")

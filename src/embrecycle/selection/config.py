@@ -50,8 +50,14 @@ class SelectConfig(Settings):
     )
     epochs: int = setting(3, "Epochs of the planned training (with --batch-size it sets the default budget).")
     batch_size: int = setting(32, "Batch size of the planned training.")
-    lr: float = setting(5e-5, "Learning rate of the recycled proxies (and of the recommended training run).")
-    reference_lr: float | None = setting(None, "Learning rate of the full fine-tuning reference proxy (default: --lr).")
+    lr: float | None = setting(
+        None,
+        "Learning rate of the recycled proxies (and of the recommended training run); default: recycling's "
+        "(3e-4, ner 1e-3).",
+    )
+    reference_lr: float | None = setting(
+        None, "Learning rate of the full fine-tuning reference proxy (default: full fine-tuning's, 1e-4)."
+    )
     proxy_epochs: int = setting(1, "Epochs of each proxy run.")
     proxy_batch_size: int = setting(16, "Batch size of the proxy runs.")
     sample: int | None = setting(None, "Training examples per proxy run (default: as many as the budget allows).")

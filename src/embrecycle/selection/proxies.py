@@ -78,7 +78,7 @@ def proxy_config(
         "cache": None if reference else cache,
         "baseline": "full-finetune" if reference else None,
         "epochs": config.proxy_epochs,
-        "lr": (config.reference_lr or config.lr) if reference else config.lr,
+        "lr": config.reference_lr if reference else config.lr,  # None: the mode's default
         "batch_size": config.proxy_batch_size,
         "seed": config.seed,
         "max_length": config.max_length,

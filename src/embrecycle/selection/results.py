@@ -76,6 +76,7 @@ class Selection:
         cache = self.candidate(self.recommended).cache
         return (
             f"embrecycle train --task {self.task} --model {self.model} --layer {self.recommended} "
-            f"--train {c['train']} --dev {c['dev']} --epochs {c['epochs']} --lr {c['lr']} "
-            f"--batch-size {c['batch_size']} --cache {cache} --out RUN_DIR"
+            f"--train {c['train']} --dev {c['dev']} --epochs {c['epochs']} "
+            + (f"--lr {c['lr']} " if c.get("lr") is not None else "")
+            + f"--batch-size {c['batch_size']} --cache {cache} --out RUN_DIR"
         )

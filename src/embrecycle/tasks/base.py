@@ -90,3 +90,8 @@ class Task(ABC):
     @abstractmethod
     def metrics(self, gold: Sequence[Any], predicted: Sequence[Any]) -> dict[str, float]:
         """Scores; must include :attr:`primary_metric`."""
+
+    @abstractmethod
+    def constant_predictions(self, train: Sequence[Example], dev: Sequence[Example]) -> list[Any]:
+        """What a model that ignores its input predicts for each of ``dev`` (in the form :meth:`metrics` expects):
+        the most frequent training label, or ``O`` for every word."""

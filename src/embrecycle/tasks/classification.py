@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,3 +79,8 @@ class ClassificationTask(Task):
 
     def metrics(self, gold: Sequence[Any], predicted: Sequence[Any]) -> dict[str, float]:
         return classification_metrics(gold, predicted, self.labels)
+
+    def constant_predictions(self, train: Sequence[Example], dev: Sequence[Example]) -> list[Any]:
+        counts = Counter(str(e.label) for e in train)
+        majority = max(self.labels, key=lambda label: counts[label])  # ties: the first in label order
+        return [majority] * len(dev)

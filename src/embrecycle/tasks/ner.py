@@ -106,3 +106,6 @@ class NerTask(Task):
 
     def metrics(self, gold: Sequence[Any], predicted: Sequence[Any]) -> dict[str, float]:
         return entity_metrics(gold, predicted)
+
+    def constant_predictions(self, train: Sequence[Example], dev: Sequence[Example]) -> list[Any]:
+        return [["O"] * len(self.gold(e)) for e in dev]

@@ -39,7 +39,11 @@ class TrainConfig(Settings):
         None, "Cache directory or URL (default: derived from the settings under $EMBRECYCLE_CACHE_HOME)."
     )
     upper: str = setting(
-        "full", "What is trained above the cut: full, head, lora or adapter (the head always).", choices=UPPER_CHOICES
+        "full",
+        "What is trained above the cut: full, head, lora or adapter (the head always). Several (full,lora) make a "
+        "sweep.",
+        choices=UPPER_CHOICES,
+        sweep=True,
     )
     upper_options: UpperOptions = setting(
         default_factory=UpperOptions, help="LoRA and adapter settings.", cli="given as its own fields (--lora-r, ...)"
@@ -58,12 +62,22 @@ class TrainConfig(Settings):
         choices=PRECISION_CHOICES,
     )
     epochs: int = setting(3, "Epochs.")
-    lr: float = setting(5e-5, "Peak learning rate (AdamW).")
+    lr: float | None = setting(
+        None,
+        "Peak learning rate (AdamW); default: the training mode's (full 3e-4, ner 1e-3; head 1e-2; lora 3e-3; "
+        "adapter 3e-3, ner 1e-2; full-finetune 1e-4; lora from text 1e-3, ner 3e-3). Several (1e-4,3e-4) make a "
+        "sweep.",
+        sweep=True,
+    )
     head_lr: float | None = setting(
-        None, "Peak learning rate of the task head (classifier, and BERT's pooler); default: --lr."
+        None,
+        "Peak learning rate of the task head (classifier, and BERT's pooler); default: --lr. Several make a sweep.",
+        sweep=True,
     )
     batch_size: int = setting(32, "Examples per step.")
-    seed: int = setting(42, "Random seed (head initialisation, shuffling, subsets).")
+    seed: int = setting(
+        42, "Random seed (head initialisation, shuffling, subsets). Several (1,2,3) make a sweep.", sweep=True
+    )
     warmup_ratio: float = setting(0.1, "Fraction of the steps for linear warmup, in [0, 1).")
     weight_decay: float = setting(0.01, "AdamW weight decay.")
     max_grad_norm: float = setting(1.0, "Gradient clipping norm.")
@@ -141,6 +155,16 @@ class TrainConfig(Settings):
     def mode(self) -> TrainingMode:
         """The training mode ``upper`` and ``baseline`` select."""
         return resolve_mode(self.upper, self.baseline)
+
+    @property
+    def learning_rate(self) -> float:
+        """The peak learning rate: ``lr``, else the training mode's default for the task."""
+        return self.lr if self.lr is not None else self.mode.lr.for_task(self.task)
+
+    @property
+    def head_learning_rate(self) -> float:
+        """The task head's peak learning rate: ``head_lr``, else :attr:`learning_rate`."""
+        return self.head_lr if self.head_lr is not None else self.learning_rate
 
     @property
     def method(self) -> str:

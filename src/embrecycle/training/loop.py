@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..run import WEIGHTS_FILE, save_weights
 from ..run_dir import INCOMPLETE_MARKER, RESUME_FILE, open_staging, publish
 from ..run_record import RUN_FILE, RunRecord, file_digest
 from .build import BuiltModel, build_model
+from .chance import chance_level
 from .checkpoint import ResumeState, load_resume_state, restore, save_resume_state
 from .config import TrainConfig
 from .data import TrainingData, read_data
@@ -42,6 +44,8 @@ from .optim import make_optimizer
 from .result import CURVES_FILE, METRICS_FILE, TrainResult, read_metrics, write_metrics
 
 __all__ = ["TrainResult", "train"]
+
+log = logging.getLogger(__name__)
 
 RUN_ONLY = ("resume", "overwrite", "out")
 """Settings that say where and how to write a run, not what it trains: a resumed run may change them."""
@@ -105,6 +109,8 @@ def _train(config: TrainConfig, out: Path, stage: Path, resuming: bool, progress
     )  # fmt: skip
     weights = stage / WEIGHTS_FILE
     train_truncated, dev_truncated = inputs.truncated()
+    chance = chance_level(data.task, data.train, data.dev, fitted.best_predictions, seed=config.seed)
+    best_score = float(fitted.best.get(data.task.primary_metric, 0.0))
     result = TrainResult(
         run_dir=str(out),
         method=config.method,
@@ -129,10 +135,18 @@ def _train(config: TrainConfig, out: Path, stage: Path, resuming: bool, progress
         precision=built.hardware.precision,
         threads=built.hardware.threads,
         resumed=saved is not None,
+        lr=config.learning_rate,
+        head_lr=config.head_learning_rate,
+        primary_metric=data.task.primary_metric,
+        chance_score=chance.score,
+        constant_score=chance.constant,
+        learned_nothing=not chance.beaten_by(best_score),
         losses=fitted.losses,
         step_seconds=fitted.step_seconds,
         dev_predictions=fitted.best_predictions,
     )
+    if result.learned_nothing:
+        log.warning("%s", result.learned_nothing_warning())
     write_metrics(result, data.task.primary_metric, title=f"{config.task} {config.method}", folder=stage)  # 6
     finished = [WEIGHTS_FILE, "labels.json", METRICS_FILE, CURVES_FILE]
     files = {name: file_digest(stage / name) for name in finished if (stage / name).exists()}

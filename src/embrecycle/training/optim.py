@@ -21,7 +21,7 @@ def param_groups(model: RecyclingModel, config: TrainConfig) -> list[dict[str, A
         if not p.requires_grad:
             continue
         no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
-        lr = config.head_lr if config.head_lr is not None and id(p) in head else config.lr
+        lr = config.head_learning_rate if id(p) in head else config.learning_rate
         groups.setdefault((lr, 0.0 if no_decay else config.weight_decay), []).append(p)
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
@@ -37,6 +37,6 @@ def make_optimizer(
     groups = param_groups(model, config)
     devices = {p.device.type for g in groups for p in g["params"]}
     fused = bool(devices) and devices <= {"cpu", "cuda"}
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     return optimizer, scheduler

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,17 @@ class TrainResult:
     threads: int = 0
     resumed: bool = False
     """The run was continued from an interrupted one (``resume``); its timings cover the resumed part too."""
+    lr: float | None = None
+    """The peak learning rate it trained with (``--lr``, or the mode's default)."""
+    head_lr: float | None = None
+    """The task head's peak learning rate."""
+    primary_metric: str = ""
+    chance_score: float | None = None
+    """What a model that ignores its input scores (:mod:`embrecycle.training.chance`)."""
+    constant_score: float | None = None
+    """The score of predicting the most frequent training label (NER: ``O`` everywhere)."""
+    learned_nothing: bool = False
+    """The best dev score is no better than :attr:`chance_score`."""
     losses: list[float] = field(default_factory=list, repr=False)
     step_seconds: list[float] = field(default_factory=list, repr=False)
     dev_predictions: list[Any] = field(default_factory=list, repr=False)
@@ -58,12 +70,26 @@ class TrainResult:
     def summary(self) -> str:
         metric = ", ".join(f"{k} {v:.4f}" for k, v in self.best.items() if k not in ("epoch", "step", "train_loss"))
         threads = f", {self.threads} threads" if self.device == "cpu" and self.threads else ""
+        lr = f", lr {self.lr:g}" if self.lr is not None else ""
+        verdict = " (NO BETTER THAN CHANCE)" if self.learned_nothing else ""
         return (
-            f"{self.method} ({self.device}, {self.precision}{threads}): best dev {metric} | "
+            f"{self.method} ({self.device}, {self.precision}{threads}{lr}): best dev {metric}{verdict} | "
             f"train {self.train_seconds:.1f} s "
             f"({self.examples_per_second:.1f} ex/s), cache build {self.cache_build_seconds:.1f} s, "
             f"{self.trainable_parameters:,} trainable parameters ({self.weights_bytes / 1e6:.1f} MB saved) "
             f"-> {self.run_dir}{self._truncation_note()}"
+        )
+
+    def learned_nothing_warning(self) -> str:
+        """Why a run that learned nothing did, and what to try (empty when it learned)."""
+        if not self.learned_nothing:
+            return ""
+        best = self.best.get(self.primary_metric, 0.0)
+        lr = f"{self.lr:g}" if self.lr is not None else "the default"
+        return (
+            f"the model learned nothing: its best dev {self.primary_metric} {best:.4f} is no better than chance "
+            f"({self.chance_score:.4f}; the most frequent label scores {self.constant_score:.4f}). Try another --lr "
+            f"(this run: {lr}), more --epochs, or a sweep over one cache: --lr {_sweep_around(self.lr)}"
         )
 
     def _truncation_note(self) -> str:
@@ -73,6 +99,17 @@ class TrainResult:
             f"\nnote: {self.train_truncated} train and {self.dev_truncated} dev documents were longer than "
             "max_length and truncated (raise --max-length to keep their ends)"
         )
+
+
+_LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def _sweep_around(lr: float | None) -> str:
+    """Three learning rates of the usual 1-3-10 ladder around ``lr`` (itself or its nearest step in the middle)."""
+    centre = lr if lr is not None else 3e-4
+    i = min(range(len(_LADDER)), key=lambda j: abs(math.log(_LADDER[j] / centre)))
+    i = min(max(i, 1), len(_LADDER) - 2)
+    return ",".join(f"{x:g}" for x in _LADDER[i - 1 : i + 2])
 
 
 def write_metrics(result: TrainResult, primary_metric: str, title: str, folder: str | Path | None = None) -> None:
