@@ -96,15 +96,15 @@ def test_a_sweep_refuses_bad_values_and_other_settings(
         sweep(cfg, lr=[1e-3, -1.0], progress=False)
     assert not Path(cfg.out).exists()  # checked before anything was made
     with pytest.raises(ConfigError, match="baseline"):
-        sweep_values(TrainConfig(**{**cfg.to_dict(), "baseline": "full-finetune"}), {"upper": ["full", "lora"]})
+        sweep_values(TrainConfig.from_dict({**cfg.to_dict(), "baseline": "full-finetune"}), {"upper": ["full", "lora"]})
     sweep(cfg, lr=[1e-3], progress=False, compare_full_finetune=False)
-    other = TrainConfig(**{**cfg.to_dict(), "epochs": 2})
+    other = TrainConfig.from_dict({**cfg.to_dict(), "epochs": 2})
     with pytest.raises(ConfigError, match="epochs: 1 -> 2"):
         sweep(other, lr=[1e-3], progress=False)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
     with pytest.raises(RunExistsError, match="not a sweep directory"):
-        sweep(TrainConfig(**{**cfg.to_dict(), "out": str(tmp_path / "taken")}), lr=[1e-3], progress=False)
+        sweep(TrainConfig.from_dict({**cfg.to_dict(), "out": str(tmp_path / "taken")}), lr=[1e-3], progress=False)
 
 
 def test_cli_train_with_several_values_runs_a_sweep(

@@ -101,6 +101,9 @@ def _model_card(model: TaskModel, diff: float) -> str:
         for k in ("epochs", "lr", "head_lr", "batch_size", "seed", "warmup_ratio", "weight_decay", "train_limit")
         if cfg.get(k) is not None
     }
+    for k in ("lr", "head_lr"):  # unset: the mode's default, recorded in metrics.json
+        if k not in settings and metrics.get(k) is not None:
+            settings[k] = metrics[k]
     auto = model.task.auto_class.__name__
     lines = [
         "---",

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .config import VERSION_KEY
 from .errors import ConfigError, RunExistsError
 from .files import write_text_atomic
 from .leaderboard import LeaderboardRow, SweepRun, leaderboard, write_leaderboard
@@ -186,11 +187,10 @@ def sweep(
     t0 = time.perf_counter()
     combos = sweep_values(config, {"upper": upper, "lr": lr, "head_lr": head_lr, "seed": seed})
     out = Path(config.out)
-    base = {k: v for k, v in config.to_dict().items() if k not in (*RUN_ONLY, *SWEEP_FIELDS, "__version__")}
+    base = {k: v for k, v in config.to_dict().items() if k not in (*RUN_ONLY, *SWEEP_FIELDS, VERSION_KEY)}
     configs = []
     for combo in combos:  # every combination validated before any training
         fields = {**config.to_dict(), **combo, "resume": False, "overwrite": False}
-        fields.pop("__version__", None)
         configs.append(TrainConfig.from_dict(fields))
     names = [_name(c) for c in configs]
     _open_sweep_dir(out, base, combos, config.overwrite)
@@ -255,14 +255,14 @@ def _open_sweep_dir(out: Path, base: dict[str, Any], combos: list[dict[str, Any]
     if overwrite and (out / RUNS).exists():
         shutil.rmtree(out / RUNS)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"settings": base, "combinations": combos, "__version__": __version__}
+    payload = {"settings": base, "combinations": combos, VERSION_KEY: __version__}
     write_text_atomic(record, json.dumps(payload, indent=2) + "\n")
 
 
 def _check_kept(run_dir: Path, cfg: TrainConfig) -> None:
     saved = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("train_config", {})
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in (*RUN_ONLY, "__version__")}
-    theirs = {k: v for k, v in saved.items() if k not in (*RUN_ONLY, "__version__")}
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in (*RUN_ONLY, VERSION_KEY)}
+    theirs = {k: v for k, v in saved.items() if k not in (*RUN_ONLY, VERSION_KEY)}
     changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if changed:
         raise ConfigError(
