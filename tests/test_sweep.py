@@ -92,6 +92,8 @@ def test_a_sweep_refuses_bad_values_and_other_settings(
     cfg = _config(tmp_path, tiny_bert_dir, toy_classification, epochs=1)
     with pytest.raises(ConfigError, match=r"lr repeats \['0.001'\]"):
         sweep_values(cfg, {"lr": [1e-3, 1e-3]})
+    with pytest.raises(ConfigError, match=r"the same run \['full-lr0.0003-seed42'\]"):
+        sweep(cfg, lr=[None, 3e-4], progress=False)
     with pytest.raises(ConfigError, match="lr=-1"):
         sweep(cfg, lr=[1e-3, -1.0], progress=False)
     assert not Path(cfg.out).exists()  # checked before anything was made

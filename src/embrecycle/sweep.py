@@ -193,6 +193,12 @@ def sweep(
         fields = {**config.to_dict(), **combo, "resume": False, "overwrite": False}
         configs.append(TrainConfig.from_dict(fields))
     names = [_name(c) for c in configs]
+    same = sorted({n for n in names if names.count(n) > 1})
+    if same:
+        raise ConfigError(
+            f"two combinations of the sweep train the same run {same} (an unset value is the mode's default): "
+            "give each learning rate once."
+        )
     _open_sweep_dir(out, base, combos, config.overwrite)
     runs: list[SweepRun] = []
     trained = 0
