@@ -163,9 +163,9 @@ class OptionSpec:
             several = (self.is_list and self.comma_separated) or self.sweep
             extra["metavar"] = f"{metavar}[,...]" if several else metavar
         if self.sweep:  # text, split in convert
-            default = inspect.Parameter.empty if self.required else self.default
             return inspect.Parameter(
-                self.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                self.name, inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if self.required else self.default,
                 annotation=Annotated[str, typer.Option(*self.decls, **extra)],
             )  # fmt: skip
         if self.is_list:

@@ -238,9 +238,9 @@ def sweep(
     estimate = None
     if compare_full_finetune and config.baseline is None:
         estimate = estimate_full_finetune(configs[0], progress=progress)
-    result = SweepResult(str(out), metric, runs, leaderboard(runs), trained, time.perf_counter() - t0, estimate)
-    _write(out, result, len(configs))
-    return result
+    outcome = SweepResult(str(out), metric, runs, leaderboard(runs), trained, time.perf_counter() - t0, estimate)
+    _write(out, outcome, len(configs))
+    return outcome
 
 
 def _open_sweep_dir(out: Path, base: dict[str, Any], combos: list[dict[str, Any]], overwrite: bool) -> None:
