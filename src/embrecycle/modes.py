@@ -28,7 +28,7 @@ adapters a higher one still, and a head alone the highest.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .upper import (
@@ -102,7 +102,7 @@ class TrainingMode:
     frozen_base: bool = False
     exportable: bool = True
     cut: int | None = None
-    lr: LearningRates = LearningRates(1e-4, 1e-4)
+    lr: LearningRates = field(kw_only=True)  # no default: a mode without its own would train at another's
 
     def layer_for(self, requested: int) -> int:
         """The cut a run of this mode uses when ``requested`` is asked for."""

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,9 @@ from .errors import ConfigError, RunExistsError
 from .files import write_text_atomic
 from .leaderboard import LeaderboardRow, SweepRun, leaderboard, write_leaderboard
 from .run_dir import staging_dir
+from .tasks import TASKS
 from .training.config import TrainConfig
-from .training.loop import RUN_ONLY, train
+from .training.loop import RUN_ONLY, changed_settings, train
 from .training.result import METRICS_FILE, read_metrics
 
 __all__ = ["SWEEP_FIELDS", "FullFinetuneEstimate", "SweepResult", "sweep", "sweep_values"]
@@ -71,7 +72,6 @@ class SweepResult:
     """Runs trained by this call (the others were kept from an interrupted one)."""
     total_seconds: float
     full_finetune: FullFinetuneEstimate | None = None
-    skipped: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> LeaderboardRow:
@@ -202,7 +202,7 @@ def sweep(
     _open_sweep_dir(out, base, combos, config.overwrite)
     runs: list[SweepRun] = []
     trained = 0
-    metric = "macro_f1" if config.task == "classification" else "f1"
+    metric = TASKS[config.task].primary_metric
     for cfg, name in zip(configs, names, strict=True):
         run_dir = out / RUNS / name
         cfg = dataclasses.replace(cfg, out=str(run_dir))
@@ -214,7 +214,6 @@ def sweep(
             resume = not config.overwrite and staging_dir(run_dir).is_dir()
             result = train(dataclasses.replace(cfg, resume=resume, overwrite=config.overwrite), progress=progress)
             trained += 1
-        metric = result.primary_metric or metric
         runs.append(
             SweepRun(
                 name=name,
@@ -251,7 +250,7 @@ def _open_sweep_dir(out: Path, base: dict[str, Any], combos: list[dict[str, Any]
         )
     if record.exists() and not overwrite:
         theirs = json.loads(record.read_text(encoding="utf-8")).get("settings", {})
-        changed = sorted(k for k in set(base) | set(theirs) if base.get(k) != theirs.get(k))
+        changed = changed_settings(base, theirs)
         if changed:
             shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {base.get(k)!r}" for k in changed)
             raise ConfigError(
@@ -267,9 +266,7 @@ def _open_sweep_dir(out: Path, base: dict[str, Any], combos: list[dict[str, Any]
 
 def _check_kept(run_dir: Path, cfg: TrainConfig) -> None:
     saved = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("train_config", {})
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in (*RUN_ONLY, VERSION_KEY)}
-    theirs = {k: v for k, v in saved.items() if k not in (*RUN_ONLY, VERSION_KEY)}
-    changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    changed = changed_settings(cfg.to_dict(), saved, ignore=(VERSION_KEY,))
     if changed:
         raise ConfigError(
             f"the sweep's run {run_dir} was trained with other settings ({', '.join(changed)}): delete it to train "

@@ -155,6 +155,13 @@ def _train(config: TrainConfig, out: Path, stage: Path, resuming: bool, progress
     return result
 
 
+def changed_settings(mine: dict[str, Any], theirs: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The keys of two saved training settings (``TrainConfig.to_dict``) whose values differ, leaving out
+    where and how a run is written (:data:`RUN_ONLY`) and ``ignore``."""
+    skip = {*RUN_ONLY, *ignore}
+    return sorted(k for k in set(mine) | set(theirs) if k not in skip and mine.get(k) != theirs.get(k))
+
+
 def _what_it_trains(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in RUN_ONLY}
 
@@ -171,9 +178,8 @@ def _saved_state(stage: Path, config: TrainConfig) -> ResumeState | None:
         except (OSError, ValueError):
             theirs = None  # run.json was being written when the run was killed: nothing was trained yet
     if theirs is not None:
-        mine = _what_it_trains(config)
-        theirs = {k: v for k, v in theirs.items() if k not in RUN_ONLY}
-        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        mine = config.to_dict()
+        changed = changed_settings(mine, theirs)
         if changed:
             shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in changed)
             raise ConfigError(
