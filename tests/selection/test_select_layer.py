@@ -27,6 +27,7 @@ def _config(tiny_bert_dir: str, files: dict[str, Path], tmp_path: Path, task: st
         "out": str(tmp_path / "sel"),
         "lr": 3e-3,
         "reference_lr": 3e-3,  # the tiny model learns at the recycled rate; full fine-tuning's default is for real ones
+        "head_lr": 3e-3,  # and its head too (the default 1e-2 overshoots on the toy data)
         "proxy_epochs": 6,
         "cache_root": str(tmp_path / "caches"),
         "budget_minutes": 60.0,  # ample even on a loaded machine: the plan is timed

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from embrecycle.cli import app
 from embrecycle.data import read_examples
 from embrecycle.data.readers import Example
-from embrecycle.modes import MODES
+from embrecycle.modes import HEAD_LR, MODES
 from embrecycle.tasks import ClassificationTask, NerTask
 from embrecycle.training import TrainConfig, train
 from embrecycle.training.chance import chance_level
@@ -60,7 +60,7 @@ def test_every_mode_has_a_default_learning_rate_per_task(
             cfg = TrainConfig(task=task, upper=mode.upper if not mode.from_text else "full",
                               baseline=mode.baseline, **base)  # fmt: skip
             assert cfg.mode is mode and cfg.lr is None
-            assert cfg.learning_rate == mode.lr.for_task(task) == cfg.head_learning_rate
+            assert cfg.learning_rate == mode.lr.for_task(task) and cfg.head_learning_rate == HEAD_LR.for_task(task)
     assert MODES["full"].lr.classification > MODES["full-finetune"].lr.classification
     assert MODES["lora"].lr.classification > MODES["full"].lr.classification
     given = TrainConfig(task="classification", lr=2e-5, head_lr=1e-3, **base)
@@ -96,7 +96,7 @@ def test_a_run_that_learned_is_not_flagged(
 ) -> None:
     cfg = TrainConfig(task="classification", model=tiny_bert_dir, layer=2, train=str(toy_classification["train"]),
                       dev=str(toy_classification["dev"]), out=str(tmp_path / "run"), cache=str(tmp_path / "cache"),
-                      epochs=8, lr=3e-3, batch_size=8, warmup_ratio=0.0, precision="fp32")  # fmt: skip
+                      epochs=8, lr=3e-3, head_lr=3e-3, batch_size=8, warmup_ratio=0.0, precision="fp32")  # fmt: skip
     result = train(cfg, progress=False)
     assert not result.learned_nothing and result.best["macro_f1"] > result.chance_score > 0.5
     assert "CHANCE" not in result.summary() and "lr 0.003" in result.summary()

@@ -80,7 +80,7 @@ def test_one_training_step_lowers_the_loss(
     data["train"] = small
     # One step of a chance-level tiny model moves its loss by ~1e-5, so the dropout mask decides the sign on some
     # seeds (2 of 8 with torch's dropout, 0 of 8 with embrecycle's): the seed is fixed to one where both agree.
-    cfg = dataclasses.replace(_config(tmp_path, tiny_bert_dir, data, task, epochs=1, lr=1e-3), seed=1)
+    cfg = dataclasses.replace(_config(tmp_path, tiny_bert_dir, data, task, epochs=1, lr=1e-3), seed=1, head_lr=1e-3)
     labels = get_task(task).label_vocabulary(read_examples(small))
 
     def batch_loss(model: RecyclingModel) -> float:

@@ -13,7 +13,19 @@ from ..hardware import PRECISION_CHOICES, hardware_problems
 from ..modes import TrainingMode, resolve_mode
 from ..tasks import TASKS, get_task
 
-__all__ = ["DATASET_FORMAT", "METHODS", "MODELS", "SPLITS", "BenchConfig", "BenchDataset", "Method", "dataset_names"]
+__all__ = [
+    "DATASET_FORMAT",
+    "LR_LADDER",
+    "METHODS",
+    "MODELS",
+    "SPLITS",
+    "BenchConfig",
+    "BenchDataset",
+    "Method",
+    "dataset_names",
+    "lr_grid",
+    "parse_limits",
+]
 
 SPLITS = ("train", "dev", "test")
 
@@ -133,14 +145,19 @@ class Method:
         baseline: ``full-finetune``/``lora`` (from text, no cache) or None (recycling).
         upper: What is trained above the cut.
         fraction: Cut as a fraction of the layers (k = round(fraction * N)); 1.0 caches every layer.
-        lr: Learning rate per task kind.
+
+    A method trains at its mode's default learning rates (:mod:`embrecycle.modes`) unless the benchmark
+    sweeps them (``lr_steps``).
     """
 
     name: str
     baseline: str | None
     upper: str
     fraction: float
-    lr: dict[str, float]
+
+    def default_lr(self, task: str) -> float:
+        """The mode's default learning rate for ``task``."""
+        return self.mode.lr.for_task(task)
 
     @property
     def mode(self) -> TrainingMode:
@@ -162,17 +179,59 @@ class Method:
 METHODS = {
     m.name: m
     for m in (
-        Method("full-finetune", "full-finetune", "full", 0.0, {"classification": 3e-4, "ner": 3e-4}),
-        Method("recycle-25", None, "full", 0.25, {"classification": 3e-4, "ner": 1e-3}),
-        Method("recycle-50", None, "full", 0.5, {"classification": 3e-4, "ner": 1e-3}),
-        Method("recycle-75", None, "full", 0.75, {"classification": 3e-4, "ner": 1e-3}),
-        Method("frozen-head", None, "head", 1.0, {"classification": 1e-2, "ner": 1e-2}),
-        Method("lora", "lora", "lora", 0.0, {"classification": 1e-3, "ner": 3e-3}),
-        Method("recycle-50-lora", None, "lora", 0.5, {"classification": 3e-3, "ner": 3e-3}),
-        Method("recycle-50-adapter", None, "adapter", 0.5, {"classification": 3e-3, "ner": 1e-2}),
+        Method("full-finetune", "full-finetune", "full", 0.0),
+        Method("recycle-25", None, "full", 0.25),
+        Method("recycle-50", None, "full", 0.5),
+        Method("recycle-75", None, "full", 0.75),
+        Method("frozen-head", None, "head", 1.0),
+        Method("lora", "lora", "lora", 0.0),
+        Method("recycle-50-lora", None, "lora", 0.5),
+        Method("recycle-50-adapter", None, "adapter", 0.5),
     )
 }
-"""Every method, with the learning rate that the learning-rate sweeps in ``benchmarks/results`` chose."""
+"""Every method the benchmark knows."""
+
+LR_LADDER = tuple(m * 10.0**e for e in range(-7, 1) for m in (1.0, 3.0))
+"""The learning rates a sweep steps along: 1e-7, 3e-7, ..., 1, 3 (each about 3.2x the last)."""
+
+
+def lr_grid(default: float, steps: int) -> list[float]:
+    """``default`` and the ``steps`` rungs of :data:`LR_LADDER` below and above it, ascending.
+
+    Example:
+        >>> [f"{x:g}" for x in lr_grid(3e-4, 1)]
+        ['0.0001', '0.0003', '0.001']
+    """
+    if steps <= 0:
+        return [default]
+    ladder = [float(f"{x:.0e}") for x in LR_LADDER]
+    below = [x for x in ladder if x < default * (1 - 1e-9)][-steps:]
+    above = [x for x in ladder if x > default * (1 + 1e-9)][:steps]
+    return [*below, default, *above]
+
+
+EVERY_EXAMPLE = "all"
+"""The ``--limit`` value that takes a whole split."""
+
+
+def parse_limits(specs: list[str]) -> tuple[dict[tuple[str, str], int | None], list[str]]:
+    """``NAME:SPLIT=N`` / ``NAME:SPLIT=all`` entries as ``{(name, split): limit}``, and the problems found."""
+    limits: dict[tuple[str, str], int | None] = {}
+    problems = []
+    for spec in specs:
+        key, eq, value = spec.partition("=")
+        name, colon, split = key.partition(":")
+        value = value.strip()
+        if not (eq and colon and name.strip() and split.strip() in SPLITS):
+            problems.append(f"--limit {spec!r} is not NAME:SPLIT=N or NAME:SPLIT=all (SPLIT: {', '.join(SPLITS)})")
+            continue
+        if value == EVERY_EXAMPLE:
+            limits[(name.strip(), split.strip())] = None
+        elif value.isdigit() and int(value) > 0:
+            limits[(name.strip(), split.strip())] = int(value)
+        else:
+            problems.append(f"--limit {spec!r}: the limit must be a positive number of examples or 'all'")
+    return limits, problems
 
 
 @dataclass
@@ -212,6 +271,20 @@ class BenchConfig(Settings):
     train_limit: int | None = setting(600, "Training examples per dataset (a seeded subset; unset: all).")
     dev_limit: int | None = setting(300, "Dev examples per dataset (a seeded subset; unset: all).")
     test_limit: int | None = setting(300, "Test examples per dataset (a seeded subset; unset: all).")
+    limits: list[str] = setting(
+        default_factory=list,
+        help="One dataset's own limit, as NAME:SPLIT=N or NAME:SPLIT=all (e.g. chemprot:train=all); repeat.",
+        flag="--limit",
+        comma_separated=False,
+    )
+    lr_steps: int = setting(
+        0,
+        "Sweep each method's learning rate on the first seed: its default and this many rungs either side on the "
+        "1-3-10 ladder (1: three rates); the later seeds train at the best by dev score. 0: the defaults only.",
+    )
+    overwrite: bool = setting(
+        False, "Discard the runs kept in --out by a benchmark with other settings (default: refuse and name them)."
+    )
     epochs: int = setting(3, "Epochs for every method.")
     batch_size: int = setting(32, "Batch size for every method.")
     max_length: int = setting(128, "Max tokens per document for every method.")
@@ -264,6 +337,11 @@ class BenchConfig(Settings):
         twice = sorted({n for n in names if names.count(n) > 1})
         checks.require(not twice, f"dataset names {twice} are given twice (each must name one dataset)")
         checks.extend(hardware_problems(self.device, self.precision))
+        limits, limit_problems = parse_limits(self.limits)
+        checks.extend(limit_problems)
+        strangers = sorted({name for name, _ in limits if name not in names})
+        checks.require(not strangers, f"--limit names datasets {strangers} that no --dataset gives (given: {names})")
+        checks.non_negative(lr_steps=self.lr_steps)
         return checks.positive(
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -276,6 +354,13 @@ class BenchConfig(Settings):
     def bench_datasets(self) -> list[BenchDataset]:
         """The datasets, parsed (in the order given)."""
         return list(self._datasets)
+
+    def limit(self, dataset: str, split: str) -> int | None:
+        """How many examples of ``split`` the benchmark takes from ``dataset`` (None: all)."""
+        own = parse_limits(self.limits)[0]
+        if (dataset, split) in own:
+            return own[(dataset, split)]
+        return {"train": self.train_limit, "dev": self.dev_limit, "test": self.test_limit}[split]
 
     @classmethod
     def quick_config(cls, **overrides: object) -> BenchConfig:

@@ -13,18 +13,94 @@ from .config import METHODS, dataset_names
 from .tables import fmt as _fmt
 from .tables import markdown_table, replace_block
 
-__all__ = ["headline_table", "merge_results", "render_report", "summarize", "update_readme"]
+__all__ = [
+    "chosen_lrs",
+    "headline_table",
+    "merge_results",
+    "render_report",
+    "retention_interval",
+    "summarize",
+    "update_readme",
+]
 
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
 AMORTISE_RUNS = (1, 3, 10)
+REFERENCE = "full-finetune"
+"""The method every ratio is against."""
 SCORE_FLOOR = 0.3
-"""Below this full-fine-tuning test score a retention ratio says nothing (a model at chance, or no entity found)."""
+"""Rows kept without a chance level (older results): below this full-fine-tuning test score a retention ratio
+says nothing (a model at chance, or no entity found)."""
+CLEARLY = 0.05
+"""A reference whose dev score is less than this above chance (constant prediction or shuffled predictions) is
+near chance: a ratio to it says nothing."""
+T95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812}
+"""One-sided 95% quantiles of Student's t by degrees of freedom (two-sided 90% intervals)."""
+
+
+def chosen_lrs(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], float]:
+    """The learning rate each (model, dataset, method) is reported at: its best first-seed run by dev score.
+
+    Without a sweep every run has the one rate. Ties go to the rate nearer the method's default.
+    """
+    first: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["kind"] == "train":
+            first[(r["model"], r["dataset"], r["method"])].append(r)
+    chosen = {}
+    for key, rs in first.items():
+        seed = min(r["seed"] for r in rs)
+        at_first = [r for r in rs if r["seed"] == seed]
+        best = max(
+            at_first,
+            key=lambda r: (r["dev_score"], -abs(math.log(r["lr"] / r.get("default_lr", r["lr"])))),
+        )
+        chosen[key] = best["lr"]
+    return chosen
+
+
+def retention_interval(
+    method: list[float], reference: list[float], level_t: dict[int, float] = T95
+) -> tuple[float, float, float] | None:
+    """Retention (mean score over the reference's mean score) with a two-sided 90% interval over seeds.
+
+    The interval is the delta method's for a ratio of two independent means, with Student's t at the smaller
+    sample's degrees of freedom; None when the reference mean is not positive. With one seed each the interval
+    is the point.
+
+    Example:
+        >>> r, lo, hi = retention_interval([0.80, 0.82, 0.81], [0.82, 0.83, 0.84])
+        >>> f"{r:.3f} [{lo:.3f}, {hi:.3f}]"
+        '0.976 [0.950, 1.002]'
+    """
+    m, ref = np.asarray(method, float), np.asarray(reference, float)
+    if ref.mean() <= 0 or not len(m):
+        return None
+    ratio = float(m.mean() / ref.mean())
+    df = min(len(m), len(ref)) - 1
+    if df < 1:
+        return ratio, ratio, ratio
+    var = m.var(ddof=1) / len(m) / m.mean() ** 2 if m.mean() else 0.0
+    var += ref.var(ddof=1) / len(ref) / ref.mean() ** 2
+    half = level_t.get(df, 1.645) * abs(ratio) * math.sqrt(var)
+    return ratio, ratio - half, ratio + half
+
+
+def _near_chance(rows: list[dict[str, Any]]) -> bool | None:
+    """The runs' dev scores are within :data:`CLEARLY` of chance on average (None: no chance level kept)."""
+    margins = [
+        r["dev_score"] - max(r["dev_constant_score"], r["dev_chance_score"])
+        for r in rows
+        if r.get("dev_chance_score") is not None and r.get("dev_constant_score") is not None
+    ]
+    if not margins:
+        return None
+    return float(np.mean(margins)) < CLEARLY
 
 
 def _reference(summary: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any] | None:
     """Full fine-tuning's summary row for the model and dataset of ``s``."""
-    key = (s["model"], s["dataset"], "full-finetune")
+    key = (s["model"], s["dataset"], REFERENCE)
     return next((x for x in summary if (x["model"], x["dataset"], x["method"]) == key), None)
 
 
@@ -41,10 +117,19 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (model, dataset, method): means (and std of the scores) over seeds, ratios to full fine-tuning."""
+    chosen = chosen_lrs(rows)
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    tried: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
     for r in rows:
-        if r["kind"] == "train":
-            groups[(r["model"], r["dataset"], r["method"])].append(r)
+        if r["kind"] != "train":
+            continue
+        key = (r["model"], r["dataset"], r["method"])
+        if r["lr"] == chosen[key]:
+            groups[key].append(r)
+        if r["seed"] == min(
+            x["seed"] for x in rows if x["kind"] == "train" and (x["model"], x["dataset"], x["method"]) == key
+        ):
+            tried[key].append((r["lr"], r["dev_score"]))
     out = []
     for (model, dataset, method), rs in groups.items():
         dev, dev_sd = _mean_std([r["dev_score"] for r in rs])
@@ -60,6 +145,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "layer": k,
                 "num_layers": n,
                 "seeds": len(rs),
+                "lr": chosen[(model, dataset, method)],
+                "head_lr": rs[0].get("head_lr"),
+                "lrs_tried": sorted(tried[(model, dataset, method)]),
+                "test_scores": [r["test_score"] for r in sorted(rs, key=lambda r: r["seed"])],
+                "near_chance": _near_chance(rs),
                 "dev": dev,
                 "dev_std": dev_sd,
                 "test": test,
@@ -81,7 +171,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
     for s in out:
         ref = _reference(out, s)
-        s["retention"] = s["test"] / ref["test"] if ref and ref["test"] else None
+        interval = retention_interval(s["test_scores"], ref["test_scores"]) if ref else None
+        s["retention"] = interval[0] if interval else None
+        s["retention_low"], s["retention_high"] = (interval[1], interval[2]) if interval else (None, None)
+        s["reference_near_chance"] = _reference_useless(ref)
         s["dev_retention"] = s["dev"] / ref["dev"] if ref and ref["dev"] else None
         s["train_speedup"] = s["train_eps"] / ref["train_eps"] if ref else None
         s["infer_cached_speedup"] = s["infer_cached_dps"] / ref["infer_cached_dps"] if ref else None
@@ -89,10 +182,32 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda s: (s["model"], s["dataset"], order.get(s["method"], 99)))
 
 
+def _reference_useless(ref: dict[str, Any] | None) -> bool:
+    """Full fine-tuning is missing or near chance: a ratio to it says nothing."""
+    if ref is None:
+        return True
+    if ref["near_chance"] is None:
+        return bool(ref["test"] < SCORE_FLOOR)
+    return bool(ref["near_chance"])
+
+
+def _retention_cell(s: dict[str, Any]) -> str:
+    """Retention with its 90% interval, or why there is none."""
+    if s["method"] == REFERENCE:
+        return "(reference)"
+    if s["reference_near_chance"]:
+        return "n/a: reference near chance"
+    if s["retention"] is None:
+        return "-"
+    if s["seeds"] > 1 and s["retention_low"] is not None:
+        return f"{s['retention']:.1%} [{s['retention_low']:.1%}, {s['retention_high']:.1%}]"
+    return f"{s['retention']:.1%}"
+
+
 def headline_table(summary: list[dict[str, Any]]) -> str:
     """Test score, retention and speed-ups per (model, dataset, method)."""
-    header = ["model", "dataset", "method", "k/N", "test score (mean ± std)", "retention", "train speed-up (ceiling)"]
-    header += ["inference on cached docs", "trainable params"]
+    header = ["model", "dataset", "method", "k/N", "lr", "test score (mean ± std)", "retention [90% interval]"]
+    header += ["train speed-up (ceiling)", "inference on cached docs", "trainable params"]
     rows = []
     for s in summary:
         ceiling = f" ({s['ceiling']:.2f}x)" if s["ceiling"] else ""
@@ -104,8 +219,9 @@ def headline_table(summary: list[dict[str, Any]]) -> str:
                 s["dataset"],
                 s["method"],
                 kn,
-                f"{s['test']:.4f} ± {s['test_std']:.4f}",
-                _fmt(s["retention"], ".1%"),
+                f"{s['lr']:g}",
+                f"{s['test']:.4f} ± {s['test_std']:.4f}" + (" (near chance)" if s["near_chance"] else ""),
+                _retention_cell(s),
                 _fmt(s["train_speedup"], ".2f", "x") + ceiling,
                 _fmt(s["infer_cached_speedup"], ".2f", "x"),
                 f"{s['trainable_parameters']:,}",
@@ -147,10 +263,18 @@ def _targets(summary: list[dict[str, Any]], caches: list[dict[str, Any]]) -> lis
 
     def retention_verdict(s: dict[str, Any], need: float) -> bool | str:
         ref = _reference(summary, s)
-        if ref is None or ref["test"] < SCORE_FLOOR:
+        if ref is None or s["reference_near_chance"]:
             shown = "n/a" if ref is None else f"{ref['test']:.3f}"
-            return f"not measurable (full fine-tuning scored {shown} < {SCORE_FLOOR}: too few training steps)"
-        return s["retention"] is not None and s["retention"] >= need
+            return f"not measurable (full fine-tuning scored {shown}, near chance)"
+        ret, low, high = s["retention"], s["retention_low"], s["retention_high"]
+        if ret is None:
+            return False
+        if s["seeds"] > 1 and low is not None and high is not None:
+            span = f"90% interval [{low:.1%}, {high:.1%}]"
+            if ret >= need:
+                return f"yes ({span}{'; it reaches below' if low < need else ''})"
+            return f"no ({span}{'; it reaches the target' if high >= need else ''})"
+        return ret >= need
 
     for s in summary:
         sp = s["train_speedup"]
@@ -251,20 +375,22 @@ def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
     amort = _amortisation(summary)
     plots = _plots(summary, amort, out, stem)
     quick = any(p["config"]["quick"] for p in parts)
-    methods = [m for p in parts for m in p["config"]["methods"]]
     lines = [
         "# embrecycle benchmark" + (" (quick smoke run: tiny subsets, numbers meaningless)" if quick else ""),
         "",
         *[_part_lines(p, len(parts)) for p in parts],
+        *_compute_lines(rows),
         "Within each run everything was measured in one process, side by side, every seed running every method in "
         "turn after an unrecorded warm-up; absolute times only compare within one run (the machine is shared and "
         "noisy), ratios are what to read.",
         "",
         "Every method shares the head, loop, optimiser (AdamW, linear warm-up and decay), schedule, epochs, batches "
-        "and seeds; learning rates per method and task kind come from the sweeps in `recycle_vs_finetune.md` and "
-        "`peft_and_multitask.md` (listed at the end). Scores: macro-F1 (classification) and entity F1 (NER) of the "
-        "best dev checkpoint on the test subset; retention and speed-ups are against full fine-tuning of the same "
-        "model and dataset. Training throughput excludes evaluation and the one-off cache build (accounted for in "
+        "and seeds; each trains at its mode's default learning rate or, with a sweep, at the best rate of its first "
+        "seed (listed at the end). Scores: macro-F1 (classification) and entity F1 (NER) of the best dev "
+        "checkpoint on the test subset; retention (with a 90% interval over seeds: delta method, Student's t) "
+        "and speed-ups are against full fine-tuning of the same model and dataset; a reference within "
+        f"{CLEARLY} of chance on dev (the constant prediction, or its own predictions shuffled) gets no ratio. "
+        "Training throughput excludes evaluation and the one-off cache build (accounted for in "
         "the amortisation table). Inference on cached documents: the dev subset, in the cache; on new documents: "
         "the test subset, not in the cache (its lower layers run).",
         "",
@@ -300,17 +426,24 @@ def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
         "",
         "## Learning rates",
         "",
-        *markdown_table(
-            ["method", "classification", "NER"],
-            [
-                [m.name, f"{m.lr['classification']:g}", f"{m.lr['ner']:g}"]
-                for m in METHODS.values()
-                if m.name in methods
-            ],
-        ),
+        "Each method's rate: its mode's default, or with a sweep (`--lr-steps`) the best first-seed run by dev "
+        "score, marked *; the later seeds trained at it. Dev scores of the first seed per rate tried:",
+        "",
+        *_lr_table(summary),
         "",
     ]
     return "\n".join(lines)
+
+
+def _lr_table(summary: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for s in summary:
+        tried = ", ".join(
+            f"{lr:g}: {dev:.4f}{'*' if lr == s['lr'] and len(s['lrs_tried']) > 1 else ''}" for lr, dev in s["lrs_tried"]
+        )
+        head = f"{s['head_lr']:g}" if s.get("head_lr") is not None else "-"
+        rows.append([s["model"], s["dataset"], s["method"], f"{s['lr']:g}", head, tried])
+    return markdown_table(["model", "dataset", "method", "lr", "head lr", "first seed's dev score per lr"], rows)
 
 
 def _per_method_table(summary: list[dict[str, Any]]) -> list[str]:
@@ -402,11 +535,35 @@ def _data_lines(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, *markdown_table(header, table), ""]
 
 
+def _compute_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The machine time the kept runs took, summed (a resumed benchmark's own clock misses the earlier parts)."""
+    runs = [r for r in rows if r["kind"] == "train" and "run_wall_seconds" in r]
+    if not runs:
+        return []
+    by_model: dict[str, float] = defaultdict(float)
+    for r in runs:
+        by_model[r["model"]] += r["run_wall_seconds"]
+    total = sum(by_model.values())
+    each = ", ".join(f"{m} {t / 3600:.1f} h" for m, t in sorted(by_model.items()))
+    return [
+        f"Machine time of the {len(runs)} training runs (training, evaluation, cache builds, inference timing), "
+        f"summed over every session that made them: {total / 3600:.1f} h ({each}).",
+        "",
+    ]
+
+
 def _part_lines(part: dict[str, Any], n_parts: int) -> str:
     """Machine and setup of one benchmark run."""
     env, cfg = part["environment"], part["config"]
     limits = ", ".join(
         f"{k.split('_')[0]} {cfg[k] if cfg[k] else 'all'}" for k in ("train_limit", "dev_limit", "test_limit")
+    )
+    if cfg.get("limits"):
+        limits += f" ({', '.join(cfg['limits'])})"
+    sweep = (
+        f"; learning rates swept {cfg['lr_steps']} rung(s) either side of each default on the first seed"
+        if cfg.get("lr_steps")
+        else ""
     )
     head = f"Run of models {cfg['models']}: " if n_parts > 1 else ""
     return (
@@ -414,7 +571,7 @@ def _part_lines(part: dict[str, Any], n_parts: int) -> str:
         f"{env['memory_gb']} GB; Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
         f"embrecycle {env['embrecycle']}; {env['date']}; took {env.get('bench_seconds', 0) / 60:.1f} min. "
         f"Datasets {dataset_names(cfg['datasets'])} (seeded subsets: {limits} examples); {cfg['epochs']} epochs, batch "
-        f"{cfg['batch_size']}, max length {cfg['max_length']}; seeds {cfg['seeds']}.\n"
+        f"{cfg['batch_size']}, max length {cfg['max_length']}; seeds {cfg['seeds']}{sweep}.\n"
     )
 
 

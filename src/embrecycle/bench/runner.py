@@ -10,8 +10,10 @@ steps spent reading it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,11 +29,13 @@ from ..cache.store import Cache
 from ..data.readers import Example, read_examples
 from ..data.writers import serialise_examples
 from ..encoder import load_config
-from ..errors import InputDataError
+from ..errors import ConfigError, InputDataError
+from ..files import write_text_atomic
 from ..predict import load
 from ..tokenization import is_empty
 from ..training import TrainConfig, read_split, train
-from .config import METHODS, SPLITS, BenchConfig, BenchDataset, Method
+from .config import METHODS, SPLITS, BenchConfig, BenchDataset, Method, lr_grid
+from .report import chosen_lrs
 from .results import environment, write_results
 
 __all__ = ["BenchData", "environment", "prepare_data", "resolve_model", "run_bench", "write_results"]
@@ -50,8 +54,19 @@ def resolve_model(name: str) -> str:
     return name
 
 
+RESULT_SETTINGS = ("epochs", "batch_size", "max_length", "precision", "device")
+"""Settings a kept run's numbers depend on (with the dataset files and subsets): a change invalidates it."""
+
+
 def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every measurement of ``config``; returns ``{"environment", "config", "rows"}`` (also written as JSON)."""
+    """Run every measurement of ``config``; returns ``{"environment", "config", "rows"}`` (also written as JSON).
+
+    Each finished run is kept as ``<out>/runs/<model>/<dataset>/<method>-lr<lr>-seed<seed>.json`` (and each
+    cache's row beside them); a re-run with the same settings reuses them and trains only what is missing, so an
+    interrupted benchmark resumes where it stopped. Caches and data subsets live under ``<out>/work`` (not for
+    version control: it holds a ``.gitignore``). With ``lr_steps``, every method trains on the first seed at each
+    rate of :func:`~embrecycle.bench.config.lr_grid` and on the later seeds at the best of them by dev score.
+    """
     datasets = config.bench_datasets()
     for ds in datasets:
         missing = [str(ds.path(s)) for s in SPLITS if not ds.path(s).is_file()]
@@ -62,37 +77,132 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> d
             )
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    partial = Path(config.out) / ("bench_quick.partial.json" if config.quick else "bench.partial.json")
+    out = Path(config.out)
+    partial = out / ("bench_quick.partial.json" if config.quick else "bench.partial.json")
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / ".gitignore").write_text("# caches and data subsets of `embrecycle bench`: large, rebuilt on demand\n*\n")
     with tempfile.TemporaryDirectory(prefix="embrecycle-bench-") as tmp:
         for model_name in config.models:
             model = resolve_model(model_name)
             n_layers = int(load_config(model).num_hidden_layers)
             for ds in datasets:
-                data = prepare_data(config, Path(tmp) / "data", ds)
+                data = prepare_data(config, work / "data" / _slug(model_name), ds)
                 rows.append({"kind": "data", "model": model_name, **data.counts})
-                _warm_up(config, tmp, model, ds, data)
-                caches_seen: set[str] = set()
+                kept = _Kept(out / "runs" / _slug(model_name) / ds.name, _settings(config, ds, data), config.overwrite)
+                warmed = False
                 # Seeds outside, methods inside: a slow spell of the shared machine hits every method alike.
-                for seed in config.seeds:
+                for i, seed in enumerate(config.seeds):
                     for method_name in config.methods:
                         method = METHODS[method_name]
                         layer = round(method.fraction * n_layers)
-                        row = _train_run(config, tmp, model_name, model, n_layers, ds, data, method, layer, seed)
-                        if seed == config.seeds[0] and config.memory:
-                            row["peak_memory_bytes"], row["idle_memory_bytes"] = _peak_memory(config, row["config"])
-                        rows.append(row)
-                        progress(
-                            f"[{time.perf_counter() - started:6.0f}s] {model_name} {ds.name} {method_name} "
-                            f"seed {seed}: "
-                            f"dev {row['dev_score']:.4f} test {row['test_score']:.4f}, "
-                            f"{row['train_examples_per_second']:.1f} ex/s"
-                        )
-                        if row["cache"] and row["cache"] not in caches_seen:
-                            caches_seen.add(row["cache"])
-                            rows.append(_cache_row(row, config))
-                        _write_partial(partial, config, rows, started)
+                        default = method.default_lr(ds.task)
+                        lrs = lr_grid(default, config.lr_steps) if i == 0 else [kept.best_lr(method.name, default)]
+                        for lr in lrs:
+                            name = f"{method.name}-lr{lr:g}-seed{seed}"
+                            row = kept.row(name)
+                            if row is None:
+                                if not warmed:
+                                    _warm_up(config, tmp, model, ds, data)
+                                    warmed = True
+                                cache_dir = work / "caches" / f"{_slug(model_name)}-{ds.name}-{layer}"
+                                if method.recycles and not kept.has(f"cache-k{layer}"):
+                                    shutil.rmtree(cache_dir, ignore_errors=True)  # built by a killed run: untimed
+                                row = _train_run(
+                                    config,
+                                    tmp,
+                                    model_name,
+                                    model,
+                                    n_layers,
+                                    ds,
+                                    data,
+                                    method,
+                                    layer,
+                                    seed,
+                                    lr,
+                                    cache_dir if method.recycles else None,
+                                )
+                                if config.memory and not kept.measured_memory(method.name):
+                                    row["peak_memory_bytes"], row["idle_memory_bytes"] = _peak_memory(
+                                        config, row["config"]
+                                    )
+                                kept.save(name, row)
+                                if row["cache"] and not kept.has(f"cache-k{layer}"):
+                                    kept.save(f"cache-k{layer}", _cache_row(row, config))
+                                verb = "trained"
+                            else:
+                                verb = "kept"
+                            progress(
+                                f"[{time.perf_counter() - started:6.0f}s] {model_name} {ds.name} {method_name} "
+                                f"lr {lr:g} seed {seed} ({verb}): dev {row['dev_score']:.4f} "
+                                f"test {row['test_score']:.4f}, {row['train_examples_per_second']:.1f} ex/s"
+                            )
+                            _write_partial(partial, config, rows + kept.rows(), started)
+                rows.extend(kept.rows())
     partial.unlink(missing_ok=True)
     return _result(config, rows, started)
+
+
+def _slug(name: str) -> str:
+    """A model name or path as one file-name component."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).name or name)
+
+
+def _settings(config: BenchConfig, ds: BenchDataset, data: BenchData) -> dict[str, Any]:
+    """What the numbers of one (model, dataset) depend on besides method, rate and seed."""
+    return {
+        **{k: getattr(config, k) for k in RESULT_SETTINGS},
+        "task": ds.task,
+        "files": [str(ds.path(s)) for s in SPLITS],
+        "subsets": data.fingerprint,
+        "counts": {k: data.counts[k] for k in SPLITS},
+    }
+
+
+class _Kept:
+    """The finished runs of one (model, dataset): one JSON file each, and the settings they were made with."""
+
+    def __init__(self, folder: Path, settings: dict[str, Any], overwrite: bool) -> None:
+        self.folder = folder
+        marker = folder / "settings.json"
+        if marker.is_file():
+            before = json.loads(marker.read_text(encoding="utf-8"))
+            changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+            if changed and not overwrite:
+                raise ConfigError(
+                    f"{folder} keeps runs made with other settings ({', '.join(changed)} differ: before "
+                    f"{ {k: before.get(k) for k in changed} }, now { {k: settings.get(k) for k in changed} }); "
+                    "rerun with their settings to resume, give another --out, or pass --overwrite to discard them."
+                )
+            if changed:
+                shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not marker.is_file():
+            write_text_atomic(marker, json.dumps(settings, indent=2) + "\n")
+        self._rows: dict[str, dict[str, Any]] = {}
+        for path in sorted(folder.glob("*.json")):
+            if path.name != "settings.json":
+                self._rows[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+
+    def has(self, name: str) -> bool:
+        return name in self._rows
+
+    def row(self, name: str) -> dict[str, Any] | None:
+        return self._rows.get(name)
+
+    def save(self, name: str, row: dict[str, Any]) -> None:
+        write_text_atomic(self.folder / f"{name}.json", json.dumps(row, indent=2) + "\n")
+        self._rows[name] = row
+
+    def rows(self) -> list[dict[str, Any]]:
+        return list(self._rows.values())
+
+    def best_lr(self, method: str, default: float) -> float:
+        """The rate of the method's best first-seed run by dev score (the default when none is kept)."""
+        return next((lr for (_, _, m), lr in chosen_lrs(self.rows()).items() if m == method), default)
+
+    def measured_memory(self, method: str) -> bool:
+        return any(r["kind"] == "train" and r["method"] == method and r["peak_memory_bytes"] for r in self.rows())
 
 
 @dataclass
@@ -103,6 +213,8 @@ class BenchData:
     dev: str
     test: list[Example]
     counts: dict[str, Any]
+    fingerprint: str = ""
+    """SHA-256 of the three subsets as written (a changed file or subset changes it)."""
 
 
 def prepare_data(config: BenchConfig, folder: Path, ds: BenchDataset) -> BenchData:
@@ -123,10 +235,10 @@ def prepare_data(config: BenchConfig, folder: Path, ds: BenchDataset) -> BenchDa
             kept = [kept[i] for i in sorted(rng.choice(len(kept), limit, replace=False))]
         return kept, left_out
 
-    train_ex, _ = subset("train", config.train_limit, None)
+    train_ex, _ = subset("train", config.limit(ds.name, "train"), None)
     known = {str(e.label) for e in train_ex} if ds.task == "classification" else None
-    dev_ex, dev_dropped = subset("dev", config.dev_limit, known)
-    test_ex, test_dropped = subset("test", config.test_limit, known)
+    dev_ex, dev_dropped = subset("dev", config.limit(ds.name, "dev"), known)
+    test_ex, test_dropped = subset("test", config.limit(ds.name, "test"), known)
     out = folder / ds.name
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -142,7 +254,10 @@ def prepare_data(config: BenchConfig, folder: Path, ds: BenchDataset) -> BenchDa
         "dev_left_out": dev_dropped,
         "test_left_out": test_dropped,
     }
-    return BenchData(str(paths["train"]), str(paths["dev"]), test_ex, counts)
+    digest = hashlib.sha256()
+    for examples in (train_ex, dev_ex, test_ex):
+        digest.update(serialise_examples(examples, ext).encode("utf-8"))
+    return BenchData(str(paths["train"]), str(paths["dev"]), test_ex, counts, digest.hexdigest())
 
 
 def _result(config: BenchConfig, rows: list[dict[str, Any]], started: float) -> dict[str, Any]:
@@ -226,8 +341,11 @@ def _train_run(
     method: Method,
     layer: int,
     seed: int,
+    lr: float,
+    cache: Path | None,
 ) -> dict[str, Any]:
-    run_dir = Path(tmp) / f"{model_name}-{ds.name}-{method.name}-{seed}"
+    started = time.perf_counter()
+    run_dir = Path(tmp) / f"{_slug(model_name)}-{ds.name}-{method.name}-{lr:g}-{seed}"
     cfg = TrainConfig(
         task=ds.task,
         model=model,
@@ -235,13 +353,13 @@ def _train_run(
         train=data.train,
         dev=data.dev,
         out=str(run_dir),
-        cache=str(Path(tmp) / f"cache-{model_name}-{ds.name}-{layer}") if method.recycles else None,
+        cache=str(cache) if cache is not None else None,
         upper=method.upper,
         baseline=method.baseline,
         device=config.device,
         precision=config.precision,
         epochs=config.epochs,
-        lr=method.lr[ds.task],
+        lr=lr,
         batch_size=config.batch_size,
         seed=seed,
         max_length=config.max_length,
@@ -269,10 +387,15 @@ def _train_run(
         "layer": layer if method.recycles else 0,
         "seed": seed,
         "lr": cfg.lr,
+        "head_lr": result.head_lr,
+        "default_lr": method.default_lr(ds.task),
         "device": result.device,
         "precision": result.precision,
         "threads": result.threads,
         "dev_score": result.best[metric],
+        "dev_constant_score": result.constant_score,
+        "dev_chance_score": result.chance_score,
+        "learned_nothing": result.learned_nothing,
         "test_score": scores[metric],
         "train_seconds": result.train_seconds,
         "epochs": len(result.epoch_seconds),
@@ -292,6 +415,7 @@ def _train_run(
         "infer_new_docs": scores["documents"],
         "infer_new_misses": scores["cache_misses"],
         "infer_new_docs_per_second": scores["documents"] / new_s if new_s else 0.0,
+        "run_wall_seconds": time.perf_counter() - started,
     }
 
 

@@ -58,6 +58,9 @@ class SelectConfig(Settings):
     reference_lr: float | None = setting(
         None, "Learning rate of the full fine-tuning reference proxy (default: full fine-tuning's, 1e-4)."
     )
+    head_lr: float | None = setting(
+        None, "Learning rate of the task head in every proxy (and the recommended run); default: 1e-2."
+    )
     proxy_epochs: int = setting(1, "Epochs of each proxy run.")
     proxy_batch_size: int = setting(16, "Batch size of the proxy runs.")
     sample: int | None = setting(None, "Training examples per proxy run (default: as many as the budget allows).")
@@ -117,6 +120,7 @@ class SelectConfig(Settings):
                 proxy_batch_size=self.proxy_batch_size,
                 budget_minutes=self.budget_minutes,
                 reference_lr=self.reference_lr,
+                head_lr=self.head_lr,
                 sample=self.sample,
                 dev_sample=self.dev_sample,
                 max_length=self.max_length,

@@ -79,6 +79,7 @@ def proxy_config(
         "baseline": "full-finetune" if reference else None,
         "epochs": config.proxy_epochs,
         "lr": config.reference_lr if reference else config.lr,  # None: the mode's default
+        "head_lr": config.head_lr,
         "batch_size": config.proxy_batch_size,
         "seed": config.seed,
         "max_length": config.max_length,

@@ -78,5 +78,6 @@ class Selection:
             f"embrecycle train --task {self.task} --model {self.model} --layer {self.recommended} "
             f"--train {c['train']} --dev {c['dev']} --epochs {c['epochs']} "
             + (f"--lr {c['lr']} " if c.get("lr") is not None else "")
+            + (f"--head-lr {c['head_lr']} " if c.get("head_lr") is not None else "")
             + f"--batch-size {c['batch_size']} --cache {cache} --out RUN_DIR"
         )

@@ -71,7 +71,8 @@ class TrainConfig(Settings):
     )
     head_lr: float | None = setting(
         None,
-        "Peak learning rate of the task head (classifier, and BERT's pooler); default: --lr. Several make a sweep.",
+        "Peak learning rate of the task head (classifier, and BERT's pooler); default: 1e-2 in every mode (a "
+        "fresh head learns at a head's rate, not the body's). Several make a sweep.",
         sweep=True,
     )
     batch_size: int = setting(32, "Examples per step.")
@@ -163,8 +164,8 @@ class TrainConfig(Settings):
 
     @property
     def head_learning_rate(self) -> float:
-        """The task head's peak learning rate: ``head_lr``, else :attr:`learning_rate`."""
-        return self.head_lr if self.head_lr is not None else self.learning_rate
+        """The task head's peak learning rate: ``head_lr``, else the mode's default head rate."""
+        return self.head_lr if self.head_lr is not None else self.mode.head_lr.for_task(self.task)
 
     @property
     def method(self) -> str:
