@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import METHODS, MODELS, BenchConfig, BenchDataset
-from .report import headline_table, merge_results, render_report, summarize, update_readme
+from .report import headline_table, merge_results, readme_block, render_report, summarize, update_readme
 from .results import environment, write_results
 from .runner import run_bench
 
@@ -31,6 +31,7 @@ __all__ = [
     "environment",
     "headline_table",
     "merge_results",
+    "readme_block",
     "render_report",
     "report_from_results",
     "run_and_report",
@@ -54,7 +55,7 @@ def run_and_report(config: BenchConfig, readme: Path | None = None, progress: An
     report.write_text(render_report(result, out, stem), encoding="utf-8")
     if readme is not None and not config.quick:
         link = os.path.relpath(report, readme.parent)
-        update_readme(readme, headline_table(summarize(result["rows"])), link)
+        update_readme(readme, readme_block(result["rows"]), link)
     return {"results": results, "report": report}
 
 
@@ -75,5 +76,5 @@ def report_from_results(results: Path | list[Path], readme: Path | None = None, 
     report.write_text(render_report(result, Path(folder), stem), encoding="utf-8")
     parts = result.get("parts") or [result]
     if readme is not None and not any(p["config"]["quick"] for p in parts):
-        update_readme(readme, headline_table(summarize(result["rows"])), os.path.relpath(report, readme.parent))
+        update_readme(readme, readme_block(result["rows"]), os.path.relpath(report, readme.parent))
     return report

@@ -17,6 +17,7 @@ __all__ = [
     "chosen_lrs",
     "headline_table",
     "merge_results",
+    "readme_block",
     "render_report",
     "retention_interval",
     "summarize",
@@ -596,6 +597,11 @@ def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
                 )
             rows.append(r)
     return {"parts": parts, "rows": rows}
+
+
+def readme_block(rows: list[dict[str, Any]]) -> str:
+    """What the README shows between its benchmark markers: the headline table and the machine time it took."""
+    return "\n".join([headline_table(summarize(rows)), "", *_compute_lines(rows)]).rstrip()
 
 
 def update_readme(readme: Path, table: str, link: str) -> bool:
