@@ -18,14 +18,14 @@ def _vocab() -> list[str]:
     return specials + WORDS + chars + ["##" + c for c in string.ascii_lowercase + string.digits]
 
 
-def save_tiny_bert(path: Path, seed: int = 0, layers: int = 4) -> Path:
+def save_tiny_bert(path: Path, seed: int = 0, layers: int = 4, hidden: int = 32) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     vocab = _vocab()
     tok = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
     tok.save_pretrained(path)
     config = BertConfig(
         vocab_size=len(vocab),
-        hidden_size=32,
+        hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=37,
@@ -53,6 +53,12 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 def other_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Same architecture and tokenizer as ``tiny_bert_dir``, different weights."""
     return str(save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-other"), seed=1))
+
+
+@pytest.fixture(scope="session")
+def wide_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``tiny_bert_dir`` 128 channels wide: room for groups of 64 (and 32) channels of quantised caches."""
+    return str(save_tiny_bert(tmp_path_factory.mktemp("wide-bert"), hidden=128))
 
 
 @pytest.fixture(scope="session")

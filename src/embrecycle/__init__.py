@@ -12,9 +12,11 @@ from .cache import (
     CachedBatch,
     CachedDocument,
     CacheSettings,
+    ConvertSummary,
     RayOptions,
     build_cache,
     build_cache_ray,
+    convert_cache,
     open_cache,
 )
 from .encoder import LoadedEncoder, load_encoder
@@ -57,6 +59,7 @@ __all__ = [
     "CachedBatch",
     "CachedDocument",
     "ConfigError",
+    "ConvertSummary",
     "DiskFullError",
     "EmbRecycleError",
     "ExportResult",
@@ -79,6 +82,7 @@ __all__ = [
     "__version__",
     "build_cache",
     "build_cache_ray",
+    "convert_cache",
     "export_run",
     "load",
     "load_encoder",

@@ -280,6 +280,25 @@ def cache_info(path: CachePath, as_json: AsJson = False) -> None:
         raise typer.Exit(1)
 
 
+@command(cache_app, "convert")
+def cache_convert(
+    path: CachePath,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Storage dtype of the new cache: float32, float16, bfloat16, int8 (int8-g64), int8-token, int4 "
+            "(int4-g32) or int4-g64."
+        ),
+    ],
+    out: Annotated[str, typer.Option(help="New cache directory (a re-run resumes an interrupted conversion).")],
+    quiet: Quiet = False,
+) -> None:
+    """Store a cache's states in another dtype (8-bit, 4-bit, ...) without running the model."""
+    from .cache import convert_cache
+
+    typer.echo(str(convert_cache(path, out, dtype, progress=not quiet)))
+
+
 @command(cache_app, "verify")
 def cache_verify(
     path: CachePath,

@@ -410,7 +410,8 @@ def _table(params: list[Any]) -> list[str]:
             opt, value, default = f"`{p.name.upper()}`", "", "(required)"
         else:
             opt = ", ".join(f"`{n}`" for n in [*p.opts, *p.secondary_opts])
-            value = "" if p.is_flag else (p.metavar or p.type.name.upper())
+            kind = getattr(p, "type", None)
+            value = "" if p.is_flag else (p.metavar or (kind.name.upper() if kind is not None else "TEXT"))
             if p.multiple:
                 value += " (repeatable)"
             if p.required:

@@ -36,6 +36,7 @@ from ..hardware import PRECISION_CHOICES, Hardware, autocast, hardware_problems,
 from ..progress import progress_bar
 from ..split import SplitEncoder
 from ..tokenization import Encoded, encode_documents, is_empty, pad_ids
+from .codecs import codec_for
 from .format import STORAGE_DTYPES
 from .settings import TRUNCATION_MODES, CacheSettings
 from .shard import Entry, ShardWriter, shard_name_problem, shard_paths
@@ -56,7 +57,7 @@ class BuildConfig(Settings):
     truncation: str = setting(
         "truncate", "'truncate' longer documents (counted) or stop with an 'error'.", choices=TRUNCATION_MODES
     )
-    dtype: str = setting("float16", "Storage dtype of the states.", choices=sorted(STORAGE_DTYPES))
+    dtype: str = setting("float16", "Storage dtype of the states.", choices=list(STORAGE_DTYPES))
     batch_size: int = setting(32, "Documents per forward pass.")
     revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the model.")
     attn_implementation: str | None = setting(
@@ -78,7 +79,7 @@ class BuildConfig(Settings):
         return (
             Checks()
             .positive(batch_size=self.batch_size, max_length=self.max_length)
-            .choice("dtype", self.dtype, sorted(STORAGE_DTYPES))
+            .choice("dtype", self.dtype, STORAGE_DTYPES)
             .choice("truncation", self.truncation, TRUNCATION_MODES)
             .choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"), optional=True)
             .extend(hardware_problems(self.device, self.precision))
@@ -411,6 +412,5 @@ def lower_states(
 
 
 def to_storage(hidden: torch.Tensor, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        return hidden.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return hidden.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
+    """States as the stored items of storage dtype ``dtype`` (:mod:`.codecs`)."""
+    return codec_for(dtype).encode(hidden)

@@ -1,9 +1,10 @@
-"""On-disk layout of a cache shard (format version 1). See ``docs/cache-format.md``.
+"""On-disk layout of a cache shard (format version 1; 2 for quantised dtypes). See ``docs/cache-format.md``.
 
 A shard is three append-only files written by exactly one writer:
 
-- ``<name>.hidden``: the states of every token of every document, rows of
-  ``hidden_size`` values in the cache dtype, little endian, no header;
+- ``<name>.hidden``: the states of every token of every document, one fixed-width row per
+  token in the cache's storage dtype (:mod:`.codecs`: values, or codes and scales), little
+  endian, no header;
 - ``<name>.tokens``: one ``int32[4]`` row per token: input id, word index
   (-1 for special tokens), character start and end;
 - ``<name>.index``: a 64-byte header, then one 64-byte record per document
@@ -18,7 +19,13 @@ import zlib
 
 import numpy as np
 
+from .codecs import ALIASES, CODECS, codec_for
+
 FORMAT_VERSION = 1
+"""The format version of caches in a floating-point dtype (what every embrecycle before 0.3 reads)."""
+QUANTISED_FORMAT_VERSION = 2
+"""The format version of caches in a quantised dtype (codes and scales per row; see :mod:`.codecs`)."""
+READABLE_VERSIONS = (FORMAT_VERSION, QUANTISED_FORMAT_VERSION)
 MAGIC = b"EMBRIDX1"
 HEADER_SIZE = 64
 RECORD_SIZE = 64
@@ -40,17 +47,19 @@ assert RECORD_DTYPE.itemsize == RECORD_SIZE
 
 FLAG_TRUNCATED = 1
 
-# Storage dtypes: numpy has no bfloat16, so it is stored as its raw 16 bits.
-STORAGE_DTYPES: dict[str, np.dtype] = {
-    "float16": np.dtype("<f2"),
-    "bfloat16": np.dtype("<u2"),
-    "float32": np.dtype("<f4"),
-}
+STORAGE_DTYPES = (*sorted(CODECS), *sorted(ALIASES))
+"""Every storage dtype name a setting takes (aliases included; a cache records the full name)."""
+
+
+def format_version(dtype: str) -> int:
+    """The format version a cache in storage dtype ``dtype`` is written with."""
+    return QUANTISED_FORMAT_VERSION if codec_for(dtype).quantised else FORMAT_VERSION
 
 
 def make_header(hidden_size: int, dtype: str) -> bytes:
     """The 64-byte header of an index file."""
-    body = MAGIC + np.array([FORMAT_VERSION, hidden_size], "<u4").tobytes() + dtype.encode().ljust(16, b"\0")
+    version = format_version(dtype)
+    body = MAGIC + np.array([version, hidden_size], "<u4").tobytes() + dtype.encode().ljust(16, b"\0")
     return body.ljust(HEADER_SIZE, b"\0")
 
 

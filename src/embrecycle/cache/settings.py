@@ -15,7 +15,8 @@ from .._version import __version__
 from ..config import Checks
 from ..errors import CacheCorruptedError, CacheMismatchError
 from ..hardware import PRECISIONS
-from .format import FORMAT_VERSION, STORAGE_DTYPES
+from .codecs import CODECS, canonical_dtype
+from .format import READABLE_VERSIONS, STORAGE_DTYPES, format_version
 
 MANIFEST_NAME = "manifest.json"
 OWN_FILES = frozenset({".manifest.lock", "shards"})
@@ -64,7 +65,8 @@ class CacheSettings:
         max_length: Maximum tokens per document, special tokens included.
         truncation: ``"truncate"`` (longer documents are cut, and counted) or
             ``"error"`` (a longer document stops the build).
-        dtype: Storage dtype: ``float16``, ``bfloat16`` or ``float32``.
+        dtype: Storage dtype: ``float16``, ``bfloat16``, ``float32``, or a quantised one (``int8-token``,
+            ``int8-g64``, ``int4-g64``, ``int4-g32``; aliases ``int8`` and ``int4``): :mod:`.codecs`.
         precision: Compute precision of the lower layers that made the states: ``fp32``, ``bf16`` or
             ``fp16`` (states computed in bf16 differ from float32 ones stored as bf16).
     """
@@ -84,14 +86,18 @@ class CacheSettings:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))  # an alias (int8) records its full name
         checks = (
             Checks()
-            .choice("dtype", self.dtype, sorted(STORAGE_DTYPES))
+            .choice("dtype", self.dtype, STORAGE_DTYPES)
             .choice("truncation", self.truncation, TRUNCATION_MODES)
             .within("layer", self.layer, 0, self.num_layers)
             .choice("precision", self.precision, PRECISIONS)
         )
         checks.require(self.max_length >= 2, f"max_length={self.max_length} (use at least 2: room for special tokens)")
+        if self.dtype in CODECS:
+            problem = CODECS[self.dtype].problem(self.hidden_size)
+            checks.require(problem is None, str(problem))
         checks.raise_if_any("cache settings")
 
     def fingerprint(self) -> str:
@@ -186,17 +192,32 @@ def write_manifest(path: Path, data: dict[str, Any]) -> None:
     atomic_write_json(path, {**body, MANIFEST_CHECKSUM: _manifest_checksum(body)})
 
 
-def new_manifest(settings: CacheSettings) -> dict[str, Any]:
+def new_manifest(
+    settings: CacheSettings, key_fingerprint: str | None = None, converted_from: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A new cache's manifest. ``key_fingerprint``: the settings fingerprint its document keys are made under when
+    it is not its own (a converted cache keeps its source's keys); ``converted_from``: what it was converted from.
+    """
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    return {
+    manifest: dict[str, Any] = {
         "format": "embrecycle-cache",
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version(settings.dtype),
         "library_version": __version__,
         "created": now,
         "settings": settings.to_dict(),
         "settings_fingerprint": settings.fingerprint(),
-        "stats": {"documents": 0, "tokens": 0, "bytes": 0, "shards": 0, "updated": now},
     }
+    if key_fingerprint is not None and key_fingerprint != settings.fingerprint():
+        manifest["key_fingerprint"] = key_fingerprint
+    if converted_from is not None:
+        manifest["converted_from"] = converted_from
+    manifest["stats"] = {"documents": 0, "tokens": 0, "bytes": 0, "shards": 0, "updated": now}
+    return manifest
+
+
+def key_fingerprint(manifest: dict[str, Any], settings: CacheSettings) -> str:
+    """The settings fingerprint a cache's document keys are made under (its own, unless it was converted)."""
+    return str(manifest.get("key_fingerprint") or settings.fingerprint())
 
 
 def settings_copy_path(root: Path) -> Path:
@@ -204,10 +225,21 @@ def settings_copy_path(root: Path) -> Path:
     return root / SETTINGS_COPY
 
 
-def write_settings_copy(root: Path, settings: CacheSettings) -> None:
-    atomic_write_json(
-        settings_copy_path(root), {"settings": settings.to_dict(), "settings_fingerprint": settings.fingerprint()}
-    )
+def write_settings_copy(root: Path, settings: CacheSettings, keys_under: str | None = None) -> None:
+    """Keep a copy of the settings (and the fingerprint the keys are made under, when not their own)."""
+    data: dict[str, Any] = {"settings": settings.to_dict(), "settings_fingerprint": settings.fingerprint()}
+    if keys_under is not None and keys_under != settings.fingerprint():
+        data["key_fingerprint"] = keys_under
+    atomic_write_json(settings_copy_path(root), data)
+
+
+def read_copied_key_fingerprint(root: Path) -> str | None:
+    """The key fingerprint the settings copy records (a converted cache's), or None."""
+    try:
+        value = json.loads(settings_copy_path(root).read_text(encoding="utf-8")).get("key_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def read_settings_copy(root: Path) -> CacheSettings | None:
@@ -275,10 +307,10 @@ def _check_manifest(data: Any, path: Path) -> None:
     if not isinstance(data, dict) or data.get("format") != "embrecycle-cache":
         shown = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CacheCorruptedError(f"{path} is not an embrecycle cache manifest (format={shown!r})")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise CacheCorruptedError(
             f"{path} has cache format version {data.get('format_version')!r}; this embrecycle "
-            f"({__version__}) reads version {FORMAT_VERSION} (made by another embrecycle: use a matching one)"
+            f"({__version__}) reads versions {READABLE_VERSIONS} (made by another embrecycle: use a matching one)"
         )
     settings = CacheSettings.from_dict(data.get("settings"), str(path))
     recorded = data.get("settings_fingerprint")

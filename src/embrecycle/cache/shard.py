@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CacheCorruptedError, CacheLockedError, ConfigError
+from .codecs import codec_for
 from .format import (
     FLAG_TRUNCATED,
-    FORMAT_VERSION,
     HEADER_SIZE,
+    READABLE_VERSIONS,
     RECORD_DTYPE,
     RECORD_SIZE,
-    STORAGE_DTYPES,
     TOKEN_FIELDS,
+    format_version,
     make_header,
     parse_header,
     seal_records,
@@ -55,7 +56,7 @@ class Entry:
 
     Attributes:
         key: 32-byte document key.
-        hidden: ``(n_tokens, hidden_size)`` array in the storage dtype.
+        hidden: ``(n_tokens, width)`` stored items: the storage codec's encoding of the states.
         tokens: ``(n_tokens, 4)`` int32: input id, word id, char start, char end.
         truncated: Whether the document was cut to ``max_length``.
     """
@@ -89,8 +90,10 @@ def header_problem(raw: bytes, hidden_size: int, dtype: str) -> str | None:
         version, hs, dt = parse_header(raw[:HEADER_SIZE])
     except (ValueError, UnicodeDecodeError) as e:
         return f"bad index header ({e})"
-    if version != FORMAT_VERSION:
-        return f"index header says format version {version}, this embrecycle reads version {FORMAT_VERSION}"
+    if version not in READABLE_VERSIONS:
+        return f"index header says format version {version}, this embrecycle reads versions {READABLE_VERSIONS}"
+    if (hs, dt) == (hidden_size, dtype) and version != format_version(dtype):
+        return f"index header says format version {version}, but a {dtype} cache is version {format_version(dtype)}"
     if (hs, dt) != (hidden_size, dtype):
         return (
             f"shard holds hidden_size={hs}, dtype={dt!r} but the manifest says "
@@ -172,7 +175,9 @@ class ShardWriter:
         self.hidden_size = hidden_size
         self.dtype = dtype
         self.fsync = fsync
-        self.row_bytes = hidden_size * STORAGE_DTYPES[dtype].itemsize
+        self.codec = codec_for(dtype)
+        self.width = self.codec.width(hidden_size)
+        self.row_bytes = self.codec.row_bytes(hidden_size)
         self.paths["index"].parent.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.paths["lock"], "a+b")  # noqa: SIM115 - held for the writer's life
         try:
@@ -225,9 +230,9 @@ class ShardWriter:
         row = self.next_row
         for i, e in enumerate(entries):
             n = e.hidden.shape[0]
-            h = np.ascontiguousarray(e.hidden, dtype=STORAGE_DTYPES[self.dtype])
+            h = np.ascontiguousarray(e.hidden, dtype=self.codec.item_dtype)
             t = np.ascontiguousarray(e.tokens, dtype="<i4")
-            if h.shape != (n, self.hidden_size) or t.shape != (n, TOKEN_FIELDS):
+            if h.shape != (n, self.width) or t.shape != (n, TOKEN_FIELDS):
                 raise ValueError(f"entry {i}: hidden {h.shape} / tokens {t.shape} do not fit this shard")
             records[i]["key"] = np.void(e.key)
             records[i]["row"] = row

@@ -22,7 +22,8 @@ import torch
 
 from ..errors import CacheCorruptedError, CacheLockedError, CacheMissError
 from ..tokenization import Encoded, is_empty
-from .format import FLAG_TRUNCATED, FORMAT_VERSION, RECORD_DTYPE, STORAGE_DTYPES, TOKEN_FIELDS, make_header
+from .codecs import codec_for
+from .format import FLAG_TRUNCATED, READABLE_VERSIONS, RECORD_DTYPE, TOKEN_FIELDS, make_header
 from .location import Remote, is_remote, local_path
 from .settings import (
     MANIFEST_NAME,
@@ -30,8 +31,10 @@ from .settings import (
     atomic_write_json,
     has_shards,
     is_own_file,
+    key_fingerprint,
     missing_manifest_error,
     new_manifest,
+    read_copied_key_fingerprint,
     read_manifest,
     read_settings_copy,
     settings_copy_path,
@@ -152,9 +155,10 @@ class Cache:
         self.settings = CacheSettings.from_dict(manifest["settings"])
         self.verify_reads = verify_reads
         self._reported: list[str] = []
-        self.fingerprint = self.settings.fingerprint()
-        self._storage = STORAGE_DTYPES[self.settings.dtype]
-        self._row_bytes = self.settings.hidden_size * self._storage.itemsize
+        self.fingerprint = key_fingerprint(manifest, self.settings)  # what document keys are made under
+        self.codec = codec_for(self.settings.dtype)
+        self._width = self.codec.width(self.settings.hidden_size)
+        self._row_bytes = self.codec.row_bytes(self.settings.hidden_size)
         self.refresh()
 
     # ---- construction ---------------------------------------------------
@@ -223,7 +227,7 @@ class Cache:
             copy.check_matches(settings, str(root))
         elif not _documents_in_shards(root, settings, documents):
             raise missing_manifest_error(root)
-        write_manifest(root / MANIFEST_NAME, new_manifest(settings))
+        write_manifest(root / MANIFEST_NAME, new_manifest(settings, read_copied_key_fingerprint(root)))
         log.warning("%s: restored the lost %s (its shards hold these settings' states)", root, MANIFEST_NAME)
         cache = cls(root, read_manifest(root), **kw)
         cache.ensure_settings_copy()
@@ -232,8 +236,11 @@ class Cache:
 
     def ensure_settings_copy(self) -> None:
         """Write the copy of the settings beside the shards if it is missing or damaged (local caches)."""
-        if self.remote is None and read_settings_copy(self.root) != self.settings:
-            write_settings_copy(self.root, self.settings)
+        if self.remote is None and (
+            read_settings_copy(self.root) != self.settings
+            or read_copied_key_fingerprint(self.root) != self.manifest.get("key_fingerprint")
+        ):
+            write_settings_copy(self.root, self.settings, self.fingerprint)
 
     # ---- index ------------------------------------------------------------
     def refresh(self) -> None:
@@ -360,9 +367,8 @@ class Cache:
             if self.remote is not None:
                 self.remote.pull_shard_data(self.shards[sid])
             paths = shard_paths(self.root, self.shards[sid])
-            hs = self.settings.hidden_size
             self._maps[sid] = (
-                _memmap(paths["hidden"], self._storage, hs),
+                _memmap(paths["hidden"], self.codec.item_dtype, self._width),
                 _memmap(paths["tokens"], np.dtype("<i4"), TOKEN_FIELDS),
             )
         return self._maps[sid]
@@ -413,7 +419,7 @@ class Cache:
         """Entry ``i`` as float32 arrays."""
         h, t = self._rows(i)
         return CachedDocument(
-            hidden=_to_float32(np.array(h), self.settings.dtype),
+            hidden=self.codec.decode(np.array(h), self.settings.hidden_size).float().numpy(),
             input_ids=np.array(t[:, 0]),
             word_ids=np.array(t[:, 1]),
             offsets=np.array(t[:, 2:4]),
@@ -442,7 +448,7 @@ class Cache:
         idx = np.asarray(indices, dtype=np.int64)
         lens = self.lengths[idx]
         b, lmax, hs = len(idx), int(lens.max()) if len(idx) else 0, self.settings.hidden_size
-        hidden = np.zeros((b, lmax, hs), self._storage)
+        hidden = np.zeros((b, lmax, self._width), self.codec.item_dtype)
         toks = np.zeros((b, lmax, TOKEN_FIELDS), np.int32)
         toks[:, :, 1] = -1
         for j, i in enumerate(idx):
@@ -451,7 +457,7 @@ class Cache:
             toks[j, : len(t)] = t
         mask = torch.from_numpy(np.arange(lmax)[None, :] < lens[:, None]).long()
         return CachedBatch(
-            hidden=_tensor(hidden, self.settings.dtype).to(dtype),
+            hidden=self.codec.decode(hidden, hs).to(dtype),
             attention_mask=mask,
             input_ids=torch.from_numpy(toks[:, :, 0]).long(),
             word_ids=torch.from_numpy(toks[:, :, 1]).long(),
@@ -584,8 +590,8 @@ class Cache:
 
     def _check_records(self, name: str, records: np.ndarray, ok: np.ndarray, report: VerifyReport) -> np.ndarray:
         """Which records are sound: checksummed, pointing at complete data that matches its checksums."""
-        s, paths = self.settings, shard_paths(self.root, name)
-        hidden_mm = _memmap(paths["hidden"], self._storage, s.hidden_size)
+        paths = shard_paths(self.root, name)
+        hidden_mm = _memmap(paths["hidden"], self.codec.item_dtype, self._width)
         tokens_mm = _memmap(paths["tokens"], np.dtype("<i4"), TOKEN_FIELDS)
         good, data = ok.copy(), paths["hidden"].with_suffix(".hidden|.tokens")
         for j, rec in enumerate(records):
@@ -651,7 +657,7 @@ def restore_manifest(path: str | os.PathLike[str]) -> str | None:
             os.replace(manifest, manifest.with_name(f"{manifest.name}.damaged"))
     else:
         what = f"{manifest} was missing"
-    write_manifest(manifest, new_manifest(copy))
+    write_manifest(manifest, new_manifest(copy, read_copied_key_fingerprint(root)))
     Cache(root, read_manifest(root)).update_manifest_stats()
     return f"{what}: restored it from {settings_copy_path(root)}"
 
@@ -662,7 +668,7 @@ def _other_format_version(manifest: Path) -> bool:
         version = json.loads(manifest.read_text(encoding="utf-8")).get("format_version")
     except (OSError, ValueError, AttributeError):
         return False
-    return isinstance(version, int) and version != FORMAT_VERSION
+    return isinstance(version, int) and version not in READABLE_VERSIONS
 
 
 def _documents_in_shards(root: Path, settings: CacheSettings, documents: Sequence[Document]) -> bool:
@@ -681,15 +687,6 @@ def _memmap(path: Path, dtype: np.dtype, width: int) -> np.ndarray:
     if rows == 0:
         return np.zeros((0, width), dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=(rows, width))
-
-
-def _tensor(arr: np.ndarray, dtype: str) -> torch.Tensor:
-    t = torch.from_numpy(arr)
-    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
-
-
-def _to_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
-    return _tensor(arr, dtype).float().numpy()
 
 
 def open_cache(path: str | os.PathLike[str], verify_reads: bool = True, expected: CacheSettings | None = None) -> Cache:

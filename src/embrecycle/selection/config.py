@@ -77,7 +77,7 @@ class SelectConfig(Settings):
     cache_dtype: str = setting(
         "float16",
         "Storage dtype of the proxies' caches (the real training's --cache-dtype).",
-        choices=sorted(STORAGE_DTYPES),
+        choices=list(STORAGE_DTYPES),
     )
     device: str = setting("auto", "Where the models run: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps.")
     precision: str = setting(
@@ -102,7 +102,7 @@ class SelectConfig(Settings):
                 f"budget_share={self.budget_share} (must be in (0, 1]: 0.25 spends a quarter of one full fine-tuning "
                 "run; for more, give budget_minutes)",
             )
-            .choice("cache_dtype", self.cache_dtype, sorted(STORAGE_DTYPES))
+            .choice("cache_dtype", self.cache_dtype, STORAGE_DTYPES)
             .extend(hardware_problems(self.device, self.precision))
         )
         if self.candidates is not None:

@@ -95,7 +95,7 @@ class TrainConfig(Settings):
     data_format: str | None = setting(
         None, "Input format when the file extension does not say.", flag="--format", choices=FORMATS
     )
-    cache_dtype: str = setting("float16", "Storage dtype of the cache.", choices=sorted(STORAGE_DTYPES))
+    cache_dtype: str = setting("float16", "Storage dtype of the cache.", choices=list(STORAGE_DTYPES))
     save_every: int | None = setting(
         None, "Also save the resume state every N steps (default: at each evaluation only); see --resume."
     )
@@ -130,7 +130,7 @@ class TrainConfig(Settings):
             .choice("upper", self.upper, UPPER_CHOICES)
             .choice("baseline", self.baseline, sorted(BASELINES), optional=True)
             .choice("truncation", self.truncation, TRUNCATION_MODES)
-            .choice("cache_dtype", self.cache_dtype, sorted(STORAGE_DTYPES))
+            .choice("cache_dtype", self.cache_dtype, STORAGE_DTYPES)
             .choice("data_format", self.data_format, FORMATS, optional=True)
             .extend(hardware_problems(self.device, self.precision))
             .within("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)

@@ -71,6 +71,8 @@ class TrainResult:
         metric = ", ".join(f"{k} {v:.4f}" for k, v in self.best.items() if k not in ("epoch", "step", "train_loss"))
         threads = f", {self.threads} threads" if self.device == "cpu" and self.threads else ""
         lr = f", lr {self.lr:g}" if self.lr is not None else ""
+        if self.head_lr is not None and self.head_lr != self.lr:
+            lr += f", head lr {self.head_lr:g}"
         verdict = " (NO BETTER THAN CHANCE)" if self.learned_nothing else ""
         return (
             f"{self.method} ({self.device}, {self.precision}{threads}{lr}): best dev {metric}{verdict} | "
