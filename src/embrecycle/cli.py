@@ -272,6 +272,9 @@ def cache_info(path: CachePath, as_json: AsJson = False) -> None:
         f"  documents   {st['documents']} ({st['truncated_documents']} truncated), tokens {st['tokens']}",
         f"  size        {st['bytes'] / 1e6:.1f} MB in {st['shards']} shard(s), {st['bytes_per_token']} bytes/token",
     ]
+    if "converted_from" in cache.manifest:
+        src = cache.manifest["converted_from"]
+        lines.append(f"  converted   from the {src['dtype']} cache {src['location']} ({src['documents']} documents)")
     typer.echo(json.dumps(info, indent=2) if as_json else "\n".join(lines))
     for problem in cache.damage:
         typer.echo(f"problem: {problem}", err=True)
