@@ -302,6 +302,71 @@ def cache_convert(
     typer.echo(str(convert_cache(path, out, dtype, progress=not quiet)))
 
 
+@command(cache_app, "stats")
+def cache_stats_cmd(path: CachePath, as_json: AsJson = False) -> None:
+    """What a cache holds, shard by shard: documents, tokens, bytes, duplicates, dtype."""
+    from .cache.maintenance import cache_stats
+
+    stats = cache_stats(path)
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+        return
+    lines = [
+        f"cache {stats['location']}: {stats['documents']} documents, {stats['tokens']} tokens, "
+        f"{stats['bytes'] / 1e6:.1f} MB ({stats['bytes_per_token']} bytes/token), dtype {stats['dtype']}, "
+        f"{stats['shards']} shard(s), {stats['duplicates']} duplicate copies",
+        f"  {'shard':<24} {'records':>9} {'documents':>9} {'tokens':>10} {'MB':>9}",
+    ]
+    for s in stats["shard_list"]:
+        lines.append(
+            f"  {s['name']:<24} {s['records']:>9} {s['documents']:>9} {s['tokens']:>10} {s['bytes'] / 1e6:>9.2f}"
+        )
+    typer.echo("\n".join(lines))
+
+
+@command(cache_app, "compact")
+def cache_compact(
+    path: CachePath,
+    shard: Annotated[
+        list[str] | None, typer.Option(help="Merge only this shard (repeat; default: every shard).")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Merge a cache's shards into one (crash-safe: a kill leaves the old or the new layout)."""
+    from .cache.maintenance import compact
+
+    typer.echo(str(compact(path, shards=shard or None, progress=not quiet)))
+
+
+@command(cache_app, "remove")
+def cache_remove(
+    path: CachePath,
+    data: Annotated[
+        list[str] | None, typer.Option(help="Remove every document of this file (repeat; any input format).")
+    ] = None,
+    key: Annotated[list[str] | None, typer.Option(help="Remove the document with this key (hex; repeat).")] = None,
+    text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV input.")] = "text",
+    quiet: Quiet = False,
+) -> None:
+    """Remove documents (by source file or key) and reclaim their space."""
+    from .cache.maintenance import remove_documents
+    from .data import read_examples
+
+    if not data and not key:
+        raise ConfigError("nothing to remove: give --data FILE (its documents) or --key HEX (repeat either).")
+    docs = [e.doc for f in data or [] for e in read_examples(f, None, text_field=text_field, label_field=None)]
+    typer.echo(str(remove_documents(path, docs=docs, keys=key or [], progress=not quiet)))
+
+
+@command(cache_app, "gc")
+def cache_gc(path: CachePath) -> None:
+    """Finish an interrupted merge and delete shard files no index refers to."""
+    from .cache.maintenance import collect_garbage
+
+    deleted = collect_garbage(path)
+    typer.echo(f"deleted {len(deleted)} file(s)" + "".join(f"\n  {p}" for p in deleted))
+
+
 @command(cache_app, "verify")
 def cache_verify(
     path: CachePath,

@@ -335,10 +335,12 @@ class Cache:
         if self.remote is not None or not isinstance(recorded, dict):
             return
         manifest = self.root / MANIFEST_NAME
+        marker = self.manifest.get("compaction")
+        retired = set(marker.get("replaced", [])) if isinstance(marker, dict) else set()
         for name, n in sorted(recorded.items()):
             have = self._present.get(name)
-            if not isinstance(n, int) or (have is not None and have >= n):
-                continue
+            if not isinstance(n, int) or (have is not None and have >= n) or (have is None and name in retired):
+                continue  # (a shard a finished merge replaced may be gone: see embrecycle.cache.maintenance)
             index = shard_paths(self.root, name)["index"]
             state = "is missing" if have is None else f"holds {have} records"
             self.lost.append(

@@ -1,0 +1,171 @@
+"""Cache maintenance: merging shards, removing documents, garbage, statistics; each safe to interrupt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embrecycle import BuildConfig, CacheMissError, ConfigError, build_cache, open_cache
+from embrecycle.cache import maintenance
+from embrecycle.cache.maintenance import cache_stats, collect_garbage, compact, remove_documents
+from embrecycle.cache.shard import ShardWriter, list_shards, shard_paths
+
+
+def _sharded(model: str, texts: list[str], out: Path, shards: int = 4) -> list[str]:
+    """A cache written by ``shards`` workers (one shard each), plus one document stored twice."""
+    docs = sorted(set(texts))
+    for w in range(shards):
+        config = BuildConfig(model=model, layer=2, batch_size=4, shard=f"worker-{w}")
+        build_cache(docs[w::shards], out, config, progress=False)
+    # a second writer that stored a document already there (as concurrent writers can)
+    cache = open_cache(out)
+    i = cache.index_of(cache.key(docs[0]))
+    assert i is not None
+    hidden, tokens = cache._rows(i)
+    with ShardWriter(out, "worker-late", 32, cache.settings.dtype) as w:
+        w.append([maintenance.Entry(cache.keys[i].tobytes(), np.array(hidden), np.array(tokens))])
+    open_cache(out).update_manifest_stats()
+    return docs
+
+
+def _contents(out: Path, docs: list[str]) -> dict[str, np.ndarray]:
+    cache = open_cache(out)
+    return {d: cache.get(d).hidden for d in docs}
+
+
+def test_compact_merges_every_shard_into_one(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    docs = _sharded(tiny_bert_dir, texts, out)
+    before = _contents(out, docs)
+    stats = cache_stats(out)
+    assert stats["shards"] == 5 and stats["duplicates"] == 1 and stats["documents"] == len(docs)
+    assert sum(s["records"] for s in stats["shard_list"]) == len(docs) + 1
+    summary = compact(out, progress=False)
+    assert (summary.shards_before, summary.shards_after, summary.documents) == (5, 1, len(docs))
+    assert summary.duplicates_dropped == 1 and summary.bytes_after < summary.bytes_before
+    assert list_shards(out) == [summary.new_shard] and not list((out / "shards").glob("worker-*"))
+    cache = open_cache(out)
+    assert not cache.damage and cache.verify().ok and "compaction" not in cache.manifest
+    after = _contents(out, docs)
+    assert all(np.array_equal(before[d], after[d]) for d in docs)
+    # a later build finds every document and appends new ones next to the merged shard
+    assert build_cache(docs, out, BuildConfig(model=tiny_bert_dir, layer=2), progress=False).computed == 0
+    assert "1 shard(s) -> 1" in str(compact(out, progress=False))  # nothing to merge
+
+
+def test_remove_documents_reclaims_their_space(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    docs = _sharded(tiny_bert_dir, texts, out)
+    gone, kept = docs[:3], docs[3:]
+    size = cache_stats(out)["bytes"]
+    summary = remove_documents(out, docs=gone, keys=["00" * 32], progress=False)  # an unknown key is ignored
+    assert summary.removed == 3
+    cache = open_cache(out)
+    assert len(cache) == len(kept) and cache.verify().ok and cache_stats(out)["bytes"] < size
+    for d in gone:
+        with pytest.raises(CacheMissError):
+            cache.get(d)
+    assert all(cache.get(d).hidden.shape[1] == 32 for d in kept)
+    key = cache.keys[0].tobytes().hex()
+    assert remove_documents(out, keys=[key], progress=False).removed == 1
+
+
+def test_a_merge_killed_while_writing_leaves_the_old_layout(
+    tiny_bert_dir: str, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "c"
+    docs = _sharded(tiny_bert_dir, texts, out)
+    before = _contents(out, docs)
+    monkeypatch.setattr(maintenance, "BATCH_DOCUMENTS", 8)
+    real, calls = ShardWriter.append, {"n": 0}
+
+    def die_on_second(self: ShardWriter, entries: list) -> int:  # type: ignore[type-arg]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, entries)
+
+    monkeypatch.setattr(ShardWriter, "append", die_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        compact(out, progress=False)
+    monkeypatch.setattr(ShardWriter, "append", real)
+    cache = open_cache(out)  # old shards, and a partial new one whose documents are duplicates
+    assert not cache.damage and len(list_shards(out)) == 6
+    assert all(np.array_equal(before[d], cache.get(d).hidden) for d in docs)
+    assert compact(out, progress=False).shards_after == 1
+    assert all(np.array_equal(before[d], v) for d, v in _contents(out, docs).items())
+
+
+def test_a_merge_killed_while_deleting_is_finished_next_time(
+    tiny_bert_dir: str, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "c"
+    docs = _sharded(tiny_bert_dir, texts, out)
+    before = _contents(out, docs)
+    real = maintenance._delete_shards
+
+    def delete_two_then_die(root: Path, names: list[str]) -> list[str]:
+        real(root, names[:2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maintenance, "_delete_shards", delete_two_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        compact(out, progress=False)
+    monkeypatch.setattr(maintenance, "_delete_shards", real)
+    cache = open_cache(out)  # the new shard holds everything; the shards already gone are not "lost"
+    assert not cache.damage and "compaction" in cache.manifest
+    assert all(np.array_equal(before[d], cache.get(d).hidden) for d in docs)
+    deleted = collect_garbage(out)
+    assert deleted and len(list_shards(out)) == 1 and "compaction" not in open_cache(out).manifest
+    assert open_cache(out).verify().ok
+
+
+def test_garbage_is_files_no_index_refers_to(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    build_cache(texts[:10], out, BuildConfig(model=tiny_bert_dir, layer=2), progress=False)
+    orphan = out / "shards" / "gone-00001.hidden"
+    orphan.write_bytes(b"\0" * 100)
+    assert collect_garbage(out) == [str(orphan)] and not orphan.exists()
+    assert collect_garbage(out) == [] and len(open_cache(out)) == len(set(texts[:10]))
+    busy = ShardWriter(out, "writing", 32, "float16")  # a writer before its first index record: not garbage
+    try:
+        assert collect_garbage(out) == [] and shard_paths(out, "writing")["hidden"].exists()
+    finally:
+        busy.close()
+
+
+def test_maintenance_names_what_it_cannot_do(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    build_cache(texts[:5], out, BuildConfig(model=tiny_bert_dir, layer=2), progress=False)
+    with pytest.raises(ConfigError, match=r"shards \['nope'\] are not in"):
+        compact(out, shards=["nope"], progress=False)
+    with pytest.raises(ConfigError, match="works on a local cache directory"):
+        compact("s3://bucket/cache", progress=False)
+    stats = cache_stats(out)
+    assert json.loads(json.dumps(stats))["dtype"] == "float16" and stats["shard_list"][0]["tokens"] > 0
+
+
+def test_the_maintenance_commands(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from embrecycle.cli import app
+
+    out = tmp_path / "c"
+    docs = _sharded(tiny_bert_dir, texts, out, shards=3)
+    run = CliRunner().invoke
+    r = run(app, ["cache", "stats", str(out), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["shards"] == 4
+    assert "worker-late" in run(app, ["cache", "stats", str(out)]).output
+    r = run(app, ["cache", "compact", str(out), "-q"])
+    assert r.exit_code == 0 and "4 shard(s) -> 1" in r.output
+    data = tmp_path / "gone.txt"
+    data.write_text("\n".join(docs[:2]) + "\n")
+    r = run(app, ["cache", "remove", str(out), "--data", str(data), "-q"])
+    assert r.exit_code == 0 and "removed 2 documents" in r.output and len(open_cache(out)) == len(docs) - 2
+    r = run(app, ["cache", "remove", str(out)])
+    assert r.exit_code == 2 and "nothing to remove" in r.output
+    r = run(app, ["cache", "gc", str(out)])
+    assert r.exit_code == 0 and "deleted 0 file(s)" in r.output
