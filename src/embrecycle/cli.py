@@ -367,6 +367,59 @@ def cache_gc(path: CachePath) -> None:
     typer.echo(f"deleted {len(deleted)} file(s)" + "".join(f"\n  {p}" for p in deleted))
 
 
+@command(cache_app, "overlap")
+def cache_overlap(
+    train: Annotated[str, typer.Option(help="Training documents: a data file or a cache directory.")],
+    test: Annotated[str, typer.Option(help="Test (or dev) documents: a data file or a cache directory.")],
+    fail_on_overlap: Annotated[bool, typer.Option(help="Exit 1 when any test document occurs in training.")] = False,
+    text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV input.")] = "text",
+    as_json: AsJson = False,
+) -> None:
+    """Count test documents that also occur in training (exact, and up to whitespace and case)."""
+    from .data.overlap import find_overlap, key_overlap
+
+    sides = {"--train": train, "--test": test}
+    caches = {flag: _cache_or_none(value) for flag, value in sides.items()}
+    if caches["--train"] is None and caches["--test"] is None:
+        from .data import read_examples
+
+        a, b = (read_examples(v, None, text_field=text_field, label_field=None) for v in sides.values())
+        result = find_overlap(a, b)
+    else:
+        keys = [_keys(flag, value, caches, text_field) for flag, value in sides.items()]
+        result = key_overlap(keys[0], keys[1])
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary(train, test))
+    if fail_on_overlap and result.any:
+        raise typer.Exit(1)
+
+
+def _cache_or_none(path: str) -> Any:
+    """The cache at ``path`` when it is a cache directory (or URL), else None (a data file)."""
+    from .cache import open_cache
+    from .cache.location import is_remote
+
+    if is_remote(path) or Path(path, "manifest.json").is_file():
+        return open_cache(path)
+    return None
+
+
+def _keys(flag: str, value: str, caches: dict[str, Any], text_field: str) -> list[bytes]:
+    """The document keys of one side: a cache's own, or a file's under the other side's cache settings."""
+    from .data import read_examples
+
+    own = caches[flag]
+    if own is not None:
+        other = next(c for f, c in caches.items() if f != flag)
+        if other is not None and other.fingerprint != own.fingerprint:
+            raise ConfigError(
+                f"the two caches were made with different settings (model, layer, tokenizer, max length, dtype or "
+                f"precision), so their keys cannot be compared: give {flag} as the data file it was built from."
+            )
+        return [k.tobytes() for k in own.keys]
+    cache = next(c for c in caches.values() if c is not None)
+    return [cache.key(e.doc) for e in read_examples(value, None, text_field=text_field, label_field=None)]
+
+
 @command(cache_app, "verify")
 def cache_verify(
     path: CachePath,

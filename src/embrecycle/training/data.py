@@ -8,6 +8,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..data.overlap import find_overlap
 from ..data.readers import Example, read_examples
 from ..errors import InputDataError
 from ..tasks import get_task
@@ -101,4 +102,13 @@ def read_data(config: TrainConfig) -> TrainingData:
     dev = read_split(config.dev, config, config.task, config.dev_limit, "dev")
     task = task_cls(task_cls.label_vocabulary(train))
     task.check_labels(dev, "dev")
+    overlap = find_overlap(train, dev, shown=1)
+    if overlap.any:
+        log.warning(
+            "%s; dev scores overstate what the model does on new documents. Remove them from --dev (or --train); "
+            "`embrecycle cache overlap --train %s --test %s` lists them",
+            overlap.summary("--train", "--dev").replace("\n", ";"),
+            config.train,
+            config.dev,
+        )
     return TrainingData(task, train, dev)

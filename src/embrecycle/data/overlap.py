@@ -1,0 +1,117 @@
+"""Train/test overlap: test documents that also occur in training (exactly, or up to whitespace and case).
+
+A model scored on documents it trained on looks better than it is. Recycling makes the check free
+for cached corpora (a document's key is a hash of its content), and for files it is one pass of
+hashing. Word-list documents (CoNLL) are compared as their words joined by single spaces.
+
+Example:
+    >>> from embrecycle.data.readers import Example
+    >>> train = [Example("The cat sat.", "a", "t:1"), Example("A dog.", "b", "t:2")]
+    >>> test = [Example("the  CAT sat.", "a", "s:1"), Example("A dog.", "b", "s:2"), Example("New.", "a", "s:3")]
+    >>> o = find_overlap(train, test)
+    >>> (o.exact, o.normalised)
+    (1, 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .readers import Example
+
+__all__ = ["Overlap", "OverlapExample", "find_overlap", "key_overlap", "normalise"]
+
+SHOWN = 5
+"""Overlapping pairs named in a report."""
+
+
+def _text(doc: str | Sequence[str]) -> str:
+    return doc if isinstance(doc, str) else " ".join(doc)
+
+
+def normalise(doc: str | Sequence[str]) -> str:
+    """The document with runs of whitespace made one space, stripped, and case-folded."""
+    return " ".join(_text(doc).split()).casefold()
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass(frozen=True)
+class OverlapExample:
+    """One test document that occurs in training."""
+
+    test_source: str
+    train_source: str
+    text: str
+    exact: bool
+
+
+@dataclass
+class Overlap:
+    """How many test documents occur in training."""
+
+    train_documents: int
+    test_documents: int
+    exact: int
+    """Test documents equal to a training document, character for character."""
+    normalised: int
+    """Test documents equal to one after whitespace and case normalisation (the exact ones included)."""
+    examples: list[OverlapExample] = field(default_factory=list)
+
+    @property
+    def any(self) -> bool:
+        return self.normalised > 0
+
+    def summary(self, train: str = "training", test: str = "test") -> str:
+        share = self.normalised / self.test_documents if self.test_documents else 0.0
+        lines = [
+            f"{self.normalised} of {self.test_documents} {test} documents ({share:.1%}) also occur in {train} "
+            f"({self.exact} exactly, {self.normalised - self.exact} after whitespace/case normalisation)"
+        ]
+        for e in self.examples:
+            how = "exact" if e.exact else "normalised"
+            lines.append(f"  {e.test_source} = {e.train_source} ({how}): {e.text[:80]!r}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "train_documents": self.train_documents,
+            "test_documents": self.test_documents,
+            "exact": self.exact,
+            "normalised": self.normalised,
+            "examples": [e.__dict__ for e in self.examples],
+        }
+
+
+def find_overlap(train: Sequence[Example], test: Sequence[Example], shown: int = SHOWN) -> Overlap:
+    """Test documents that occur in ``train`` (each test document counted once, its first match named)."""
+    exact: dict[bytes, str] = {}
+    loose: dict[bytes, str] = {}
+    for e in train:
+        exact.setdefault(_digest(_text(e.doc)), e.source)
+        loose.setdefault(_digest(normalise(e.doc)), e.source)
+    n_exact = n_loose = 0
+    examples: list[OverlapExample] = []
+    for e in test:
+        hit = exact.get(_digest(_text(e.doc)))
+        loose_hit = hit or loose.get(_digest(normalise(e.doc)))
+        if loose_hit is None:
+            continue
+        n_loose += 1
+        n_exact += hit is not None
+        if len(examples) < shown:
+            examples.append(OverlapExample(e.source, loose_hit, _text(e.doc), hit is not None))
+    return Overlap(len(train), len(test), n_exact, n_loose, examples)
+
+
+def key_overlap(train_keys: Sequence[bytes], test_keys: Sequence[bytes], shown: int = SHOWN) -> Overlap:
+    """Exact overlap of two caches with the same key settings, from their document keys alone."""
+    known = set(train_keys)
+    hits = [k for k in test_keys if k in known]
+    examples = [OverlapExample(f"key {k.hex()[:16]}", "the training cache", "", True) for k in hits[:shown]]
+    return Overlap(len(known), len(test_keys), len(hits), len(hits), examples)
