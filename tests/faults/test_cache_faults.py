@@ -59,6 +59,13 @@ ZYGOTE = textwrap.dedent(
             docs = json.load(open(spec["docs"]))
             config = BuildConfig(model=spec["model"], layer=2, batch_size=4, shard=spec.get("shard"))
             build_cache(docs, spec["out"], config, progress=False)
+        elif spec["kind"] == "convert":
+            from embrecycle import convert_cache
+            convert_cache(spec["source"], spec["out"], spec["dtype"], progress=False, batch_documents=8)
+        elif spec["kind"] == "compact":
+            from embrecycle.cache import maintenance
+            maintenance.BATCH_DOCUMENTS = 8
+            maintenance.compact(spec["out"], progress=False)
         else:  # what `embrecycle cache verify --repair` does
             restore_manifest(spec["out"])
             open_cache(spec["out"]).verify(repair=True)
@@ -337,6 +344,76 @@ def test_sigkill_during_verify_repair(
     counts.show("cache verify --repair: kill -9 at random times", fault_counts)
     assert counts["points_killed"] >= REPAIR_KILLS, "too few kills landed while the repair ran"
     assert counts["repairs_resumed"] >= 1, "no kill left a repair unfinished for the next command"
+
+
+# ---- SIGKILL during cache convert and cache compact ----------------------------------------------------------
+
+
+def _sharded_cache(zygote: Zygote, docs: list[str], model: str, tmp_path: Path) -> Path:
+    base = tmp_path / "base"
+    for i, shard in enumerate(("a", "b", "c")):
+        part = docs[i * 40 : (i + 1) * 40]
+        spec = {"kind": "build", "model": model, "docs": str(_write_docs(tmp_path, part)), "shard": shard}
+        assert zygote.run({**spec, "out": str(base)})[0] == "ok"
+    return base
+
+
+@pytest.mark.parametrize("kind", ["convert", "compact"])
+def test_sigkill_during_convert_and_compact(
+    zygote: Zygote, docs: list[str], tiny_bert_dir: str, tmp_path: Path, fault_counts: Record, kind: str
+) -> None:
+    """A kill at a random moment leaves a readable cache (the old layout or the new one, never neither) whose
+    documents are the reference's, and the next run completes the work."""
+    rng, counts = random.Random(SEED + (2 if kind == "convert" else 3)), Counts()
+    t_start = time.perf_counter()
+    base = _sharded_cache(zygote, docs, tiny_bert_dir, tmp_path)
+
+    def spec(out: Path) -> dict[str, object]:
+        if kind == "convert":
+            return {"kind": "convert", "source": str(base), "out": str(out), "dtype": "int8-token"}
+        return {"kind": "compact", "out": str(out)}
+
+    def target(name: str) -> Path:
+        out = tmp_path / name
+        if kind == "compact":
+            shutil.copytree(base, out)
+        return out
+
+    timing = target("timing")
+    outcome, full = zygote.run(spec(timing))
+    assert outcome == "ok"
+    reference = _stored(open_cache(timing))
+    assert len(reference) == len(set(docs))
+    point = 0
+    while (point < KILL_POINTS or counts["points_killed"] < KILL_POINTS // 2) and point < 4 * KILL_POINTS:
+        point += 1
+        out = target(f"{kind}-{point}")
+        outcome, seconds = zygote.run(spec(out), kill_after=rng.uniform(0.0, full))
+        counts.add("points_killed" if outcome == "killed" else "finished_before_the_kill")
+        assert outcome != "failed"
+        if outcome == "ok":
+            full = min(full, seconds)
+        if (out / "manifest.json").exists():  # a reader between the kill and the next command
+            cache = open_cache(out)
+            assert not cache.damage, cache.damage
+            stored = _stored(cache)
+            if kind == "compact":
+                assert stored == reference  # the old layout or the new one: every document, unchanged
+            else:
+                assert stored.items() <= reference.items()  # converted so far: complete and correct
+            counts.add("readable_after_kill")
+        else:
+            counts.add("kill_before_manifest")
+        assert zygote.run(spec(out))[0] == "ok"  # the next run completes it
+        final = open_cache(out)
+        assert final.verify().ok and _stored(final) == reference
+        if kind == "compact":
+            assert len(list_shards(out)) == 1 and "compaction" not in final.manifest
+    counts.add("attempts", point)
+    counts.add("seconds", round(time.perf_counter() - t_start))
+    counts.add("uninterrupted_ms", round(full * 1000))
+    counts.show(f"cache {kind}: kill -9 at random times", fault_counts)
+    assert counts["points_killed"] >= KILL_POINTS // 2, f"too few kills landed while {kind} ran"
 
 
 # ---- corruption sweep -----------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ..errors import CacheCorruptedError, CacheMismatchError, ConfigError
 from .codecs import CODECS, canonical_dtype
 from .format import FLAG_TRUNCATED, STORAGE_DTYPES
 from .location import is_remote
-from .settings import MANIFEST_NAME, CacheSettings, new_manifest, read_manifest, write_manifest
+from .settings import MANIFEST_NAME, CacheSettings, is_own_file, new_manifest, read_manifest, write_manifest
 from .shard import Entry
 from .store import Cache, open_cache
 
@@ -136,8 +136,9 @@ def _open_destination(root: Path, src: Cache, settings: CacheSettings) -> Cache:
                 f"{dst.manifest.get('converted_from', {}).get('location', 'a build')}): choose another --out, or "
                 "delete it to convert afresh."
             )
+        dst.ensure_settings_copy()  # a conversion killed right after writing its manifest has none yet
         return dst
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and not all(is_own_file(p.name) for p in root.iterdir()):  # (a killed manifest write is ours)
         raise FileExistsError(f"{root} exists, is not empty and holds no cache manifest: choose another --out.")
     root.mkdir(parents=True, exist_ok=True)
     converted_from = {
