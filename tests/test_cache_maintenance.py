@@ -36,7 +36,11 @@ def _contents(out: Path, docs: list[str]) -> dict[str, np.ndarray]:
     return {d: cache.get(d).hidden for d in docs}
 
 
-def test_compact_merges_every_shard_into_one(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("group", [1000, 2])
+def test_compact_merges_every_shard_into_one(
+    tiny_bert_dir: str, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: int
+) -> None:
+    monkeypatch.setattr(maintenance, "GROUP_SHARDS", group)  # 2: three groups, then their shards merged
     out = tmp_path / "c"
     docs = _sharded(tiny_bert_dir, texts, out)
     before = _contents(out, docs)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import secrets
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -54,6 +55,8 @@ __all__ = [
 
 BATCH_DOCUMENTS = 512
 """Documents appended per write of the new shard."""
+GROUP_SHARDS = 1000
+"""Shards merged at once (fewer when the process may open fewer files); the groups' shards are merged last."""
 MARKER = "compaction"
 """The manifest entry naming the shards a finished merge replaced and is still deleting."""
 
@@ -112,33 +115,54 @@ def compact(
     unknown = sorted(set(wanted) - set(cache.shards))
     if unknown:
         raise ConfigError(f"shards {unknown} are not in {cache.location} (it has {cache.shards})")
-    with _locked(cache.root, wanted) as (held, busy):
-        cache.refresh()  # what was appended before the locks were taken
-        sources = set(held)
-        picked = [i for i in range(len(cache)) if cache.shards[int(cache.shard_ids[i])] in sources]
-        keep = [i for i in picked if cache.keys[i].tobytes() not in _exclude]
-        stored = sum(cache.shard_records.get(name, 0) for name in sources)
-        summary = CompactSummary(
-            shards_before=before_shards,
-            shards_after=before_shards,
-            documents=len(keep),
-            removed=len(picked) - len(keep),
-            duplicates_dropped=stored - len(picked),
-            bytes_before=before_bytes,
-            busy=busy,
-        )
-        if not sources or (len(sources) == 1 and summary.removed == 0 and summary.duplicates_dropped == 0):
-            summary.bytes_after, summary.seconds = before_bytes, time.perf_counter() - t0
-            return summary  # nothing to merge
-        name = f"compact-{secrets.token_hex(4)}"
-        if keep:
-            _write_merged(cache, name, keep, fsync, progress)
-        summary.new_shard = name if keep else None
-        _retire(cache, sorted(sources), name if keep else None)
+    summary = CompactSummary(before_shards, before_shards, 0, bytes_before=before_bytes)
+    group = _group_size()
+    made = []
+    for start in range(0, len(wanted), group):
+        made += _merge(cache, wanted[start : start + group], _exclude, fsync, progress, summary)
+    if len(made) > 1:  # the groups' shards, merged into one
+        _merge(cache, made, frozenset(), fsync, progress, summary, count=False)
     cache.refresh()
+    summary.new_shard = next((n for n in cache.shards if n.startswith("compact-")), None) if made else None
     summary.shards_after, summary.bytes_after = len(cache.shards), int(cache.stats()["bytes"])
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _group_size() -> int:
+    """Shards merged at once: each is held locked (one file handle) until it is retired."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(2, min(GROUP_SHARDS, (soft if soft > 0 else 1024) // 4))
+
+
+def _merge(
+    cache: Cache,
+    names: Sequence[str],
+    exclude: frozenset[bytes],
+    fsync: bool,
+    progress: bool,
+    summary: CompactSummary,
+    count: bool = True,
+) -> list[str]:
+    """Merge shards ``names`` (those no other process is writing) into one new shard; returns its name (or none)."""
+    with _locked(cache.root, names) as (held, busy):
+        summary.busy += busy
+        cache.refresh()  # what was appended before the locks were taken
+        sources = set(held)
+        picked = [i for i in range(len(cache)) if cache.shards[int(cache.shard_ids[i])] in sources]
+        keep = [i for i in picked if cache.keys[i].tobytes() not in exclude]
+        stored = sum(cache.shard_records.get(name, 0) for name in sources)
+        removed, duplicates = len(picked) - len(keep), stored - len(picked)
+        if not sources or (len(sources) == 1 and removed == 0 and duplicates == 0):
+            return []  # nothing to merge
+        summary.removed += removed
+        summary.duplicates_dropped += duplicates
+        summary.documents += len(keep) if count else 0
+        name = f"compact-{secrets.token_hex(4)}"
+        if keep:
+            _write_merged(cache, name, keep, fsync, progress)
+        _retire(cache, sorted(sources), name if keep else None)
+        return [name] if keep else []
 
 
 def remove_documents(

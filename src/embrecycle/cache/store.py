@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import zlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +55,9 @@ from .shard import (
 )
 
 Document = str | Sequence[str]
+
+OPEN_SHARDS = 256
+"""Shards a reader keeps memory-mapped at once: a cache of thousands of shards must not run out of file handles."""
 """A document: a text, or a list of words (pre-tokenized input such as CoNLL)."""
 
 __all__ = [
@@ -278,7 +282,7 @@ class Cache:
         self._hidden_crc = cat(4, np.uint32)[sel]
         self._tokens_crc = cat(5, np.uint32)[sel]
         self._flags = cat(6, np.uint32)[sel]
-        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._maps: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         if self.damage and self.damage != self._reported:
             more = f" (and {len(self.damage) - 1} more problem(s))" if len(self.damage) > 1 else ""
             log.warning("cache %s is damaged: %s%s", self.location, self.damage[0], more)
@@ -365,7 +369,12 @@ class Cache:
 
     # ---- reads --------------------------------------------------------------
     def _maps_for(self, sid: int) -> tuple[np.ndarray, np.ndarray]:
-        if sid not in self._maps:
+        """Shard ``sid``'s memory maps; at most :data:`OPEN_SHARDS` shards stay mapped (each holds two files)."""
+        if sid in self._maps:
+            self._maps.move_to_end(sid)
+        else:
+            while len(self._maps) >= OPEN_SHARDS:
+                self._maps.popitem(last=False)  # unmapped once no array read from it is alive
             if self.remote is not None:
                 self.remote.pull_shard_data(self.shards[sid])
             paths = shard_paths(self.root, self.shards[sid])
