@@ -581,7 +581,8 @@ def bench_cmd(given: Given, quiet: Quiet = False) -> None:
     args = given.make(BenchArgs)
     readme = Path(args.readme) if args.readme else None
     if args.from_results:
-        merged_out = Path(given.value(BenchConfig, "out")) if len(args.from_results) > 1 else None
+        explicit = "out" in given[BenchConfig] or len(args.from_results) > 1  # else: beside the results file
+        merged_out = Path(given.value(BenchConfig, "out")) if explicit else None
         typer.echo(f"report -> {report_from_results([Path(p) for p in args.from_results], readme, merged_out)}")
         return
     values = given[BenchConfig]

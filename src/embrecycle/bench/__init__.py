@@ -67,9 +67,9 @@ def report_from_results(results: Path | list[Path], readme: Path | None = None, 
     """
     paths = [Path(results)] if isinstance(results, (str, Path)) else [Path(p) for p in results]
     loaded = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
-    if len(loaded) == 1:
-        result, stem, folder = loaded[0], paths[0].stem, out or paths[0].parent
-    else:
+    if len(loaded) == 1 and out is None:
+        result, stem, folder = loaded[0], paths[0].stem, paths[0].parent
+    else:  # merged, or gathered into another folder: written there as bench.json
         result, stem, folder = merge_results(loaded), "bench", out or paths[0].parent
         write_results(result, Path(folder), stem)
     report = Path(folder) / f"{stem}.md"
