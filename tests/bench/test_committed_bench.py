@@ -35,8 +35,9 @@ def _makefile_options() -> dict[str, list[str]]:
     for line in target.splitlines():
         if "embrecycle bench" not in line or "--model" not in line:
             continue
+        line = re.sub(r"\$\$\(\$\(PAPER\)[^)]*\)", "", line.split("embrecycle bench", 1)[1])  # the datasets
         line = re.sub(r"\$\(([A-Z_]+)\)", lambda m: variables.get(m.group(1), m.group(0)), line)
-        tokens = shlex.split(line.split("embrecycle bench", 1)[1].replace("$$(", "").split(")", 1)[1])
+        tokens = shlex.split(line)
         model = tokens[tokens.index("--model") + 1]
         options[model] = tokens
     return options
@@ -86,8 +87,8 @@ def test_make_bench_finds_every_kept_run_again(tmp_path: Path) -> None:
     for model, tokens in _makefile_options().items():
         for marker in sorted((RUNS / model / "runs").glob("*/*/settings.json")):
             name = marker.parent.name
-            config = _config(tokens, [paper_datasets.spec(name, data)])
-            (ds,) = config.bench_datasets()
+            config = _config(tokens, [paper_datasets.spec(n, data) for n in paper_datasets.TASKS])
+            (ds,) = [d for d in config.bench_datasets() if d.name == name]
             settings = json.loads(marker.read_text())
             now = _settings(config, ds, prepare_data(config, tmp_path / model, ds))
             now["files"] = settings["files"] = [Path(f).name for f in now["files"]]  # where the data lives may differ
