@@ -73,7 +73,7 @@ def _current(row: dict[str, Any]) -> bool:
     """The row was trained at its mode's current default learning rates."""
     mode = MODES[row["mode"]]
     task = "classification" if row["task"] == "bbc" else "ner"
-    head = mode.head_lr.for_task(task)
+    head = mode.head_lr.for_task(task) if mode.head_lr is not None else mode.lr.for_task(task)
     return bool(row["lr"] == mode.lr.for_task(task) and (row.get("head_lr") or row["lr"]) == head)
 
 

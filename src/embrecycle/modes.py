@@ -23,7 +23,8 @@ The default learning rates are the best of the learning-rate sweeps in ``benchma
 sci-cite and bc5cdr, 2,000 training examples; see the README's "Learning rates"): recycling trains fewer
 layers from states that are already contextual and wants a higher rate than full fine-tuning, LoRA and
 adapters a higher one still, and a head alone the highest. In every mode the task head, freshly
-initialised, trains at 1e-2 (:data:`HEAD_LR`).
+initialised, trains at 1e-2 (:data:`HEAD_LR`); in the head mode, where it is all that trains, at the
+learning rate.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class TrainingMode:
         saves: What the run directory's ``model.safetensors`` holds.
         cut: The cut this mode trains at whatever the requested layer is (LoRA from text: 0, every layer).
         lr: The default peak learning rate per task (``TrainConfig.lr`` unset).
-        head_lr: The default peak learning rate of the task head (``TrainConfig.head_lr`` unset).
+        head_lr: The default peak learning rate of the task head (``TrainConfig.head_lr`` unset); None: the
+            learning rate (the head mode, where the head is all that trains).
     """
 
     name: str
@@ -112,7 +114,7 @@ class TrainingMode:
     exportable: bool = True
     cut: int | None = None
     lr: LearningRates = field(kw_only=True)  # no default: a mode without its own would train at another's
-    head_lr: LearningRates = field(default=HEAD_LR, kw_only=True)
+    head_lr: LearningRates | None = field(default=HEAD_LR, kw_only=True)
 
     def layer_for(self, requested: int) -> int:
         """The cut a run of this mode uses when ``requested`` is asked for."""
@@ -137,7 +139,7 @@ MODES: dict[str, TrainingMode] = {
         ),
         TrainingMode(
             "head", "recycle", "the head only (frozen features)", train_head, "head", "head", frozen_base=True,
-            lr=LearningRates(1e-2, 1e-2),
+            lr=LearningRates(1e-2, 1e-2), head_lr=None,
         ),
         TrainingMode(
             "lora", "recycle", "LoRA on layers k+1..N, and the head", train_lora, "LoRA weights + head", "lora",

@@ -60,11 +60,15 @@ def test_every_mode_has_a_default_learning_rate_per_task(
             cfg = TrainConfig(task=task, upper=mode.upper if not mode.from_text else "full",
                               baseline=mode.baseline, **base)  # fmt: skip
             assert cfg.mode is mode and cfg.lr is None
-            assert cfg.learning_rate == mode.lr.for_task(task) and cfg.head_learning_rate == HEAD_LR.for_task(task)
+            head = HEAD_LR if mode.name != "head" else mode.lr  # the head mode: the head is all that trains
+            assert cfg.learning_rate == mode.lr.for_task(task) and cfg.head_learning_rate == head.for_task(task)
     assert MODES["full"].lr.classification > MODES["full-finetune"].lr.classification
     assert MODES["lora"].lr.classification > MODES["full"].lr.classification
     given = TrainConfig(task="classification", lr=2e-5, head_lr=1e-3, **base)
     assert (given.learning_rate, given.head_learning_rate) == (2e-5, 1e-3)
+    # a head alone follows --lr (a sweep of --lr must move it); a head above trained layers keeps its own rate
+    assert TrainConfig(task="ner", upper="head", lr=3e-3, **base).head_learning_rate == 3e-3
+    assert TrainConfig(task="ner", upper="lora", lr=3e-3, **base).head_learning_rate == HEAD_LR.ner
 
 
 def _noise_labels(src: Path, dst: Path) -> Path:

@@ -71,8 +71,8 @@ class TrainConfig(Settings):
     )
     head_lr: float | None = setting(
         None,
-        "Peak learning rate of the task head (classifier, and BERT's pooler); default: 1e-2 in every mode (a "
-        "fresh head learns at a head's rate, not the body's). Several make a sweep.",
+        "Peak learning rate of the task head (classifier, and BERT's pooler); default: 1e-2 (a fresh head learns "
+        "at a head's rate, not the body's), and --lr in the head mode. Several make a sweep.",
         sweep=True,
     )
     batch_size: int = setting(32, "Examples per step.")
@@ -164,8 +164,13 @@ class TrainConfig(Settings):
 
     @property
     def head_learning_rate(self) -> float:
-        """The task head's peak learning rate: ``head_lr``, else the mode's default head rate."""
-        return self.head_lr if self.head_lr is not None else self.mode.head_lr.for_task(self.task)
+        """The task head's peak learning rate: ``head_lr``, else the mode's default head rate (the head mode:
+        :attr:`learning_rate`, the head being all that trains)."""
+        if self.head_lr is not None:
+            return self.head_lr
+        if self.mode.head_lr is None:
+            return self.learning_rate
+        return self.mode.head_lr.for_task(self.task)
 
     @property
     def method(self) -> str:
