@@ -195,3 +195,25 @@ def test_a_run_trained_on_8_bit_states_predicts_from_any_dtype(
     assert on_own.hits == on_f16.hits == len(docs)
     agree = sum(a["label"] == b["label"] for a, b in zip(on_own.items, on_f16.items, strict=True))
     assert agree >= 0.9 * len(docs)  # the same states within int8's rounding
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(CODECS) if CODECS[n].quantised])
+@pytest.mark.parametrize("scale", [1e-9, 3e-8, 4e-6, 1e-3])
+def test_tiny_values_stay_within_the_bound(name: str, scale: float) -> None:
+    codec, x = CODECS[name], _states(2) * scale
+    back = codec.decode(codec.encode(x), 128).float()
+    assert bool(((back - x).abs() <= codec.error_bound(x)).all())
+
+
+def test_a_converted_cache_keeps_its_keys_when_repair_restores_its_manifest(
+    wide_bert_dir: str, texts: list[str], tmp_path: Path
+) -> None:
+    from embrecycle import convert_cache
+    from embrecycle.cache.store import restore_manifest
+
+    _build(wide_bert_dir, texts[:10], tmp_path / "src", "float16")
+    convert_cache(tmp_path / "src", tmp_path / "dst", "int8", progress=False)
+    (tmp_path / "dst" / "manifest.json").unlink()
+    assert restore_manifest(tmp_path / "dst")
+    cache = open_cache(tmp_path / "dst")
+    assert cache.manifest["converted_from"]["dtype"] == "float16" and cache.get(texts[0]).hidden.shape[1] == 128

@@ -173,3 +173,79 @@ def test_the_maintenance_commands(tiny_bert_dir: str, texts: list[str], tmp_path
     assert r.exit_code == 2 and "nothing to remove" in r.output
     r = run(app, ["cache", "gc", str(out)])
     assert r.exit_code == 0 and "deleted 0 file(s)" in r.output
+
+
+def test_gc_keeps_shards_whose_names_hold_dots(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    config = BuildConfig(model=tiny_bert_dir, layer=2, shard="node1.cluster")
+    build_cache(texts[:10], out, config, progress=False)
+    stray = out / "shards" / "node1.plan.npz"  # the plan of a shard "node1" that was never indexed
+    stray.write_bytes(b"x")
+    assert collect_garbage(out) == [str(stray)]
+    assert list_shards(out) == ["node1.cluster"] and len(open_cache(out)) == len(set(texts[:10]))
+
+
+def test_a_shard_written_under_a_retired_name_survives_the_unfinished_merge(
+    tiny_bert_dir: str, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "c"
+    _sharded(tiny_bert_dir, texts, out)
+
+    def die(root: Path, names: list[str]) -> list[str]:
+        raise KeyboardInterrupt
+
+    real = maintenance._delete_shards
+    monkeypatch.setattr(maintenance, "_delete_shards", die)
+    with pytest.raises(KeyboardInterrupt):
+        compact(out, progress=False)
+    monkeypatch.setattr(maintenance, "_delete_shards", real)
+    # the merge's note names worker-0 for deletion; someone deletes it by hand and writes a new worker-0
+    for p in shard_paths(out, "worker-0").values():
+        p.unlink(missing_ok=True)
+    build_cache(["a brand new document."], out, BuildConfig(model=tiny_bert_dir, layer=2, shard="worker-0"))
+    # a writer picking a free name steers clear of the names the note still lists
+    writer = open_cache(out).writer()
+    assert writer.name not in open_cache(out).manifest["compaction"]["replaced"]
+    writer.close()
+    collect_garbage(out)
+    cache = open_cache(out)
+    assert "worker-0" in list_shards(out) and cache.get("a brand new document.").hidden.shape[1] == 32
+    assert not cache.damage and "compaction" not in cache.manifest
+
+
+def test_a_damaged_cache_is_repaired_before_it_is_merged(tiny_bert_dir: str, texts: list[str], tmp_path: Path):
+    from embrecycle import CacheCorruptedError
+
+    out = tmp_path / "c"
+    _sharded(tiny_bert_dir, texts, out)
+    index = shard_paths(out, "worker-1")["index"]
+    raw = bytearray(index.read_bytes())
+    raw[40] ^= 0xFF  # the header's reserved bytes: a damaged header
+    index.write_bytes(bytes(raw))
+    with pytest.raises(CacheCorruptedError, match="run `embrecycle cache verify --repair"):
+        compact(out, progress=False)
+    with pytest.raises(CacheCorruptedError, match="then `cache remove` again"):
+        remove_documents(out, keys=["ab" * 32], progress=False)
+    assert index.exists()  # nothing was merged away
+
+
+def test_keys_are_given_whole(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    build_cache(texts[:5], out, BuildConfig(model=tiny_bert_dir, layer=2), progress=False)
+    short = open_cache(out).keys[0].tobytes().hex()[:16]
+    with pytest.raises(ConfigError, match=f"key '{short}' is not a document key: give all 64 hex characters"):
+        remove_documents(out, keys=[short], progress=False)
+    with pytest.raises(ConfigError, match="key 'zz"):
+        remove_documents(out, keys=["zz" * 32], progress=False)
+
+
+def test_a_reader_of_a_merged_away_shard_is_told_to_reopen(tiny_bert_dir: str, texts: list[str], tmp_path: Path):
+    from embrecycle import CacheError
+
+    out = tmp_path / "c"
+    docs = _sharded(tiny_bert_dir, texts, out)
+    reader = open_cache(out)
+    compact(out, progress=False)
+    with pytest.raises(CacheError, match=r"was merged into another .* open the cache again"):
+        reader.get(docs[1])
+    assert open_cache(out).get(docs[1]).hidden.shape[1] == 32

@@ -52,6 +52,7 @@ Quiet = Annotated[
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 CachePath = Annotated[str, typer.Argument(help="Cache directory or URL.")]
+LocalCachePath = Annotated[str, typer.Argument(help="Cache directory (a local one: download a cache at a URL first).")]
 
 
 # --- settings that only the command line has (what the Python API takes as arguments) ---------------
@@ -326,7 +327,7 @@ def cache_stats_cmd(path: CachePath, as_json: AsJson = False) -> None:
 
 @command(cache_app, "compact")
 def cache_compact(
-    path: CachePath,
+    path: LocalCachePath,
     shard: Annotated[
         list[str] | None, typer.Option(help="Merge only this shard (repeat; default: every shard).")
     ] = None,
@@ -340,7 +341,7 @@ def cache_compact(
 
 @command(cache_app, "remove")
 def cache_remove(
-    path: CachePath,
+    path: LocalCachePath,
     data: Annotated[
         list[str] | None, typer.Option(help="Remove every document of this file (repeat; any input format).")
     ] = None,
@@ -359,7 +360,7 @@ def cache_remove(
 
 
 @command(cache_app, "gc")
-def cache_gc(path: CachePath) -> None:
+def cache_gc(path: LocalCachePath) -> None:
     """Finish an interrupted merge and delete shard files no index refers to."""
     from .cache.maintenance import collect_garbage
 

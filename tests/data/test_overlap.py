@@ -64,6 +64,9 @@ def test_overlap_with_caches_uses_their_keys(tiny_bert_dir: str, texts: list[str
     test_file = _jsonl(tmp_path / "test.jsonl", texts[15:30])
     r = run(app, ["cache", "overlap", "--train", str(tmp_path / "train-cache"), "--test", str(test_file), "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["exact"] == len([t for t in texts[15:30] if t in texts[:20]])
+    assert json.loads(r.output)["normalisation_checked"] is False
+    r = run(app, ["cache", "overlap", "--train", str(tmp_path / "train-cache"), "--test", str(test_file)])
+    assert "exact copies only: a cache holds keys of the exact text" in r.output
     build_cache(texts[:5], tmp_path / "other", BuildConfig(model=tiny_bert_dir, layer=1), progress=False)
     r = run(app, ["cache", "overlap", "--train", str(tmp_path / "train-cache"), "--test", str(tmp_path / "other")])
     assert r.exit_code == 2 and "different settings" in r.output

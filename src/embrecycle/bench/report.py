@@ -35,8 +35,17 @@ says nothing (a model at chance, or no entity found)."""
 CLEARLY = 0.05
 """A reference whose dev score is less than this above chance (constant prediction or shuffled predictions) is
 near chance: a ratio to it says nothing."""
-T95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812}
-"""One-sided 95% quantiles of Student's t by degrees of freedom (two-sided 90% intervals)."""
+T95 = dict(
+    enumerate(
+        [
+            *(6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782, 1.771, 1.761),
+            *(1.753, 1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706, 1.703, 1.701),
+            *(1.699, 1.697),
+        ],
+        start=1,
+    )
+)
+"""One-sided 95% quantiles of Student's t by degrees of freedom, 1-30 (two-sided 90% intervals; beyond: 1.645)."""
 
 
 def chosen_lrs(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], float]:
@@ -72,7 +81,7 @@ def retention_interval(
     Example:
         >>> r, lo, hi = retention_interval([0.80, 0.82, 0.81], [0.82, 0.83, 0.84])
         >>> f"{r:.3f} [{lo:.3f}, {hi:.3f}]"
-        '0.976 [0.950, 1.002]'
+        '0.976 [0.948, 1.004]'
     """
     m, ref = np.asarray(method, float), np.asarray(reference, float)
     if ref.mean() <= 0 or not len(m):

@@ -26,8 +26,8 @@ the damage within the token, a scale per group of channels within the group.
 (``benchmarks/results/quantised_cache.md``): :data:`ALIASES`.
 
 Reading dequantises straight into float32 (``code * scale``); the error of each value is at most
-half a step of its group, ``max|x| / (2 * qmax)`` with ``qmax`` 127 (int8) or 7 (int4), plus the
-rounding of the scale to float16 (a relative 2^-11): :meth:`Codec.error_bound`.
+half a step of its group, ``max(max|x| / qmax, 2^-14) / 2`` with ``qmax`` 127 (int8) or 7 (int4),
+plus the rounding of the scale to float16 (a relative 2^-11): :meth:`Codec.error_bound`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ import torch
 __all__ = ["ALIASES", "CODECS", "Codec", "FloatCodec", "IntCodec", "canonical_dtype", "codec_for"]
 
 SCALE_DTYPE = np.dtype("<f2")
+MIN_SCALE = 2.0**-14
+"""The smallest non-zero scale: float16's smallest normal number (a group whose values are all smaller is coded
+in steps of it: each value within half a step, 3e-5)."""
 SCALE_BYTES = SCALE_DTYPE.itemsize
 
 
@@ -158,9 +161,11 @@ class IntCodec(Codec):
         return None
 
     def _scales(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-group scales, rounded to float16 (what is stored), as float32: ``(..., groups)``."""
-        amax = x.abs().amax(dim=-1)
-        return (amax / self.qmax).to(torch.float16).float()
+        """Per-group scales, rounded to float16 (what is stored), as float32: ``(..., groups)``. A non-zero
+        scale is at least :data:`MIN_SCALE`, float16's smallest normal number: smaller ones would lose their
+        precision (or round to 0) in float16."""
+        step = (x.abs().amax(dim=-1) / self.qmax).clamp(min=MIN_SCALE)
+        return torch.where(x.abs().amax(dim=-1) > 0, step, torch.zeros_like(step)).to(torch.float16).float()
 
     def encode(self, hidden: torch.Tensor) -> np.ndarray:
         x = hidden.float()
@@ -200,9 +205,10 @@ class IntCodec(Codec):
         lead, h = x.shape[:-1], x.shape[-1]
         g = self.groups(h)
         amax = x.reshape(*lead, g, h // g).abs().amax(dim=-1, keepdim=True)
+        step = (amax / self.qmax).clamp(min=MIN_SCALE)
         # half a step, the step rounded to float16 (relative 2^-11; values clamped at qmax lose at most that
         # much more), and float32 arithmetic
-        bound = amax / self.qmax * (0.5 + self.qmax * 2.0**-10) + 1e-6
+        bound = step * (0.5 + self.qmax * 2.0**-10) + 1e-6
         return bound.expand(*lead, g, h // g).reshape(*lead, h)
 
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..errors import CacheCorruptedError, CacheMismatchError, ConfigError
 from .codecs import CODECS, canonical_dtype
 from .format import FLAG_TRUNCATED, STORAGE_DTYPES
-from .location import is_remote
+from .location import is_remote, local_path
 from .settings import MANIFEST_NAME, CacheSettings, is_own_file, new_manifest, read_manifest, write_manifest
 from .shard import Entry
 from .store import Cache, open_cache
@@ -84,7 +84,7 @@ def convert_cache(
             f"cache {src.location} is damaged ({len(src.damage)} problem(s); first: {src.damage[0]}): run "
             f"`embrecycle cache verify --repair {src.location}` before converting it."
         )
-    root = Path(out)
+    root = local_path(out)
     if src.remote is None and root.resolve() == src.root.resolve():
         raise ConfigError(f"--out {root} is the source cache: convert writes a new cache; choose another --out.")
     settings = replace(src.settings, dtype=canonical_dtype(dtype))  # validates the dtype against the width

@@ -38,7 +38,7 @@ from typing import IO, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import CacheCorruptedError, ConfigError
 from .format import FLAG_TRUNCATED
 from .location import is_remote
 from .settings import MANIFEST_NAME, read_manifest, write_manifest
@@ -86,6 +86,16 @@ class CompactSummary:
         )
 
 
+def _refuse_damaged(cache: Cache, what: str) -> None:
+    """A damaged shard would be merged away with records a repair keeps: repair first."""
+    if cache.damage:
+        raise CacheCorruptedError(
+            f"cache {cache.location} is damaged ({len(cache.damage)} problem(s); first: {cache.damage[0]}): run "
+            f"`embrecycle cache verify --repair {cache.location}` (it keeps every record whose data checks out), "
+            f"then `cache {what}` again."
+        )
+
+
 def _local(path: str | os.PathLike[str], what: str) -> Cache:
     if is_remote(path):
         raise ConfigError(
@@ -110,6 +120,7 @@ def compact(
     t0 = time.perf_counter()
     cache = _local(path, "compact")
     _finish_earlier(cache)
+    _refuse_damaged(cache, "compact")
     before_shards, before_bytes = len(cache.shards), int(cache.stats()["bytes"])
     wanted = list(cache.shards) if shards is None else list(shards)
     unknown = sorted(set(wanted) - set(cache.shards))
@@ -178,13 +189,27 @@ def remove_documents(
     ignored (the summary counts what was removed).
     """
     cache = _local(path, "remove")
-    wanted = {cache.key(d) for d in docs} | {bytes.fromhex(k) if isinstance(k, str) else k for k in keys}
+    _refuse_damaged(cache, "remove")
+    wanted = {cache.key(d) for d in docs} | {_key_bytes(k) for k in keys}
     holders = _holders(cache.root, wanted)  # every shard with a copy (concurrent writers may have stored two)
     if not holders:
         stats = cache.stats()
         return CompactSummary(len(cache.shards), len(cache.shards), 0, bytes_before=stats["bytes"],
                               bytes_after=stats["bytes"])  # fmt: skip
     return compact(path, shards=holders, progress=progress, fsync=fsync, _exclude=frozenset(wanted))
+
+
+def _key_bytes(key: bytes | str) -> bytes:
+    """A document key given as 32 bytes or 64 hex characters."""
+    if isinstance(key, bytes) and len(key) == 32:
+        return key
+    text = key.hex() if isinstance(key, bytes) else key.strip().lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise ConfigError(
+            f"key {text!r} is not a document key: give all 64 hex characters of its sha256 (`cache stats --json` "
+            "and error messages show the first 16; `--data FILE` removes documents by content instead)"
+        )
+    return bytes.fromhex(text)
 
 
 def _holders(root: Path, keys: set[bytes]) -> list[str]:
@@ -203,8 +228,8 @@ def collect_garbage(path: str | os.PathLike[str]) -> list[str]:
     deleted = _finish_earlier(cache)
     indexed = set(list_shards(cache.root))
     for p in sorted((cache.root / SHARD_DIR).glob("*")):
-        stem = p.name.split(".", 1)[0]
-        if p.name == "settings.json" or stem in indexed or not p.is_file():
+        stem = _shard_of(p.name)
+        if stem is None or stem in indexed or not p.is_file():
             continue
         lock = cache.root / SHARD_DIR / f"{stem}.lock"
         with _try_lock(lock) as mine:  # a writer that has not written its index yet holds its lock
@@ -214,6 +239,18 @@ def collect_garbage(path: str | os.PathLike[str]) -> list[str]:
     if deleted:
         cache.update_manifest_stats()
     return deleted
+
+
+SHARD_FILES = (".plan.npz", ".index.tmp", ".hidden", ".tokens", ".index", ".lock")
+"""The suffixes of a shard's files (shard names may hold dots themselves)."""
+
+
+def _shard_of(file_name: str) -> str | None:
+    """The shard a file under ``shards/`` belongs to (None: not a shard file, e.g. settings.json)."""
+    for suffix in SHARD_FILES:
+        if file_name.endswith(suffix) and len(file_name) > len(suffix):
+            return file_name[: -len(suffix)]
+    return None
 
 
 def cache_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -267,10 +304,21 @@ def _write_merged(cache: Cache, name: str, entries: list[int], fsync: bool, prog
 
 
 def _retire(cache: Cache, replaced: list[str], by: str | None) -> None:
-    """Steps 2-4: name the replaced shards in the manifest, delete them, drop the note."""
-    _set_marker(cache, {"replaced": replaced, "by": by})
+    """Steps 2-4: name the replaced shards in the manifest (with their index files' identity), delete them,
+    drop the note."""
+    identity = {name: _identity(shard_paths(cache.root, name)["index"]) for name in replaced}
+    _set_marker(cache, {"replaced": replaced, "identity": identity, "by": by})
     _delete_shards(cache.root, replaced)
     _set_marker(cache, None)
+
+
+def _identity(index: Path) -> list[int] | None:
+    """An index file's inode and size (a shard later written under a retired shard's name differs)."""
+    try:
+        st = index.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_ino, st.st_size]
 
 
 def _finish_earlier(cache: Cache) -> list[str]:
@@ -278,8 +326,16 @@ def _finish_earlier(cache: Cache) -> list[str]:
     marker = cache.manifest.get(MARKER)
     if not isinstance(marker, dict):
         return []
-    replaced = [str(n) for n in marker.get("replaced", [])]
-    deleted = _delete_shards(cache.root, replaced)
+    identity = marker.get("identity", {})
+    still_theirs = []
+    for name in (str(n) for n in marker.get("replaced", [])):
+        paths = shard_paths(cache.root, name)
+        with _try_lock(paths["lock"]) as free:
+            now = _identity(paths["index"])
+            # a shard written under the freed name since (or being written now) is not the retired one
+            if free and (now is None or now == identity.get(name)):
+                still_theirs.append(name)
+    deleted = _delete_shards(cache.root, still_theirs)
     _set_marker(cache, None)
     return deleted
 

@@ -225,21 +225,29 @@ def settings_copy_path(root: Path) -> Path:
     return root / SETTINGS_COPY
 
 
-def write_settings_copy(root: Path, settings: CacheSettings, keys_under: str | None = None) -> None:
-    """Keep a copy of the settings (and the fingerprint the keys are made under, when not their own)."""
+PROVENANCE = ("key_fingerprint", "converted_from")
+"""Manifest entries a converted cache's settings copy keeps too (a restored manifest must keep its keys)."""
+
+
+def provenance(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's :data:`PROVENANCE` entries that it has."""
+    return {k: manifest[k] for k in PROVENANCE if k in manifest}
+
+
+def write_settings_copy(root: Path, settings: CacheSettings, kept: dict[str, Any] | None = None) -> None:
+    """Keep a copy of the settings (and of a converted cache's :data:`PROVENANCE`) beside the shards."""
     data: dict[str, Any] = {"settings": settings.to_dict(), "settings_fingerprint": settings.fingerprint()}
-    if keys_under is not None and keys_under != settings.fingerprint():
-        data["key_fingerprint"] = keys_under
+    data.update({k: v for k, v in (kept or {}).items() if k in PROVENANCE})
     atomic_write_json(settings_copy_path(root), data)
 
 
-def read_copied_key_fingerprint(root: Path) -> str | None:
-    """The key fingerprint the settings copy records (a converted cache's), or None."""
+def read_copied_provenance(root: Path) -> dict[str, Any]:
+    """The :data:`PROVENANCE` entries the settings copy keeps (none for a cache that was built, not converted)."""
     try:
-        value = json.loads(settings_copy_path(root).read_text(encoding="utf-8")).get("key_fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
+        data = json.loads(settings_copy_path(root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return provenance(data) if isinstance(data, dict) else {}
 
 
 def read_settings_copy(root: Path) -> CacheSettings | None:

@@ -15,6 +15,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -179,12 +180,7 @@ class ShardWriter:
         self.width = self.codec.width(hidden_size)
         self.row_bytes = self.codec.row_bytes(hidden_size)
         self.paths["index"].parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.paths["lock"], "a+b")  # noqa: SIM115 - held for the writer's life
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise CacheLockedError(f"shard {name!r} is being written by another process") from None
+        self._lock = self._take_lock(name)
         try:
             self._recover()
         except BaseException:
@@ -195,6 +191,25 @@ class ShardWriter:
         self._index = open(self.paths["index"], "r+b")  # noqa: SIM115
         self._index.seek(0, os.SEEK_END)
         self.bytes_written = 0
+
+    def _take_lock(self, name: str) -> BinaryIO:
+        """The shard's lock file, locked. A lock file that was deleted (a merge retires shards) while this process
+        opened it is not the shard's lock any more: open the one at its path again."""
+        for _ in range(100):
+            f = open(self.paths["lock"], "a+b")  # noqa: SIM115 - held for the writer's life
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                raise CacheLockedError(f"shard {name!r} is being written by another process") from None
+            try:
+                same = os.fstat(f.fileno()).st_ino == os.stat(self.paths["lock"]).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return f
+            f.close()
+        raise CacheLockedError(f"shard {name!r}: its lock file keeps being replaced")
 
     def _recover(self) -> None:
         """Cut every file back to the last complete, checksummed record."""

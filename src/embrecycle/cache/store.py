@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import secrets
 import zlib
 from collections import OrderedDict
@@ -21,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ..errors import CacheCorruptedError, CacheLockedError, CacheMissError
+from ..errors import CacheCorruptedError, CacheError, CacheLockedError, CacheMissError
 from ..tokenization import Encoded, is_empty
 from .codecs import codec_for
 from .format import FLAG_TRUNCATED, READABLE_VERSIONS, RECORD_DTYPE, TOKEN_FIELDS, make_header
@@ -35,7 +36,8 @@ from .settings import (
     key_fingerprint,
     missing_manifest_error,
     new_manifest,
-    read_copied_key_fingerprint,
+    provenance,
+    read_copied_provenance,
     read_manifest,
     read_settings_copy,
     settings_copy_path,
@@ -55,10 +57,17 @@ from .shard import (
 )
 
 Document = str | Sequence[str]
-
-OPEN_SHARDS = 256
-"""Shards a reader keeps memory-mapped at once: a cache of thousands of shards must not run out of file handles."""
 """A document: a text, or a list of words (pre-tokenized input such as CoNLL)."""
+
+
+def _open_shards() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(8, min(256, (soft if soft > 0 else 1024) // 8))
+
+
+OPEN_SHARDS = _open_shards()
+"""Shards a reader keeps memory-mapped at once (each holds two file handles): at most 256, and an eighth of the
+process's file-handle limit, so that a cache of thousands of shards does not run out of them."""
 
 __all__ = [
     "Cache",
@@ -231,7 +240,7 @@ class Cache:
             copy.check_matches(settings, str(root))
         elif not _documents_in_shards(root, settings, documents):
             raise missing_manifest_error(root)
-        write_manifest(root / MANIFEST_NAME, new_manifest(settings, read_copied_key_fingerprint(root)))
+        write_manifest(root / MANIFEST_NAME, new_manifest(settings, **read_copied_provenance(root)))
         log.warning("%s: restored the lost %s (its shards hold these settings' states)", root, MANIFEST_NAME)
         cache = cls(root, read_manifest(root), **kw)
         cache.ensure_settings_copy()
@@ -242,9 +251,9 @@ class Cache:
         """Write the copy of the settings beside the shards if it is missing or damaged (local caches)."""
         if self.remote is None and (
             read_settings_copy(self.root) != self.settings
-            or read_copied_key_fingerprint(self.root) != self.manifest.get("key_fingerprint")
+            or read_copied_provenance(self.root) != provenance(self.manifest)
         ):
-            write_settings_copy(self.root, self.settings, self.fingerprint)
+            write_settings_copy(self.root, self.settings, provenance(self.manifest))
 
     # ---- index ------------------------------------------------------------
     def refresh(self) -> None:
@@ -378,6 +387,11 @@ class Cache:
             if self.remote is not None:
                 self.remote.pull_shard_data(self.shards[sid])
             paths = shard_paths(self.root, self.shards[sid])
+            if self.remote is None and not paths["index"].exists():
+                raise CacheError(
+                    f"shard {self.shards[sid]!r} of {self.location} was merged into another (`cache compact` or "
+                    "`cache remove`) after this reader opened the cache: open the cache again."
+                )
             self._maps[sid] = (
                 _memmap(paths["hidden"], self.codec.item_dtype, self._width),
                 _memmap(paths["tokens"], np.dtype("<i4"), TOKEN_FIELDS),
@@ -483,7 +497,11 @@ class Cache:
             return ShardWriter(self.root, name, s.hidden_size, s.dtype, fsync=fsync)
         # Writers on several machines share a cache at a URL: each mirror names its shards apart.
         prefix = f"local-{self._writer_id()}-" if self.remote else "local-"
+        marker = self.manifest.get("compaction")
+        retiring = set(marker.get("replaced", [])) if isinstance(marker, dict) else set()
         for n in range(10_000):
+            if f"{prefix}{n:05d}" in retiring:
+                continue  # an interrupted merge still deletes a shard of that name
             try:
                 return ShardWriter(self.root, f"{prefix}{n:05d}", s.hidden_size, s.dtype, fsync=fsync)
             except CacheLockedError:
@@ -668,7 +686,7 @@ def restore_manifest(path: str | os.PathLike[str]) -> str | None:
             os.replace(manifest, manifest.with_name(f"{manifest.name}.damaged"))
     else:
         what = f"{manifest} was missing"
-    write_manifest(manifest, new_manifest(copy, read_copied_key_fingerprint(root)))
+    write_manifest(manifest, new_manifest(copy, **read_copied_provenance(root)))
     Cache(root, read_manifest(root)).update_manifest_stats()
     return f"{what}: restored it from {settings_copy_path(root)}"
 

@@ -62,6 +62,8 @@ class Overlap:
     normalised: int
     """Test documents equal to one after whitespace and case normalisation (the exact ones included)."""
     examples: list[OverlapExample] = field(default_factory=list)
+    normalisation_checked: bool = True
+    """False when a side was a cache: caches hold keys of the exact text, so only exact copies are found."""
 
     @property
     def any(self) -> bool:
@@ -69,9 +71,14 @@ class Overlap:
 
     def summary(self, train: str = "training", test: str = "test") -> str:
         share = self.normalised / self.test_documents if self.test_documents else 0.0
+        how = (
+            f"{self.exact} exactly, {self.normalised - self.exact} after whitespace/case normalisation"
+            if self.normalisation_checked
+            else "exact copies only: a cache holds keys of the exact text; compare the data files to find "
+            "copies that differ in whitespace or case"
+        )
         lines = [
-            f"{self.normalised} of {self.test_documents} {test} documents ({share:.1%}) also occur in {train} "
-            f"({self.exact} exactly, {self.normalised - self.exact} after whitespace/case normalisation)"
+            f"{self.normalised} of {self.test_documents} {test} documents ({share:.1%}) also occur in {train} ({how})"
         ]
         for e in self.examples:
             how = "exact" if e.exact else "normalised"
@@ -84,6 +91,7 @@ class Overlap:
             "test_documents": self.test_documents,
             "exact": self.exact,
             "normalised": self.normalised,
+            "normalisation_checked": self.normalisation_checked,
             "examples": [e.__dict__ for e in self.examples],
         }
 
@@ -114,4 +122,4 @@ def key_overlap(train_keys: Sequence[bytes], test_keys: Sequence[bytes], shown: 
     known = set(train_keys)
     hits = [k for k in test_keys if k in known]
     examples = [OverlapExample(f"key {k.hex()[:16]}", "the training cache", "", True) for k in hits[:shown]]
-    return Overlap(len(known), len(test_keys), len(hits), len(hits), examples)
+    return Overlap(len(known), len(test_keys), len(hits), len(hits), examples, normalisation_checked=False)
