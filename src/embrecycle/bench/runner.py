@@ -296,7 +296,13 @@ def _warm_up(config: BenchConfig, tmp: str, model: str, ds: BenchDataset, data: 
         device=config.device,
         precision=config.precision,
     )
-    train(cfg, progress=False)
+    overlap_log = logging.getLogger("embrecycle.training.data")
+    level = overlap_log.level
+    overlap_log.setLevel(logging.ERROR)  # its dev set is its training set on purpose: no overlap warning
+    try:
+        train(cfg, progress=False)
+    finally:
+        overlap_log.setLevel(level)
 
 
 def _peak_memory(config: BenchConfig, cfg: dict[str, Any]) -> tuple[int, int]:
