@@ -32,6 +32,7 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -341,17 +342,22 @@ def _finish_earlier(cache: Cache) -> list[str]:
 
 
 def _set_marker(cache: Cache, marker: dict[str, Any] | None) -> None:
-    """Write (or drop) the manifest's compaction note, recounting its statistics, under the manifest lock."""
+    """Write (or drop) the manifest's compaction note and recount its statistics, in one atomic write under the
+    manifest lock (two writes would leave, between them, a manifest that counts deleted shards without the note
+    that explains them)."""
     with open(cache.root / ".manifest.lock", "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        cache.refresh()
         manifest = read_manifest(cache.root)
         if marker is None:
             manifest.pop(MARKER, None)
         else:
             manifest[MARKER] = marker
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        manifest["stats"] = {**cache.stats(), "shard_records": dict(cache.shard_records), "updated": now}
         write_manifest(cache.root / MANIFEST_NAME, manifest)
         cache.manifest = manifest
-    cache.update_manifest_stats()
+    cache.refresh()
 
 
 def _delete_shards(root: Path, names: Sequence[str]) -> list[str]:
