@@ -24,9 +24,8 @@ def _sharded(model: str, texts: list[str], out: Path, shards: int = 4) -> list[s
     cache = open_cache(out)
     i = cache.index_of(cache.key(docs[0]))
     assert i is not None
-    hidden, tokens = cache._rows(i)
     with ShardWriter(out, "worker-late", 32, cache.settings.dtype) as w:
-        w.append([maintenance.Entry(cache.keys[i].tobytes(), np.array(hidden), np.array(tokens))])
+        w.append([cache.stored_entry(i)])
     open_cache(out).update_manifest_stats()
     return docs
 

@@ -18,15 +18,13 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import CacheCorruptedError, CacheMismatchError, ConfigError
+from ..errors import CacheMismatchError, ConfigError
 from .codecs import CODECS, canonical_dtype
-from .format import FLAG_TRUNCATED, STORAGE_DTYPES
+from .format import STORAGE_DTYPES
 from .location import is_remote, local_path
 from .settings import MANIFEST_NAME, CacheSettings, is_own_file, new_manifest, read_manifest, write_manifest
-from .shard import Entry
 from .store import Cache, open_cache
 
 __all__ = ["ConvertSummary", "convert_cache"]
@@ -79,11 +77,7 @@ def convert_cache(
     if is_remote(out):
         raise ConfigError(f"--out {os.fspath(out)}: convert writes a local directory (copy it to the URL after).")
     src = open_cache(source)
-    if src.damage:
-        raise CacheCorruptedError(
-            f"cache {src.location} is damaged ({len(src.damage)} problem(s); first: {src.damage[0]}): run "
-            f"`embrecycle cache verify --repair {src.location}` before converting it."
-        )
+    src.require_undamaged("convert")
     root = local_path(out)
     if src.remote is None and root.resolve() == src.root.resolve():
         raise ConfigError(f"--out {root} is the source cache: convert writes a new cache; choose another --out.")
@@ -97,16 +91,9 @@ def convert_cache(
         for start in range(0, len(todo), batch_documents):
             entries = []
             for i in todo[start : start + batch_documents]:
-                hidden, tokens = src._rows(i)  # checksummed
-                states = src.codec.decode(np.array(hidden), hs).float()
-                entries.append(
-                    Entry(
-                        key=src.keys[i].tobytes(),
-                        hidden=codec.encode(states),
-                        tokens=np.array(tokens),
-                        truncated=bool(int(src._flags[i]) & FLAG_TRUNCATED),
-                    )
-                )
+                entry = src.stored_entry(i)  # checksummed
+                entry.hidden = codec.encode(src.codec.decode(entry.hidden, hs).float())
+                entries.append(entry)
             writer.append(entries)
             bar.update(len(entries))
     bar.close()

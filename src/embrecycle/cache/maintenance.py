@@ -36,14 +36,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import CacheCorruptedError, ConfigError
-from .format import FLAG_TRUNCATED
+from ..errors import ConfigError
 from .location import is_remote
 from .settings import MANIFEST_NAME, read_manifest, write_manifest
-from .shard import SHARD_DIR, Entry, ShardWriter, list_shards, shard_paths, split_index
+from .shard import SHARD_DIR, ShardWriter, list_shards, shard_paths, split_index
 from .store import Cache, Document, open_cache
 
 __all__ = [
@@ -87,16 +85,6 @@ class CompactSummary:
         )
 
 
-def _refuse_damaged(cache: Cache, what: str) -> None:
-    """A damaged shard would be merged away with records a repair keeps: repair first."""
-    if cache.damage:
-        raise CacheCorruptedError(
-            f"cache {cache.location} is damaged ({len(cache.damage)} problem(s); first: {cache.damage[0]}): run "
-            f"`embrecycle cache verify --repair {cache.location}` (it keeps every record whose data checks out), "
-            f"then `cache {what}` again."
-        )
-
-
 def _local(path: str | os.PathLike[str], what: str) -> Cache:
     if is_remote(path):
         raise ConfigError(
@@ -121,7 +109,7 @@ def compact(
     t0 = time.perf_counter()
     cache = _local(path, "compact")
     _finish_earlier(cache)
-    _refuse_damaged(cache, "compact")
+    cache.require_undamaged("compact")
     before_shards, before_bytes = len(cache.shards), int(cache.stats()["bytes"])
     wanted = list(cache.shards) if shards is None else list(shards)
     unknown = sorted(set(wanted) - set(cache.shards))
@@ -190,7 +178,7 @@ def remove_documents(
     ignored (the summary counts what was removed).
     """
     cache = _local(path, "remove")
-    _refuse_damaged(cache, "remove")
+    cache.require_undamaged("remove")
     wanted = {cache.key(d) for d in docs} | {_key_bytes(k) for k in keys}
     holders = _holders(cache.root, wanted)  # every shard with a copy (concurrent writers may have stored two)
     if not holders:
@@ -296,9 +284,7 @@ def _write_merged(cache: Cache, name: str, entries: list[int], fsync: bool, prog
         for start in range(0, len(entries), BATCH_DOCUMENTS):
             batch = []
             for i in entries[start : start + BATCH_DOCUMENTS]:
-                hidden, tokens = cache._rows(i)  # checksummed: nothing damaged is copied
-                truncated = bool(int(cache._flags[i]) & FLAG_TRUNCATED)
-                batch.append(Entry(cache.keys[i].tobytes(), np.array(hidden), np.array(tokens), truncated))
+                batch.append(cache.stored_entry(i))  # checksummed: nothing damaged is copied
             writer.append(batch)
             bar.update(len(batch))
     bar.close()

@@ -46,6 +46,7 @@ from .settings import (
 )
 from .shard import (
     SHARD_DIR,
+    Entry,
     ShardWriter,
     header_problem,
     list_shards,
@@ -412,6 +413,22 @@ class Cache:
                 f"{self._where(i)}: checksum mismatch, the stored states are corrupted. " + self._fix()
             )
         return h, t
+
+    def stored_entry(self, i: int) -> Entry:
+        """Entry ``i`` exactly as stored (checksummed), ready to append to another shard."""
+        hidden, tokens = self._rows(i)
+        truncated = bool(int(self._flags[i]) & FLAG_TRUNCATED)
+        return Entry(self.keys[i].tobytes(), np.array(hidden), np.array(tokens), truncated)
+
+    def require_undamaged(self, command: str) -> None:
+        """Refuse ``command`` (one that rewrites what it reads) on a damaged cache: it would lose records a repair
+        keeps."""
+        if self.damage:
+            raise CacheCorruptedError(
+                f"cache {self.location} is damaged ({len(self.damage)} problem(s); first: {self.damage[0]}): run "
+                f"`embrecycle cache verify --repair {self.location}` (it keeps every record whose data checks out), "
+                f"then `cache {command}` again."
+            )
 
     def encoded(self, i: int) -> Encoded:
         """Entry ``i``'s tokenization (ids, word ids, offsets, truncation), as the build computed it."""
