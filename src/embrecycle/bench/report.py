@@ -130,15 +130,16 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     chosen = chosen_lrs(rows)
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     tried: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
-    for r in rows:
-        if r["kind"] != "train":
-            continue
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    first_seed: dict[tuple[str, str, str], int] = {}
+    for r in train_rows:
+        key = (r["model"], r["dataset"], r["method"])
+        first_seed[key] = min(first_seed.get(key, r["seed"]), r["seed"])
+    for r in train_rows:
         key = (r["model"], r["dataset"], r["method"])
         if r["lr"] == chosen[key]:
             groups[key].append(r)
-        if r["seed"] == min(
-            x["seed"] for x in rows if x["kind"] == "train" and (x["model"], x["dataset"], x["method"]) == key
-        ):
+        if r["seed"] == first_seed[key]:
             tried[key].append((r["lr"], r["dev_score"]))
     out = []
     for (model, dataset, method), rs in groups.items():
