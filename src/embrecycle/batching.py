@@ -25,7 +25,20 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
     return batches
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Batches of examples sorted by length (order restored by the caller)."""
+def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Batches of examples sorted by length (order restored by the caller).
+
+    With ``max_tokens``, a batch also stops growing before its padded size (documents x longest length) would
+    exceed it; a document longer than the budget gets a batch of its own.
+    """
     order = np.argsort(lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if max_tokens is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[np.ndarray] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        size = end - start
+        if end == len(order) or size >= batch_size or (size + 1) * int(lengths[order[end]]) > max_tokens:
+            batches.append(order[start:end])
+            start = end
+    return batches

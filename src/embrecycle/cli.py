@@ -3,8 +3,9 @@
 Every option comes from a field of a settings dataclass (:mod:`embrecycle.cli_options`):
 the library's own (:class:`~embrecycle.cache.BuildConfig`, :class:`~embrecycle.cache.RayOptions`,
 :class:`~embrecycle.training.TrainConfig`, :class:`~embrecycle.upper.UpperOptions`,
-:class:`~embrecycle.selection.SelectConfig`, :class:`~embrecycle.bench.BenchConfig`) and, for
-what only a command needs (input files, output paths), the small ``*Args`` classes below.
+:class:`~embrecycle.selection.SelectConfig`, :class:`~embrecycle.bench.BenchConfig`,
+:class:`~embrecycle.serve.ServeConfig`) and, for what only a command needs (input files, output paths), the
+small ``*Args`` classes below.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .errors import ConfigError, RunExistsError
 from .files import write_text_atomic
 from .hardware import PRECISION_CHOICES, hardware_problems
 from .selection.config import SelectConfig
+from .serve.config import ServeConfig
 from .training.config import TrainConfig
 from .upper import UpperOptions
 
@@ -548,6 +550,26 @@ def export_cmd(given: Given, quiet: Quiet = False) -> None:
         f"exported {args.run} -> {result.out} ({result.bytes / 1e6:.1f} MB); "
         f"from_pretrained reproduces the run's logits within {result.max_abs_diff:.1e}"
     )
+
+
+@command(app, "serve", ServeConfig)
+def serve_cmd(given: Given, quiet: Quiet = False) -> None:
+    """Serve many task models over one trunk over HTTP: POST /v1/predict, GET /v1/tasks, /healthz, /readyz, /metrics.
+
+    Concurrent requests are batched (up to --max-batch-tokens, waiting at most --max-wait-ms); each batch reads
+    its documents' cached states once (or runs the lower layers once for the misses) and every requested task's
+    upper layers on them. Binds to 127.0.0.1 unless --host says otherwise; SIGTERM drains in-flight requests.
+    """
+    from .serve import serve
+
+    config = given.make(ServeConfig)
+
+    def ready(url: str) -> None:
+        key = " (bearer token required)" if config.resolved_api_key() else ""
+        typer.echo(f"serving {len(config.runs)} task(s) on {url}{key}: POST {url}/v1/predict", err=True)
+
+    with _quiet(quiet):
+        serve(config, on_ready=ready)
 
 
 @command(app, "select-layer", SelectConfig)

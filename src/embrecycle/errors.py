@@ -54,6 +54,13 @@ class CacheMissError(CacheError, KeyError):
         return str(self.args[0]) if self.args else "document not in cache"
 
 
+class UnknownTaskError(EmbRecycleError, KeyError):
+    """A task (run) name that a task set or server does not hold."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
 class RunError(EmbRecycleError, OSError):
     """Base class of run-directory errors (what ``embrecycle train`` writes)."""
 

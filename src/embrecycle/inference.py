@@ -24,6 +24,7 @@ def shared_document_logits(
     pad_id: int,
     batch_size: int = 64,
     hardware: Hardware | None = None,
+    max_batch_tokens: int | None = None,
 ) -> list[list[torch.Tensor]]:
     """Every model's logits for every document, unpadded, float32 on the CPU: ``(classes,)`` or
     ``(n_tokens, classes)`` each.
@@ -31,8 +32,9 @@ def shared_document_logits(
     The layer-k states of each batch are obtained once (read from the cache, or
     the first model's lower layers for documents the cache lacks) and every
     model runs its upper layers and head on them, so the models must share the
-    lower layers (same base weights and cut). They run on ``hardware`` (default: the CPU in fp32), where the
-    models must already be; cached states are read straight into its compute dtype.
+    lower layers (same base weights and cut). A batch holds at most ``batch_size`` documents and, with
+    ``max_batch_tokens``, at most that many padded tokens. They run on ``hardware`` (default: the CPU in
+    fp32), where the models must already be; cached states are read straight into its compute dtype.
     """
     hw = hardware or FP32_CPU
     for m in models:
@@ -40,7 +42,7 @@ def shared_document_logits(
     lower = models[0].split
     out: list[list[torch.Tensor | None]] = [[None] * len(encoded) for _ in models]
     lengths = np.array([len(e.input_ids) for e in encoded])
-    for batch in eval_batches(lengths, batch_size):
+    for batch in eval_batches(lengths, batch_size, max_batch_tokens):
         hits = [int(i) for i in batch if cache_index[i] is not None]
         misses = [int(i) for i in batch if cache_index[i] is None]
         if hits:

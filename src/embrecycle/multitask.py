@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from .cache.store import Cache, Document
-from .errors import ConfigError
+from .errors import ConfigError, UnknownTaskError
 from .predict import Predictions, TaskModel, load, predict_shared
 from .upper import canonical_name
 
@@ -90,15 +90,44 @@ class TaskSet:
         cache: str | os.PathLike[str] | Cache | None = None,
         update_cache: bool = False,
         batch_size: int = 64,
+        tasks: Sequence[str] | None = None,
+        max_batch_tokens: int | None = None,
     ) -> dict[str, Predictions]:
-        """Every run's predictions for ``docs``, by run name (the run directory's name)."""
+        """Every run's predictions for ``docs``, by run name (the run directory's name).
+
+        Args:
+            docs: Texts, or word lists (NER runs split texts on whitespace).
+            cache: A cache of the runs' base model and layer; default: the first run's training cache.
+            update_cache: Store the states of documents that missed the cache.
+            batch_size: Documents per forward pass.
+            tasks: Only these runs (by name; default: all).
+            max_batch_tokens: Padded tokens per forward pass at most (default: no limit beyond ``batch_size``).
+
+        Raises:
+            UnknownTaskError: a name in ``tasks`` that is not in the set (naming the known ones).
+        """
+        wanted = self.select(tasks)
         out: dict[str, Predictions] = {}
         for kind in ("text", "words"):
-            group = [m for m in self.models if ("words" if m.task.name == "ner" else "text") == kind]
+            group = [m for m in wanted if ("words" if m.task.name == "ner" else "text") == kind]
             if group:
-                for m, p in zip(group, predict_shared(group, docs, cache, update_cache, batch_size), strict=True):
+                preds = predict_shared(group, docs, cache, update_cache, batch_size, max_batch_tokens)
+                for m, p in zip(group, preds, strict=True):
                     out[m.run_dir.name] = p
-        return {name: out[name] for name in self.names}
+        return {m.run_dir.name: out[m.run_dir.name] for m in wanted}
+
+    def by_name(self, name: str) -> TaskModel:
+        """The run named ``name``."""
+        return self.select([name])[0]
+
+    def select(self, tasks: Sequence[str] | None) -> list[TaskModel]:
+        """The runs named in ``tasks`` (all when None), in the set's order."""
+        if tasks is None:
+            return list(self.models)
+        unknown = sorted(set(tasks) - set(self.names))
+        if unknown:
+            raise UnknownTaskError(f"unknown tasks {unknown}: this set has {self.names}.")
+        return [m for m in self.models if m.run_dir.name in set(tasks)]
 
     def parameter_bytes(self) -> int:
         """Bytes of distinct parameter and buffer storage held by the whole set."""

@@ -29,10 +29,14 @@ class Predictions:
     """Predictions in input order, with how many documents came from the cache.
 
     Each item is ``{"label", "probabilities"}`` (classification) or
-    ``{"words", "tags", "entities"}`` (NER); ``None`` for an empty document.
+    ``{"words", "tags", "entities"}`` (NER); ``None`` for an empty document. ``cached`` says per document
+    whether its states were read from the cache, ``truncated`` whether it was cut to the run's max length
+    (``None`` for an empty document, in both).
     """
 
     items: list[dict[str, Any] | None]
+    cached: list[bool | None] = field(default_factory=list)
+    truncated: list[bool | None] = field(default_factory=list)
     hits: int = 0
     misses: int = 0
     added_to_cache: int = 0
@@ -134,12 +138,14 @@ def predict_shared(
     cache: str | os.PathLike[str] | Cache | None = None,
     update_cache: bool = False,
     batch_size: int = 64,
+    max_batch_tokens: int | None = None,
 ) -> list[Predictions]:
     """Predictions of several runs of one input kind (texts or word lists) that share their lower layers.
 
     Each document's layer-k states are read from the cache (or computed by the
     lower layers, once) and every run's upper layers and head run on them.
-    Cached documents are not tokenized again: the cache holds their tokens.
+    Cached documents are not tokenized again: the cache holds their tokens. A forward pass holds at most
+    ``batch_size`` documents and, with ``max_batch_tokens``, at most that many padded tokens.
     """
     first = models[0]
     if first.task.name == "ner":
@@ -153,6 +159,7 @@ def predict_shared(
     live = [docs[i] for i in keep]
     index = [c.index_of(c.key(d)) if c is not None else None for d in live]
     hits = sum(i is not None for i in index)
+    was_cached = [i is not None for i in index]  # before --update-cache adds the misses
     added = 0
     if c is not None and update_cache and hits < len(live):
         states = first.record.states
@@ -184,10 +191,15 @@ def predict_shared(
     pad_id = first.tokenizer.pad_token_id or 0
     filled = cast(list[Encoded], encoded)  # every slot is set now: read from the cache or just tokenized
     warn_truncated(filled, live, states.max_length)  # cached documents count as much as fresh ones
-    logits = shared_document_logits([m.model for m in models], filled, c, index, pad_id, batch_size, first.hardware)
+    logits = shared_document_logits(
+        [m.model for m in models], filled, c, index, pad_id, batch_size, first.hardware, max_batch_tokens
+    )
     for m, result, task_logits in zip(models, results, logits, strict=True):
         result.hits, result.misses, result.added_to_cache = hits, len(live) - hits, added
         result.skipped_empty = len(docs) - len(keep)
+        result.cached, result.truncated = [None] * len(docs), [None] * len(docs)
+        for i, hit, enc in zip(keep, was_cached, filled, strict=True):
+            result.cached[i], result.truncated[i] = hit, enc.truncated
         if m.record.training_mode.from_text:
             result.notes.append(f"{m.record.method} baseline run: every document runs all layers from its text")
         for i, lg, enc, doc in zip(keep, task_logits, filled, live, strict=True):

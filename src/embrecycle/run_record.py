@@ -54,6 +54,8 @@ class RunRecord:
         cache: Where the training cache was (None for runs trained from text).
         train_config: The training settings as given (informational).
         device, precision: Where and in which compute precision the run trained (resolved from ``auto``).
+        label_counts: How often each label occurs in the training data (NER: each tag over the words), the
+            reference a server's drift signal compares predictions with; empty in runs of releases before 0.3.
         files: ``sha256:`` of every other file of the finished run (weights, labels, metrics, curves), checked
             by every reader; empty while training and in runs of releases before 0.2.
         embrecycle_version: The release that wrote the run.
@@ -70,6 +72,7 @@ class RunRecord:
     train_config: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     precision: str = "fp32"
+    label_counts: dict[str, int] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     embrecycle_version: str = __version__
 
@@ -127,6 +130,7 @@ class RunRecord:
             "train_config": self.train_config,
             "device": self.device,
             "precision": self.precision,
+            "label_counts": dict(self.label_counts),
             "files": dict(self.files),
         }
 
@@ -159,6 +163,7 @@ class RunRecord:
                 train_config=body.get("train_config") or {},
                 device=body.get("device", "cpu"),
                 precision=body.get("precision", "fp32"),
+                label_counts={str(k): int(v) for k, v in (body.get("label_counts") or {}).items()},
                 files=dict(body.get("files") or {}),
                 embrecycle_version=body.get("embrecycle_version", "unknown"),
             )

@@ -95,3 +95,15 @@ class Task(ABC):
     def constant_predictions(self, train: Sequence[Example], dev: Sequence[Example]) -> list[Any]:
         """What a model that ignores its input predicts for each of ``dev`` (in the form :meth:`metrics` expects):
         the most frequent training label, or ``O`` for every word."""
+
+    def labels_of(self, annotation: Any) -> list[str]:
+        """The labels in one document's annotation (gold or predicted): one label, or one tag per word."""
+        return [str(annotation)] if isinstance(annotation, str) else [str(t) for t in annotation]
+
+    def label_counts(self, examples: Sequence[Example]) -> dict[str, int]:
+        """How often each label occurs in ``examples`` (NER: each tag over the words), in label order."""
+        counts = dict.fromkeys(self.labels, 0)
+        for e in examples:
+            for label in self.labels_of(self.gold(e)):
+                counts[label] = counts.get(label, 0) + 1
+        return counts

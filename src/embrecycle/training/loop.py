@@ -212,4 +212,5 @@ def _record(config: TrainConfig, data: TrainingData, built: BuiltModel, inputs: 
         train_config=config.to_dict(),
         device=str(built.hardware.device),
         precision=built.hardware.precision,
+        label_counts=data.task.label_counts(data.train),
     )
