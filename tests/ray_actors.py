@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from embrecycle.batch_predict import PredictActor
 from embrecycle.cache.location import local_path
 from embrecycle.cache.ray_engine import LowerLayersActor
 
@@ -34,4 +35,17 @@ class FailsOnChunk(LowerLayersActor):
         return super().process(name, payload)
 
 
-__all__ = ["DiesOnce", "FailsOnChunk", "Path"]
+class PredictDiesOnce(PredictActor):
+    """The first shard any predicting worker starts kills that worker's process (as a lost node would)."""
+
+    def process(self, shard: Path) -> dict[str, Any]:
+        marker = self.out.parent / "died"
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return super().process(shard)
+        os.close(fd)
+        os._exit(1)
+
+
+__all__ = ["DiesOnce", "FailsOnChunk", "Path", "PredictDiesOnce"]

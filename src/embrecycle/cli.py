@@ -22,9 +22,10 @@ from typing import Annotated, Any
 import typer
 
 from ._version import __version__
+from .batch_predict import prediction_lines
 from .bench.config import BenchConfig
 from .cache.builder import BuildConfig
-from .cache.ray_engine import RayOptions
+from .cache.ray_engine import RayOptions, RayPool
 from .cli_options import Given, command
 from .config import Checks, Settings, setting
 from .data.readers import FORMATS
@@ -96,20 +97,39 @@ class PredictArgs(Settings):
         flag="--run",
         comma_separated=False,
     )
-    data: str = setting(help="Documents to label.")
+    data: str = setting(
+        help="Documents to label: a file; with --engine ray, also a directory of input shards or a quoted glob "
+        "(JSON lines, CSV/TSV, text, CoNLL or Parquet)."
+    )
     out: str = setting(
         help="Directory for the predictions: one RUN_NAME.jsonl (the run directory's name) per run, one JSON line "
-        "per document."
+        "per document; with --engine ray, RUN_NAME/SHARD.jsonl per run and input shard."
     )
     cache: str | None = setting(None, "Cache (directory or URL) to look documents up in (default: the run's).")
     update_cache: bool = setting(False, "Store the states of documents that missed the cache.")
     text_field: str = setting("text", "Text field of JSON lines / CSV input.")
     data_format: str | None = _format_setting()
     batch_size: int = setting(64, "Documents per forward pass.")
-    overwrite: bool = setting(False, "Replace RUN_NAME.jsonl files that exist in --out already.")
+    overwrite: bool = setting(
+        False,
+        "Replace RUN_NAME.jsonl files that exist in --out already (engine ray: predict again the shards whose "
+        "outputs exist, which a re-run otherwise skips).",
+    )
+    engine: str = setting(
+        "local",
+        "Where the models run: local (this process) or ray (a Ray Data actor pool over the input shards, see "
+        "--num-workers).",
+        choices=ENGINES,
+    )
 
     def problems(self) -> list[str]:
-        return Checks().positive(batch_size=self.batch_size).problems
+        checks = Checks().positive(batch_size=self.batch_size).choice("engine", self.engine, ENGINES)
+        checks.require(
+            not (self.engine == "ray" and self.update_cache),
+            "--update-cache with --engine ray (workers would write one cache at once): build the cache first with "
+            "`embrecycle cache build --engine ray`, then predict",
+        )
+        return checks.problems
 
 
 @dataclass
@@ -478,17 +498,21 @@ def train_cmd(given: Given, quiet: Quiet = False) -> None:
     typer.echo(result.summary())
 
 
-@command(app, "predict", PredictArgs, HardwareArgs)
+@command(app, "predict", PredictArgs, HardwareArgs, RayPool)
 def predict_cmd(given: Given, quiet: Quiet = False) -> None:
     """Predict labels (or tags) for documents; cached documents skip the lower layers.
 
     With several --run options (same base model and layer), each document's states are read once and every
     task's upper layers run on them; frozen weights are loaded once. --out is a directory receiving
-    RUN_NAME.jsonl for each run.
+    RUN_NAME.jsonl for each run. With --engine ray, --data may be a directory or glob of shards, spread over
+    a Ray Data actor pool; --out receives RUN_NAME/SHARD.jsonl, and a re-run skips finished shards.
     """
     from .multitask import TaskSet
 
     args = given.make(PredictArgs)
+    if args.engine == "ray":
+        _predict_ray(given, args, quiet)
+        return
     out = _prediction_folder(args)  # before any work: a bad --out fails here, not after the predictions
     with _quiet(quiet):
         hw = given.make(HardwareArgs)
@@ -501,11 +525,7 @@ def predict_cmd(given: Given, quiet: Quiet = False) -> None:
         docs = [e.doc for e in examples]
         preds = tasks.predict(docs, cache=args.cache, update_cache=args.update_cache, batch_size=args.batch_size)
     for name, p in preds.items():
-        lines = (
-            json.dumps({"source": e.source, **(item or {"skipped": "empty document"})})
-            for e, item in zip(examples, p, strict=True)
-        )
-        write_text_atomic(out / f"{name}.jsonl", "".join(f"{line}\n" for line in lines))
+        write_text_atomic(out / f"{name}.jsonl", prediction_lines([e.source for e in examples], p.items))
     p = next(iter(preds.values()))
     files = [f"{name}.jsonl" for name in preds]
     where = str(out / files[0]) if len(files) == 1 else f"{out}/ ({', '.join(files)})"
@@ -516,6 +536,23 @@ def predict_cmd(given: Given, quiet: Quiet = False) -> None:
     )
     for note in dict.fromkeys(n for q in preds.values() for n in q.notes):
         typer.echo(f"note: {note}")
+
+
+def _predict_ray(given: Given, args: PredictArgs, quiet: bool) -> None:
+    from .batch_predict import predict_files_ray
+
+    hw = given.make(HardwareArgs)
+    with _quiet(quiet):
+        summary = predict_files_ray(
+            args.runs, args.data, args.out, given.make(RayPool), cache=args.cache, text_field=args.text_field,
+            data_format=args.data_format, batch_size=args.batch_size, device=hw.device, precision=hw.precision,
+            overwrite=args.overwrite, progress=not quiet,
+        )  # fmt: skip
+    typer.echo(
+        f"{summary.shards} shard(s) x {len(summary.tasks)} task(s) -> {args.out}/RUN/SHARD.jsonl: {summary.documents} "
+        f"documents, {summary.hits} cache hits, {summary.misses} misses"
+        + (f"; {summary.skipped} shard(s) already done, skipped (--overwrite redoes them)" if summary.skipped else "")
+    )
 
 
 @command(app, "evaluate", EvaluateArgs, HardwareArgs)

@@ -56,40 +56,47 @@ from .settings import CacheSettings
 from .shard import SHARD_DIR, Entry, ShardWriter, shard_paths
 from .store import Cache, Document
 
-__all__ = ["RayOptions", "build_cache_ray"]
+__all__ = ["RayOptions", "RayPool", "build_cache_ray"]
 
 PLAN_SHARD = "ray-driver"
 """Name under which the driver saves its batch plan (no shard of this name is ever written)."""
 
 
 @dataclass
-class RayOptions(Settings):
-    """How the Ray engine runs (``cache build --engine ray``).
+class RayPool(Settings):
+    """The Ray cluster and actor pool a distributed job runs on (``predict --engine ray``).
 
-    A worker that dies is restarted and its chunk retried (Ray Data's default for actor pools:
+    A worker that dies is restarted and its work item retried (Ray Data's default for actor pools:
     ``max_restarts=-1``, ``max_task_retries=-1``); an exception raised by the model code is not
-    retried and ends the build (finished shards stay: re-run to resume).
+    retried and ends the job (finished work stays: re-run to resume).
     """
+
+    settings_name = "ray"
 
     address: str | None = setting(
         None, "Ray cluster to join (auto, ray://host:10001; engine ray); default: the running one, else a local one."
     )
-    num_workers: int = setting(2, "Model actors, each holding the lower layers once (engine ray).")
+    num_workers: int = setting(2, "Model actors, each holding the model once (engine ray).")
     gpus_per_worker: float = setting(0.0, "GPUs per actor; 0 runs on the CPU (engine ray).")
     cpus_per_worker: float = setting(1.0, "CPUs per actor, its torch thread count (engine ray).")
-    batches_per_shard: int = setting(16, "Batches per chunk; each chunk becomes one shard (engine ray).")
 
     def problems(self) -> list[str]:
         return (
             Checks()
-            .positive(
-                num_workers=self.num_workers,
-                cpus_per_worker=self.cpus_per_worker,
-                batches_per_shard=self.batches_per_shard,
-            )
+            .positive(num_workers=self.num_workers, cpus_per_worker=self.cpus_per_worker)
             .non_negative(gpus_per_worker=self.gpus_per_worker)
             .problems
         )
+
+
+@dataclass
+class RayOptions(RayPool):
+    """How the Ray engine builds a cache (``cache build --engine ray``): the pool, and chunks of batches."""
+
+    batches_per_shard: int = setting(16, "Batches per chunk; each chunk becomes one shard (engine ray).")
+
+    def problems(self) -> list[str]:
+        return super().problems() + Checks().positive(batches_per_shard=self.batches_per_shard).problems
 
 
 def import_ray() -> Any:

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputDataError
+from ..errors import InputDataError, MissingDependencyError
 from .conll import read_conll
 
 __all__ = ["FORMATS", "Example", "detect_format", "label_text", "read_examples"]
 
-FORMATS = ("jsonl", "csv", "tsv", "txt", "conll")
+FORMATS = ("jsonl", "csv", "tsv", "txt", "conll", "parquet")
 _EXTENSIONS = {
     ".jsonl": "jsonl",
     ".json": "jsonl",
@@ -33,6 +33,8 @@ _EXTENSIONS = {
     ".bio": "conll",
     ".iob2": "conll",
     ".conllu": "conll",
+    ".parquet": "parquet",
+    ".pq": "parquet",
 }
 
 
@@ -170,6 +172,11 @@ def _json_example(line: str, where: str, text_field: str, label_field: str | Non
         row = json.loads(line)
     except json.JSONDecodeError as e:
         raise InputDataError(f"{where}: not valid JSON ({e.msg}).") from e
+    return _row_example(row, where, text_field, label_field)
+
+
+def _row_example(row: Any, where: str, text_field: str, label_field: str | None) -> Example:
+    """One record (a JSON line's object, a Parquet row) as an example."""
     if not isinstance(row, dict):
         raise InputDataError(f"{where}: expected a JSON object per line, got {type(row).__name__}.")
     if text_field not in row:
@@ -282,4 +289,25 @@ def _txt(p: Path, text_field: str, label_field: str | None) -> Iterator[Example]
             yield Example(line.rstrip("\r\n"), None, f"{p}:{n}")
 
 
-_READERS = {"jsonl": _jsonl, "csv": _csv, "tsv": _tsv, "txt": _txt}
+def _parquet(p: Path, text_field: str, label_field: str | None) -> Iterator[Example]:
+    """Rows of a Parquet file (needs ``pyarrow``, which the ``[ray]`` extra installs), as JSON lines' objects."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"reading {p} needs pyarrow ({e}): `pip install pyarrow` (or 'embrecycle[ray]'), or convert the file "
+            "to JSON lines."
+        ) from e
+    try:
+        table = pq.read_table(p)
+    except Exception as e:  # pyarrow raises its own ArrowInvalid/OSError kinds for damaged files
+        raise InputDataError(f"{p}: not a readable Parquet file ({e}).") from e
+    if text_field not in table.column_names:
+        raise InputDataError(
+            f"{p}: no column {text_field!r}; columns are {table.column_names}. Pass --text-field NAME."
+        )
+    for n, row in enumerate(table.to_pylist(), 1):
+        yield _row_example(row, f"{p}:row {n}", text_field, label_field)
+
+
+_READERS = {"jsonl": _jsonl, "csv": _csv, "tsv": _tsv, "txt": _txt, "parquet": _parquet}
