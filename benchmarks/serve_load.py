@@ -297,8 +297,14 @@ def _targets(by: dict[tuple[str, int, int], dict[str, Any]]) -> list[str]:
         shown = ", ".join(f"{r:.2f}x at {c} clients" for c, r in ratios)
         met = [c for c, r in ratios if r >= 1.8]
         missed = [c for c, r in ratios if r < 1.8]
-        verdict = "met at every level" if not missed else (
-            f"met at {', '.join(map(str, met))} clients, missed at {', '.join(map(str, missed))}" if met else "missed"
+        verdict = (
+            "met at every level"
+            if not missed
+            else (
+                f"met at {', '.join(map(str, met))} clients, missed at {', '.join(map(str, missed))}"
+                if met
+                else "missed"
+            )
         )
         out.append(f"- Shared server at T = 5 at least 1.8x the throughput of five servers: {shown} ({verdict}).")
     mem = [(by[("shared", 5, c)]["rss_bytes"], by[("separate", 5, c)]["rss_bytes"]) for c in (32,)

@@ -105,7 +105,10 @@ class PredictArgs(Settings):
         help="Directory for the predictions: one RUN_NAME.jsonl (the run directory's name) per run, one JSON line "
         "per document; with --engine ray, RUN_NAME/SHARD.jsonl per run and input shard."
     )
-    cache: str | None = setting(None, "Cache (directory or URL) to look documents up in (default: the run's).")
+    cache: str | None = setting(
+        None,
+        "Cache (directory or URL) to look documents up in (default: the run's; cross-model runs: their source cache).",
+    )
     update_cache: bool = setting(False, "Store the states of documents that missed the cache.")
     text_field: str = setting("text", "Text field of JSON lines / CSV input.")
     data_format: str | None = _format_setting()
@@ -157,7 +160,10 @@ class EvaluateArgs(Settings):
 
     run: str = setting(help="Run directory from `embrecycle train`.")
     data: str = setting(help="Labelled documents.")
-    cache: str | None = setting(None, "Cache (directory or URL) to look documents up in (default: the run's).")
+    cache: str | None = setting(
+        None,
+        "Cache (directory or URL) to look documents up in (default: the run's; cross-model runs: their source cache).",
+    )
     text_field: str = setting("text", "Text field of JSON lines / CSV input.")
     label_field: str = setting("label", "Label field of JSON lines / CSV input.")
     data_format: str | None = _format_setting()

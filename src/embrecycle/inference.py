@@ -12,6 +12,7 @@ from .batching import eval_batches
 from .cache.store import Cache
 from .hardware import FP32_CPU, Hardware, autocast
 from .model import RecyclingModel
+from .source_states import SourceStates
 from .tokenization import Encoded, pad_ids
 
 
@@ -25,6 +26,7 @@ def shared_document_logits(
     batch_size: int = 64,
     hardware: Hardware | None = None,
     max_batch_tokens: int | None = None,
+    source: SourceStates | None = None,
 ) -> list[list[torch.Tensor]]:
     """Every model's logits for every document, unpadded, float32 on the CPU: ``(classes,)`` or
     ``(n_tokens, classes)`` each.
@@ -55,6 +57,14 @@ def shared_document_logits(
         if misses:
             ids, mask = pad_ids([encoded[i] for i in misses], pad_id)
             ids, mask = ids.to(hw.device), mask.to(hw.device)
+            if models[0].fusion is not None:
+                if source is None:
+                    raise ValueError("cross-model consumers need their documents' source states")
+                src = source.batch(misses, ids.shape[1], hw.device, hw.dtype)
+                with autocast(hw):
+                    for m, o in zip(models, out, strict=True):
+                        _scatter(o, misses, m.forward_text(ids, mask, src), lengths)
+                continue
             with autocast(hw):
                 hidden = lower.lower(ids, mask)
                 for m, o in zip(models, out, strict=True):
@@ -70,9 +80,10 @@ def document_logits(
     pad_id: int,
     batch_size: int = 64,
     hardware: Hardware | None = None,
+    source: SourceStates | None = None,
 ) -> list[torch.Tensor]:
     """One model's logits for every document (see :func:`shared_document_logits`)."""
-    return shared_document_logits([model], encoded, cache, cache_index, pad_id, batch_size, hardware)[0]
+    return shared_document_logits([model], encoded, cache, cache_index, pad_id, batch_size, hardware, None, source)[0]
 
 
 def _scatter(out: list[torch.Tensor | None], rows: list[int], logits: torch.Tensor, lengths: np.ndarray) -> None:

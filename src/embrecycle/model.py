@@ -15,12 +15,16 @@ from torch import nn
 
 from .encoder import module_fingerprint
 from .errors import ConfigError
+from .fusion import FusionLayer
 from .modes import TrainingMode, get_mode
 from .split import SplitEncoder
 from .tasks.base import Task
 from .upper import UpperOptions, canonical_name, head_parameters
 
-__all__ = ["RecyclingModel"]
+__all__ = ["FUSION_PREFIX", "RecyclingModel"]
+
+FUSION_PREFIX = "embrecycle_fusion."
+"""Key prefix of a cross-model run's fusion layer among its saved weights (beside the transformers keys)."""
 
 
 class RecyclingModel(nn.Module):
@@ -57,6 +61,23 @@ class RecyclingModel(nn.Module):
         )
         self.mode.apply(self, self.options)
         self.upper_trainable = any(p.requires_grad for layer in self.split.upper_layers() for p in layer.parameters())
+        self.fusion: FusionLayer | None = None
+
+    def add_fusion(self, source_hidden: int, kind: str = "linear") -> FusionLayer:
+        """Make this a cross-model consumer: a trainable fusion layer joins a source model's states (aligned onto
+        this model's tokens) to its embeddings before its layers (:mod:`embrecycle.fusion`).
+
+        Raises:
+            ConfigError: the model is not cut at its embeddings (layer 0): the fused input feeds every layer.
+        """
+        if self.layer != 0:
+            raise ConfigError(
+                f"a cross-model consumer is cut at its embeddings (layer 0), not layer {self.layer}: the fused input "
+                "feeds every one of its layers. Pass --layer 0 with --source-cache."
+            )
+        device = next(self.task_model.parameters()).device
+        self.fusion = FusionLayer(int(self.split.config.hidden_size), source_hidden, kind).to(device)
+        return self.fusion
 
     def train(self, mode: bool = True) -> RecyclingModel:
         super().train(mode)
@@ -78,8 +99,22 @@ class RecyclingModel(nn.Module):
                 seq = self.split.upper(hidden, attention_mask)
         return self.task.logits(self.split.family, self.task_model, seq)
 
-    def forward_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits from token ids: the whole model, as transformers would run it."""
+    def forward_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits from token ids: the whole model, as transformers would run it.
+
+        A cross-model consumer (:meth:`add_fusion`) also takes ``source``: the source model's states aligned
+        onto these tokens, ``(batch, seq, source_hidden)``.
+        """
+        if self.fusion is not None:
+            if source is None:
+                raise ValueError("a cross-model consumer needs the source states of its documents")
+            with torch.no_grad():
+                embeddings = self.split.lower(input_ids, attention_mask)
+            fused = self.fusion(embeddings, source)
+            seq = self.split.upper(fused, attention_mask)  # with gradients in every mode: the fusion trains
+            return self.task.logits(self.split.family, self.task_model, seq)
         if self.mode.trains_lower:
             hidden = self.split.lower(input_ids, attention_mask)
         else:
@@ -97,6 +132,13 @@ class RecyclingModel(nn.Module):
         Raises:
             ConfigError: for adapter runs (a bottleneck adapter is not a weight of the plain model).
         """
+        if self.fusion is not None:
+            raise ConfigError(
+                "a cross-model run cannot become a plain transformers model: its fusion layer, which joins the "
+                "source model's cached states to the consumer's embeddings, has no place in a transformers "
+                "architecture, and the model needs the source states as a second input. Serve it with "
+                "`embrecycle predict`/`serve`, or train a plain run to export."
+            )
         if not self.mode.exportable:
             raise ConfigError(
                 f"a {self.mode.name} run ({self.mode.description}) cannot become a plain transformers model: its "
@@ -143,11 +185,30 @@ class RecyclingModel(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The task model's trained weights (what a run directory stores), by transformers key."""
         trainable = {id(p) for p in self.task_model.parameters() if p.requires_grad}
-        return {
+        state = {
             k: v.detach().contiguous()
             for k, v in self.task_model.state_dict(keep_vars=True).items()
             if id(v) in trainable
         }
+        if self.fusion is not None:
+            state.update({FUSION_PREFIX + k: v.detach().contiguous() for k, v in self.fusion.state_dict().items()})
+        return state
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put saved trained weights back: transformers keys into the task model, fusion keys into the fusion layer.
+
+        Raises:
+            ConfigError: fusion weights for a model without a fusion layer.
+        """
+        device = next(self.task_model.parameters()).device
+        fusion = {k[len(FUSION_PREFIX) :]: v.to(device) for k, v in state.items() if k.startswith(FUSION_PREFIX)}
+        rest = {k: v.to(device) for k, v in state.items() if not k.startswith(FUSION_PREFIX)}
+        self.task_model.load_state_dict(rest, strict=False)
+        if fusion:
+            if self.fusion is None:
+                raise ConfigError("the saved weights hold a cross-model fusion layer, but this model has none.")
+            self.fusion.load_state_dict(fusion)
 
     def num_trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.task_model.parameters() if p.requires_grad)
+        fusion = sum(p.numel() for p in self.fusion.parameters()) if self.fusion is not None else 0
+        return sum(p.numel() for p in self.task_model.parameters() if p.requires_grad) + fusion

@@ -53,6 +53,12 @@ class TaskSet:
                 "share a pass with other runs. Predict with them one at a time."
             )
         ref = self.models[0]
+        sources = {(m.record.source or {}).get("fingerprint") for m in self.models}
+        if len(sources) > 1:
+            raise ConfigError(
+                "cross-model runs share a pass only with cross-model runs of the same consumer and source states "
+                f"({[str(m.run_dir) for m in self.models]} mix them): split the call."
+            )
         for m in self.models[1:]:
             diff = ref.record.state_differences(m.record)
             if diff:

@@ -18,6 +18,7 @@ from .inference import shared_document_logits
 from .model import RecyclingModel
 from .run import load_run
 from .run_record import RunRecord
+from .source_states import SourceStates, check_source
 from .tasks.ner import words_of
 from .tokenization import Encoded, encode_documents, is_empty, warn_truncated
 
@@ -71,7 +72,13 @@ class TaskModel:
         return self.task.labels
 
     def open_cache(self, cache: str | os.PathLike[str] | Cache | None) -> Cache | None:
-        """The given cache (checked against the run), the run's own training cache, or None."""
+        """The given cache (checked against the run), the run's own training cache, or None.
+
+        For a cross-model run: its source cache (the given one, else the one it was trained with), checked
+        against the source states it was trained on.
+        """
+        if self.record.source is not None:
+            return self._source_cache(cache)
         if self.record.training_mode.from_text:
             return None  # a baseline trained from text: no cache of its settings exists
         if isinstance(cache, Cache):
@@ -88,6 +95,23 @@ class TaskModel:
                 return None  # the run's training cache was deleted: compute everything
         c.settings.check_matches(self.record.expected_states(c.settings.dtype), c.location)
         return c
+
+    def _source_cache(self, cache: str | os.PathLike[str] | Cache | None) -> Cache:
+        recorded = self.record.source
+        assert recorded is not None
+        if isinstance(cache, Cache):
+            source = cache
+        else:
+            location = os.fspath(cache) if cache else str(recorded["location"])
+            try:
+                source = Cache.open(location)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"no source cache at {location}: pass the run's source cache with --cache (the cross-model run "
+                    f"{self.run_dir} reads the source model's states from it)."
+                ) from None
+        check_source(source, recorded, str(self.run_dir))
+        return source
 
     def predict(
         self,
@@ -150,6 +174,12 @@ def predict_shared(
     first = models[0]
     if first.task.name == "ner":
         docs = [words_of(d) for d in docs]
+    if first.model.fusion is not None:
+        source = first.open_cache(cache)
+        assert source is not None
+        for m in models[1:]:
+            m.open_cache(source)  # checks the source cache against every run
+        return _predict_cross(models, docs, source, update_cache, batch_size, max_batch_tokens)
     c = first.open_cache(cache)
     for m in models[1:]:
         if c is not None:
@@ -203,6 +233,43 @@ def predict_shared(
         if m.record.training_mode.from_text:
             result.notes.append(f"{m.record.method} baseline run: every document runs all layers from its text")
         for i, lg, enc, doc in zip(keep, task_logits, filled, live, strict=True):
+            result.items[i] = m.task.decode(lg, enc, doc)
+    return results
+
+
+def _predict_cross(
+    models: Sequence[TaskModel],
+    docs: Sequence[Document],
+    source: Cache,
+    update_cache: bool,
+    batch_size: int,
+    max_batch_tokens: int | None,
+) -> list[Predictions]:
+    """Cross-model runs (one consumer and source): the consumer's tokens from text, the source states from the
+    source cache; documents it lacks run the source model (``update_cache``) or are an error."""
+    first = models[0]
+    results = [Predictions(items=[None] * len(docs)) for _ in models]
+    keep = [i for i, d in enumerate(docs) if not is_empty(d)]
+    live = [docs[i] for i in keep]
+    states = first.record.states
+    encoded = encode_documents(first.tokenizer, live, states.max_length, states.truncation, warn=False)
+    warn_truncated(encoded, live, states.max_length)
+    before = [source.index_of(source.key(d)) is not None for d in live]
+    feed = SourceStates(
+        source, live, encoded, update_cache, str(first.hardware.device)
+    )  # raises CacheMissError naming --update-cache for documents the source cache lacks
+    pad_id = first.tokenizer.pad_token_id or 0
+    logits = shared_document_logits(
+        [m.model for m in models], encoded, None, [None] * len(live), pad_id, batch_size, first.hardware,
+        max_batch_tokens, feed,
+    )  # fmt: skip
+    for m, result, task_logits in zip(models, results, logits, strict=True):
+        result.hits, result.misses, result.added_to_cache = feed.hits, len(live) - feed.hits, feed.added
+        result.skipped_empty = len(docs) - len(keep)
+        result.cached, result.truncated = [None] * len(docs), [None] * len(docs)
+        result.notes.append(f"cross-model run: the source states come from {source.location}")
+        for i, hit, enc, lg, doc in zip(keep, before, encoded, task_logits, live, strict=True):
+            result.cached[i], result.truncated[i] = hit, enc.truncated
             result.items[i] = m.task.decode(lg, enc, doc)
     return results
 

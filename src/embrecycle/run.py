@@ -25,7 +25,7 @@ from .encoder import (
 from .errors import CacheMismatchError, ConfigError, ModelLoadError, RunCorruptedError
 from .families import get_family
 from .files import atomic_write
-from .model import RecyclingModel
+from .model import FUSION_PREFIX, RecyclingModel
 from .run_record import RUN_FILE, RunRecord, read_run_record
 from .tasks import get_task
 
@@ -94,6 +94,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[RecyclingModel, Any, RunR
     task = get_task(record.task)(list(record.labels))
     task_model = build_task_model(record.model, record.task, list(record.labels), record.revision)
     model = RecyclingModel(task_model, task, record.layer, record.training_mode, record.upper_options)
+    if record.source is not None:
+        model.add_fusion(int(record.source["settings"]["hidden_size"]), str(record.source["fusion"]))
     found = module_fingerprint(model.split.lower_modules())
     if found != record.states.lower_fingerprint:
         raise CacheMismatchError(
@@ -108,8 +110,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[RecyclingModel, Any, RunR
             f"not stored in the run). Point the run's model in {RUN_FILE} ('states.model') to the original base model."
         )
     state = read_weights(run_dir)
-    own = task_model.state_dict()
-    unknown = sorted(set(state) - set(own))
+    own = set(task_model.state_dict()) | {k for k in model.trainable_state_dict() if k.startswith(FUSION_PREFIX)}
+    unknown = sorted(set(state) - own)
     if unknown:
         raise ConfigError(f"{run_dir}/{WEIGHTS_FILE} holds weights this model does not have: {unknown[:5]}")
     missing = sorted(set(model.trainable_state_dict()) - set(state))
@@ -118,7 +120,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[RecyclingModel, Any, RunR
             f"{run_dir}/{WEIGHTS_FILE} lacks {len(missing)} trained weights, e.g. {missing[:3]}: the run is incomplete "
             "or was written by another version; train it again."
         )
-    task_model.load_state_dict(state, strict=False)
+    model.load_trained_state(state)
     model.eval()
     tokenizer = load_tokenizer(record.model, model.split.config.model_type, record.revision)
     return model, tokenizer, record

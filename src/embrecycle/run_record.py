@@ -54,6 +54,9 @@ class RunRecord:
         cache: Where the training cache was (None for runs trained from text).
         train_config: The training settings as given (informational).
         device, precision: Where and in which compute precision the run trained (resolved from ``auto``).
+        source: For a cross-model run (``--source-cache``): the source cache's ``settings`` (model, revision,
+            layer, hidden size, tokenizer fingerprint, dtype, ...), its ``fingerprint`` and ``location``, and the
+            ``fusion`` kind; None otherwise.
         label_counts: How often each label occurs in the training data (NER: each tag over the words), the
             reference a server's drift signal compares predictions with; empty in runs of releases before 0.3.
         files: ``sha256:`` of every other file of the finished run (weights, labels, metrics, curves), checked
@@ -73,6 +76,7 @@ class RunRecord:
     device: str = "cpu"
     precision: str = "fp32"
     label_counts: dict[str, int] = field(default_factory=dict)
+    source: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
     embrecycle_version: str = __version__
 
@@ -131,6 +135,7 @@ class RunRecord:
             "device": self.device,
             "precision": self.precision,
             "label_counts": dict(self.label_counts),
+            "source": self.source,
             "files": dict(self.files),
         }
 
@@ -164,6 +169,7 @@ class RunRecord:
                 device=body.get("device", "cpu"),
                 precision=body.get("precision", "fp32"),
                 label_counts={str(k): int(v) for k, v in (body.get("label_counts") or {}).items()},
+                source=body.get("source"),
                 files=dict(body.get("files") or {}),
                 embrecycle_version=body.get("embrecycle_version", "unknown"),
             )

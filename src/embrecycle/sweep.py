@@ -301,7 +301,7 @@ def estimate_full_finetune(config: TrainConfig, progress: bool = False) -> FullF
             config, baseline="full-finetune", upper="full", lr=None, head_lr=None, epochs=1,
             train_limit=min(n, config.train_limit or n), dev_limit=min(8, config.dev_limit or 8),
             out=str(Path(tmp) / "probe"), cache=None, resume=False, overwrite=False, eval_every=None,
-            patience=None, save_every=None, init_from=None,
+            patience=None, save_every=None, init_from=None, source_cache=None, fusion_size=None,
         )  # fmt: skip
         with _quiet_logs():  # a 6-step probe learns nothing, and the runs already warned about the data
             r = train(probe, progress=progress)

@@ -235,7 +235,8 @@ class _Thread:
 
 
 def test_concurrent_requests_are_batched_and_equal_the_task_set(runs: dict[str, str]) -> None:
-    requests = [[DOCS[i % 4], f"{DOCS[(i + 1) % 4]} and the {i}"] for i in range(8)]
+    long_doc = " ".join(["protein"] * 100)  # truncated: the tokenizers switch truncation on and off meanwhile
+    requests = [[DOCS[i % 4], f"{DOCS[(i + 1) % 4]} and the {i}", *([long_doc] * (i % 2))] for i in range(8)]
     with _Thread(build_app(_config(runs, max_wait_ms=300))) as url, ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda docs: httpx.post(f"{url}/v1/predict", json={"documents": docs}, timeout=30),
                                 requests))  # fmt: skip
@@ -286,3 +287,17 @@ def test_sigterm_drains_in_flight_requests(runs: dict[str, str], tmp_path: Path)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_update_cache_writes_misses_back(runs: dict[str, str], tmp_path: Path) -> None:
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(runs["cache"], cache)
+    with pytest.raises(FileNotFoundError, match="no cache at"):
+        build_app(ServeConfig(runs=[runs["topic"]], update_cache=True, cache=str(tmp_path / "none")))
+    with TestClient(build_app(_config(runs, cache=str(cache), update_cache=True))) as c:
+        doc = {"documents": ["a sentence the cache has never seen, about protein"]}
+        first, second = c.post("/v1/predict", json=doc).json(), c.post("/v1/predict", json=doc).json()
+    assert first["results"][0]["cache_hit"] is False and second["results"][0]["cache_hit"] is True
+    assert first["results"][0]["tasks"]["topic"] == second["results"][0]["tasks"]["topic"]

@@ -16,8 +16,10 @@ Every refusal is ``{"error": {"status", "kind", "field", "message"}}`` with its 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hmac
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from .batcher import Batcher
 from .config import ServeConfig
 from .drift import DriftMonitor
 from .metrics import ServerMetrics
-from .requests import RequestError, parse_predict, read_body
+from .requests import PredictRequest, RequestError, parse_predict, read_body
 
 __all__ = ["ServerState", "create_app", "describe_tasks"]
 
@@ -61,6 +63,25 @@ class ServerState:
         for m in self.tasks.models:
             self.drift.setdefault(m.run_dir.name, DriftMonitor(m.record.label_counts, self.config.drift_window))
         self.api_key = self.config.resolved_api_key()
+        # Requests are checked in a thread pool while the batch thread tokenizes with the runs' tokenizer: a fast
+        # tokenizer called from two threads at once can fail with "Already borrowed" (its truncation settings
+        # are state on one shared object), so the checks use their own copy, one at a time.
+        self.request_tokenizer = copy.deepcopy(self.tasks.models[0].tokenizer)
+        self.request_tokenizer_lock = threading.Lock()
+
+    def parse(self, raw: bytes) -> PredictRequest:
+        """Check one request body (in a worker thread)."""
+        first = self.tasks.models[0]
+        with self.request_tokenizer_lock:
+            return parse_predict(
+                raw,
+                self.tasks.names,
+                self.request_tokenizer,
+                first.record.states.max_length,
+                self.config.max_docs,
+                self.config.max_request_tokens,
+                self.config.too_long,
+            )
 
 
 def create_app(tasks: TaskSet, cache: Cache | None, config: ServeConfig) -> Starlette:
@@ -113,17 +134,7 @@ def create_app(tasks: TaskSet, cache: Cache | None, config: ServeConfig) -> Star
         state.metrics.in_flight.inc()
         try:
             raw = await read_body(request, config.max_body_bytes)
-            first = tasks.models[0]
-            req = await run_in_threadpool(
-                parse_predict,
-                raw,
-                tasks.names,
-                first.tokenizer,
-                first.record.states.max_length,
-                config.max_docs,
-                config.max_request_tokens,
-                config.too_long,
-            )
+            req = await run_in_threadpool(state.parse, raw)
             assert state.batcher is not None
             rows = await state.batcher.submit(req.docs, req.tasks, sum(req.tokens))
         finally:

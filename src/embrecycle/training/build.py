@@ -10,8 +10,10 @@ import torch
 
 from ..cache.builder import BuildConfig, cache_settings_for
 from ..cache.settings import CacheSettings
+from ..cache.store import Cache
 from ..dropout import use_fast_dropout
 from ..encoder import LoadedEncoder, load_tokenizer
+from ..errors import ConfigError
 from ..hardware import Hardware, resolve_hardware
 from ..model import RecyclingModel
 from ..run import build_task_model
@@ -19,7 +21,7 @@ from ..tasks.base import Task
 from .config import TrainConfig
 from .warm_start import warm_start
 
-__all__ = ["BuiltModel", "build_model", "seed_everything"]
+__all__ = ["BuiltModel", "build_model", "open_source_cache", "seed_everything"]
 
 
 @dataclass
@@ -39,6 +41,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def open_source_cache(location: str) -> Cache:
+    """A cross-model run's source cache, which must exist (it says which model made the states).
+
+    Raises:
+        FileNotFoundError: no cache there, naming the command that builds one.
+    """
+    try:
+        return Cache.open(location)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no source cache at {location}: build the source model's states first, e.g. `embrecycle cache build "
+            f"--model SOURCE_MODEL --layer K --data train.jsonl --out {location}`, then train with --source-cache."
+        ) from None
+
+
 def build_model(config: TrainConfig, task: Task) -> BuiltModel:
     """Seed, load ``AutoModelFor*`` with a fresh head, split it at the mode's cut and apply the mode.
 
@@ -51,6 +68,16 @@ def build_model(config: TrainConfig, task: Task) -> BuiltModel:
     layer = mode.layer_for(config.layer)
     task_model = build_task_model(config.model, config.task, task.labels, config.revision)
     model = RecyclingModel(task_model, task, layer, mode, config.upper_options)
+    if config.source_cache is not None:
+        source = open_source_cache(config.source_cache)
+        hidden = int(model.split.config.hidden_size)
+        if config.fusion_size is not None and config.fusion_size != hidden:
+            raise ConfigError(
+                f"--fusion-size {config.fusion_size} differs from the consumer {config.model!r}'s hidden size "
+                f"{hidden}: the fusion layer's output feeds the consumer's first layer, so it must be {hidden}. "
+                "Drop --fusion-size (the default is the consumer's size)."
+            )
+        model.add_fusion(source.settings.hidden_size, config.fusion)
     if config.init_from:
         warm_start(model, config.init_from, config)
     tokenizer = load_tokenizer(config.model, model.split.config.model_type, config.revision)

@@ -127,8 +127,7 @@ def load_resume_state(path: Path) -> tuple[ResumeState, dict[str, Any]]:
 
 def restore(state: ResumeState, model: RecyclingModel, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
     """Put the weights, optimiser, schedule and random generators back as they were when ``state`` was saved."""
-    device = next(model.task_model.parameters()).device
-    model.task_model.load_state_dict({k: v.to(device) for k, v in state.weights.items()}, strict=False)
+    model.load_trained_state(state.weights)
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)
     _set_rng_state(state.rng["tensors"], state.rng["header"])

@@ -10,6 +10,7 @@ from ..cache.settings import TRUNCATION_MODES
 from ..config import Checks, Settings, setting
 from ..data.readers import FORMATS
 from ..encoder import model_problems
+from ..fusion import FUSIONS
 from ..hardware import PRECISION_CHOICES, hardware_problems
 from ..modes import BASELINES, UPPER_CHOICES, TrainingMode, resolve_mode
 from ..tasks import TASKS
@@ -107,6 +108,23 @@ class TrainConfig(Settings):
         "Continue an interrupted run of the same settings from its last evaluation (its partial files are in "
         "OUT.partial); ends with the same weights as an uninterrupted run.",
     )
+    source_cache: str | None = setting(
+        None,
+        "Cross-model recycling: a cache of another (source) model's states to fuse into this (consumer) model's "
+        "input: its embeddings joined with the source states aligned onto its tokens by character spans, "
+        "projected back, then all its layers (pass --layer 0). Missing documents are added to it.",
+    )
+    fusion: str = setting(
+        "linear",
+        "Cross-model fusion layer: linear (concatenate and project, as in the paper) or mlp (the embeddings plus a "
+        "two-layer MLP of both); each starts as the plain consumer.",
+        choices=FUSIONS,
+    )
+    fusion_size: int | None = setting(
+        None,
+        "Cross-model: the fusion layer's output width, checked against the consumer's hidden size (which it must "
+        "equal: the consumer's layers read it); default: that size.",
+    )
     init_from: str | None = setting(
         None,
         "Run directory (same base model, task and labels) whose saved weights start this run's trained weights; "
@@ -132,6 +150,8 @@ class TrainConfig(Settings):
             .choice("truncation", self.truncation, TRUNCATION_MODES)
             .choice("cache_dtype", self.cache_dtype, STORAGE_DTYPES)
             .choice("data_format", self.data_format, FORMATS, optional=True)
+            .choice("fusion", self.fusion, FUSIONS)
+            .extend(self._cross_model_problems())
             .extend(hardware_problems(self.device, self.precision))
             .within("warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
             .non_negative(weight_decay=self.weight_decay, layer=self.layer)
@@ -151,6 +171,29 @@ class TrainConfig(Settings):
             .extend(model_problems(self.model, self.revision, self.max_length))
             .problems
         )
+
+    def _cross_model_problems(self) -> list[str]:
+        if self.source_cache is None:
+            return (
+                [] if self.fusion_size is None else ["--fusion-size without --source-cache (it sizes the fusion layer)"]
+            )
+        checks = Checks().positive(fusion_size=self.fusion_size)
+        checks.require(
+            self.baseline is None,
+            f"--source-cache with --baseline {self.baseline} (a cross-model consumer trains on its fused input; "
+            "choose what trains with --upper)",
+        )
+        checks.require(
+            self.layer == 0,
+            f"--source-cache with --layer {self.layer}: a cross-model consumer is cut at its embeddings (the fused "
+            "input feeds all its layers); pass --layer 0 and choose what trains with --upper",
+        )
+        checks.require(
+            self.cache is None,
+            "--source-cache with --cache: a cross-model consumer reads its own tokens from text and the source "
+            "model's states from --source-cache; drop --cache",
+        )
+        return checks.problems
 
     @property
     def mode(self) -> TrainingMode:

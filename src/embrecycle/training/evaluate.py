@@ -33,8 +33,9 @@ class Evaluator:
         t0 = time.perf_counter()
         inputs = self.inputs
         logits = document_logits(
-            self.model, inputs.dev, inputs.cache, inputs.dev_index, self.pad_id, self.batch_size * 2, self.hardware
-        )
+            self.model, inputs.dev, inputs.cache, inputs.dev_index, self.pad_id, self.batch_size * 2, self.hardware,
+            inputs.source_dev,
+        )  # fmt: skip
         self.predictions = [
             self.task.predicted(self.task.decode(lg, enc, ex.doc))
             for lg, enc, ex in zip(logits, inputs.dev, self.examples, strict=True)

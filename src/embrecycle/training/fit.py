@@ -69,8 +69,12 @@ class _Steps:
         else:
             ids, mask = pad_ids([inputs.train[i] for i in batch], self.pad_id)
             ids, mask = ids.to(hw.device), mask.to(hw.device)
+            source = None
+            if inputs.source_train is not None:  # a cross-model consumer: the source states, aligned
+                source = inputs.source_train.batch(batch.tolist(), ids.shape[1], hw.device, hw.dtype)
+                fit.read_seconds += time.perf_counter() - t0
             with autocast(hw):
-                logits = self.model.forward_text(ids, mask)
+                logits = self.model.forward_text(ids, mask, source)
         targets = self.task.collate([self.targets[i] for i in batch], mask.shape[1]).to(hw.device)
         loss = self.task.loss(logits.float(), targets)
         if self.scaler is not None:  # fp16: scale the loss, unscale before clipping

@@ -19,6 +19,7 @@ from ..cache.settings import CacheSettings
 from ..cache.store import Cache
 from ..data.readers import Example
 from ..encoder import LoadedEncoder
+from ..source_states import SourceStates
 from ..tokenization import Encoded, encode_documents, warn_truncated
 from .config import TrainConfig
 from .data import TrainingData
@@ -38,6 +39,8 @@ class TrainingInputs:
     train_index: Sequence[int | None] = ()
     dev_index: Sequence[int | None] = ()
     cache_seconds: float = 0.0
+    source_train: SourceStates | None = None
+    source_dev: SourceStates | None = None
 
     def truncated(self) -> tuple[int, int]:
         """How many train and dev documents were cut to ``max_length`` (computed now or read from the cache)."""
@@ -57,11 +60,12 @@ def prepare_inputs(
     The truncated documents are warned about once per split, whether they were tokenized now or their states
     (and tokens) come from a cache built before (:meth:`TrainingInputs.truncated` counts them).
     """
-    inputs = (
-        _from_text(data, encoder, settings)
-        if config.mode.from_text
-        else _from_cache(config, data, encoder, build, settings, progress)
-    )
+    if config.source_cache is not None:
+        inputs = _from_source(config, data, encoder, settings, build)
+    elif config.mode.from_text:
+        inputs = _from_text(data, encoder, settings)
+    else:
+        inputs = _from_cache(config, data, encoder, build, settings, progress)
     for encoded, examples in ((inputs.train, data.train), (inputs.dev, data.dev)):
         warn_truncated(encoded, [e.doc for e in examples], settings.max_length, [e.source for e in examples])
     return inputs
@@ -74,6 +78,22 @@ def _from_text(data: TrainingData, encoder: LoadedEncoder, settings: CacheSettin
         train_index=[None] * len(data.train),
         dev_index=[None] * len(data.dev),
     )
+
+
+def _from_source(
+    config: TrainConfig, data: TrainingData, encoder: LoadedEncoder, settings: CacheSettings, build: BuildConfig
+) -> TrainingInputs:
+    """A cross-model consumer: its own tokens from text, the source model's states from the source cache (missing
+    documents are computed by the source model and added)."""
+    assert config.source_cache is not None
+    inputs = _from_text(data, encoder, settings)
+    t0 = time.perf_counter()
+    cache = Cache.open(config.source_cache)
+    for split, examples, encoded in (("train", data.train, inputs.train), ("dev", data.dev, inputs.dev)):
+        states = SourceStates(cache, [e.doc for e in examples], encoded, update=True, device=build.device)
+        setattr(inputs, f"source_{split}", states)
+    inputs.cache_seconds = time.perf_counter() - t0
+    return inputs
 
 
 def _from_cache(

@@ -32,6 +32,7 @@ from ..model import RecyclingModel
 from ..run import WEIGHTS_FILE, save_weights
 from ..run_dir import INCOMPLETE_MARKER, RESUME_FILE, open_staging, publish
 from ..run_record import RUN_FILE, RunRecord, file_digest
+from ..source_states import source_record
 from .build import BuiltModel, build_model
 from .chance import chance_level
 from .checkpoint import ResumeState, load_resume_state, restore, save_resume_state
@@ -213,4 +214,5 @@ def _record(config: TrainConfig, data: TrainingData, built: BuiltModel, inputs: 
         device=str(built.hardware.device),
         precision=built.hardware.precision,
         label_counts=data.task.label_counts(data.train),
+        source=source_record(inputs.source_train.cache, config.fusion) if inputs.source_train is not None else None,
     )

@@ -14,10 +14,14 @@ __all__ = ["make_optimizer", "param_groups"]
 
 
 def param_groups(model: RecyclingModel, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases and norms; the head at ``head_lr`` when set."""
+    """AdamW groups: no weight decay on biases and norms; the head at ``head_lr`` when set; a cross-model
+    consumer's fusion layer at the body's rate."""
     head = {id(p) for p in model.head_parameters()}
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-    for name, p in model.task_model.named_parameters():
+    named = list(model.task_model.named_parameters())
+    if model.fusion is not None:
+        named += [(f"fusion.{n}", p) for n, p in model.fusion.named_parameters()]
+    for name, p in named:
         if not p.requires_grad:
             continue
         no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name

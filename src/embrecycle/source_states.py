@@ -1,0 +1,106 @@
+"""A cross-model run's second input: the source model's cached states, aligned onto the consumer's tokens.
+
+Each document is looked up in the source cache by the source's own content key (the cache was built with the
+source model and its tokenizer). Documents the cache lacks are computed by the source model's lower layers and
+added (``update``), or refused with the command that adds them. The alignment of each document's source
+tokens onto its consumer tokens is computed once (:mod:`embrecycle.align`); a batch then reads the source
+states and averages them onto the consumer's tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .align import Alignment, align, aligned_states
+from .cache.builder import BuildConfig, build_cache
+from .cache.store import Cache, Document
+from .errors import CacheMismatchError, CacheMissError
+from .tokenization import Encoded
+
+__all__ = ["SourceStates", "check_source", "source_record"]
+
+
+def source_record(cache: Cache, fusion: str) -> dict[str, Any]:
+    """What a cross-model run records about its source (``RunRecord.source``)."""
+    return {
+        "settings": cache.settings.to_dict(),
+        "fingerprint": cache.settings.fingerprint(),
+        "location": cache.location,
+        "fusion": fusion,
+    }
+
+
+def check_source(cache: Cache, recorded: dict[str, Any], run: str) -> None:
+    """Refuse a source cache whose states differ from the ones the run was trained on (the storage dtype aside).
+
+    Raises:
+        CacheMismatchError: naming the settings that differ.
+    """
+    mine, theirs = recorded["settings"], cache.settings.to_dict()
+    keys = [k for k in sorted(set(mine) | set(theirs)) if k not in ("dtype", "embrecycle_version")]
+    diff = [f"{k}: {theirs.get(k)!r} (cache) vs {mine.get(k)!r} (run)" for k in keys if mine.get(k) != theirs.get(k)]
+    if diff:
+        raise CacheMismatchError(
+            f"the source cache {cache.location} holds other states than the run {run} was trained on ("
+            + "; ".join(diff)
+            + "). Give the run's source cache (its location is in run.json, 'source'), or a cache built with the "
+            "same source model, layer and tokenizer."
+        )
+
+
+class SourceStates:
+    """The source states of a fixed list of documents, ready to batch onto their consumer tokenizations.
+
+    Args:
+        cache: The source cache.
+        docs: The documents (texts, or word lists for NER), in the order of ``consumer``.
+        consumer: The consumer's tokenization of each document.
+        update: Compute the documents the cache lacks with the source model and add them; otherwise they are
+            an error.
+        device: Where the source model runs for missing documents (in the precision the cache's states were
+            computed in, so that new states match the cached ones).
+    """
+
+    def __init__(
+        self,
+        cache: Cache,
+        docs: Sequence[Document],
+        consumer: Sequence[Encoded],
+        update: bool,
+        device: str = "cpu",
+    ) -> None:
+        self.cache = cache
+        keys = [cache.key(d) for d in docs]
+        index = [cache.index_of(k) for k in keys]
+        missing = [d for d, i in zip(docs, index, strict=True) if i is None]
+        self.hits, self.added = len(docs) - len(missing), 0
+        if missing:
+            if not update:
+                raise CacheMissError(
+                    f"{len(missing)} of {len(docs)} documents are not in the source cache {cache.location} (the "
+                    f"first: {str(missing[0])[:80]!r}). Pass --update-cache to compute them with the source model "
+                    f"({cache.settings.model}), or add them with `embrecycle cache build --out {cache.location}`."
+                )
+            s = cache.settings
+            build = BuildConfig(
+                model=s.model, layer=s.layer, max_length=s.max_length, truncation=s.truncation, dtype=s.dtype,
+                revision=s.model_revision, device=device, precision=s.precision,
+            )  # fmt: skip
+            self.added = build_cache(
+                list(missing), cache.location, build, progress=False, warn_truncated=False
+            ).computed
+            cache.refresh()
+            index = [cache.index_of(k) for k in keys]
+        self.index = [int(i) for i in index if i is not None]
+        self.alignments: list[Alignment] = [
+            align(c, cache.encoded(i), words=not isinstance(d, str))
+            for d, c, i in zip(docs, consumer, self.index, strict=True)
+        ]
+
+    def batch(self, rows: Sequence[int], consumer_len: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``(len(rows), consumer_len, source_hidden)``: the source states of documents ``rows``, aligned."""
+        b = self.cache.read_batch([self.index[r] for r in rows], dtype=dtype)
+        return aligned_states([self.alignments[r] for r in rows], b.hidden.to(device), consumer_len)

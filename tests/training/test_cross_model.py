@@ -1,0 +1,137 @@
+"""Cross-model recycling end to end on tiny models: a 32-wide consumer fed a 128-wide source's cached states."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import BertTokenizer
+
+from embrecycle import CacheMismatchError, CacheMissError, ConfigError, TaskSet, export_run, load, open_cache
+from embrecycle.cache import BuildConfig, build_cache
+from embrecycle.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def char_source_dir(wide_bert_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The wide BERT with a tokenizer that knows no whole words: every word splits into characters."""
+    d = tmp_path_factory.mktemp("char-source")
+    for f in Path(wide_bert_dir).iterdir():
+        if not f.name.startswith(("vocab", "tokenizer", "special_tokens")):
+            (d / f.name).write_bytes(f.read_bytes())
+    chars = list(string.ascii_lowercase + string.digits + ".,;:()-'\"!?")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=64).save_pretrained(d)
+    return str(d)
+
+
+def _texts(path: Path) -> list[str]:
+    return [json.loads(x)["text"] for x in path.read_text().splitlines()]
+
+
+def _cfg(tmp: Path, model: str, data: dict[str, Path], source: Path, **kw: Any) -> TrainConfig:
+    base = {"task": "classification", "model": model, "layer": 0, "train": str(data["train"]), "dev": str(data["dev"]),
+            "out": str(tmp / "run"), "source_cache": str(source), "epochs": 3, "lr": 1e-2, "batch_size": 8}  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def source_cache(char_source_dir: str, toy_classification: dict[str, Path], tmp_path_factory: Any) -> Path:
+    """The source's layer-2 states of the first 20 training documents (training adds the rest)."""
+    out = tmp_path_factory.mktemp("src") / "cache"
+    build_cache(_texts(toy_classification["train"])[:20], out, BuildConfig(model=char_source_dir, layer=2,
+                precision="bf16"), progress=False)  # fmt: skip  # another precision than the runs: new states match it
+    return out
+
+
+@pytest.fixture(scope="module")
+def cross_run(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], source_cache: Path, tmp_path_factory: Any
+) -> str:
+    tmp = tmp_path_factory.mktemp("cross")
+    return train(_cfg(tmp, tiny_bert_dir, toy_classification, source_cache), progress=False).run_dir
+
+
+def test_training_adds_missing_documents_and_records_the_source(cross_run: str, source_cache: Path) -> None:
+    record = json.loads((Path(cross_run) / "run.json").read_text())
+    assert record["source"]["fusion"] == "linear" and record["source"]["settings"]["hidden_size"] == 128
+    assert record["source"]["settings"]["layer"] == 2 and record["states"]["layer"] == 0
+    assert open_cache(source_cache).stats()["documents"] == 48 + 16  # every train and dev document now
+    weights = load(cross_run, "cpu", "fp32").model.fusion
+    assert weights is not None
+    assert float(weights.proj.weight[:, 32:].detach().abs().sum()) > 0  # the source part left its zero start
+
+
+def test_save_load_predict_round_trip(cross_run: str, toy_classification: dict[str, Path]) -> None:
+    model = load(cross_run, "cpu", "fp32")
+    assert model.model.fusion is not None
+    docs = _texts(toy_classification["dev"])[:6]
+    first = model.predict(docs)
+    assert first.hits == 6 and first.misses == 0 and all(first.cached)  # training put them in the source cache
+    again = TaskSet.load([cross_run], "cpu", "fp32").predict(docs)[Path(cross_run).name]
+    for a, b in zip(first, again, strict=True):
+        assert a is not None and b is not None and a["label"] == b["label"]
+        for label, p in a["probabilities"].items():
+            assert b["probabilities"][label] == pytest.approx(p, abs=1e-6)
+    scores = model.evaluate(model.read(toy_classification["dev"]))
+    saved = json.loads((Path(cross_run) / "metrics.json").read_text())["best"]["macro_f1"]
+    assert scores["macro_f1"] == pytest.approx(saved, abs=1e-6)  # the reloaded run scores what it scored
+
+
+def test_unseen_documents_need_update_cache(cross_run: str, source_cache: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "source"
+    shutil.copytree(source_cache, copy)
+    model = load(cross_run, "cpu", "fp32")
+    new = ["the protein of a new model", "disease and the data"]
+    with pytest.raises(CacheMissError, match="--update-cache"):
+        model.predict(new, cache=copy)
+    got = model.predict(new, cache=copy, update_cache=True)
+    assert got.added_to_cache == 2 and got.cached == [False, False]
+    assert model.predict(new, cache=copy).cached == [True, True]
+
+
+def test_errors_name_the_fix(
+    tiny_bert_dir: str, other_bert_dir: str, toy_classification: dict[str, Path], source_cache: Path,
+    cross_run: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    with pytest.raises(ConfigError, match="pass --layer 0"):
+        _cfg(tmp_path, tiny_bert_dir, toy_classification, source_cache, layer=2)
+    with pytest.raises(ConfigError, match="--baseline"):
+        _cfg(tmp_path, tiny_bert_dir, toy_classification, source_cache, baseline="full-finetune")
+    with pytest.raises(ConfigError, match="--fusion-size without --source-cache"):
+        TrainConfig(task="classification", model=tiny_bert_dir, layer=2, train="t", dev="d", out="o", fusion_size=32)
+    with pytest.raises(ConfigError, match=r"--fusion-size 64 differs .* hidden size 32"):
+        train(_cfg(tmp_path, tiny_bert_dir, toy_classification, source_cache, fusion_size=64), progress=False)
+    with pytest.raises(FileNotFoundError, match="embrecycle cache build"):
+        train(_cfg(tmp_path, tiny_bert_dir, toy_classification, tmp_path / "none"), progress=False)
+    with pytest.raises(ConfigError, match="cross-model run cannot become a plain transformers model"):
+        export_run(cross_run, tmp_path / "export")
+    other = tmp_path / "other-source"  # another source model (and tokenizer) than the run was trained on
+    build_cache(["the protein"], other, BuildConfig(model=other_bert_dir, layer=2), progress=False)
+    with pytest.raises(CacheMismatchError, match="other states than the run"):
+        load(cross_run, "cpu", "fp32").predict(["the protein"], cache=other)
+    with pytest.raises(ConfigError, match="cross-model runs share a pass only"):
+        plain = train(TrainConfig(task="classification", model=tiny_bert_dir, layer=2, epochs=1, batch_size=8,
+                                  train=str(toy_classification["train"]), dev=str(toy_classification["dev"]),
+                                  out=str(tmp_path / "plain"), cache=str(tmp_path / "c")), progress=False)  # fmt: skip
+        TaskSet.load([cross_run, plain.run_dir])
+
+
+def test_mlp_fusion_and_head_mode_train_the_fusion(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], source_cache: Path, tmp_path: Path
+) -> None:
+    run = train(_cfg(tmp_path, tiny_bert_dir, toy_classification, source_cache, fusion="mlp", upper="head", lr=1e-2,
+                     epochs=1), progress=False).run_dir  # fmt: skip
+    model = load(run, "cpu", "fp32").model
+    assert model.fusion is not None and model.fusion.kind == "mlp"
+    assert (
+        float(model.fusion.down.weight.detach().abs().sum()) > 0
+    )  # trained away from its zero start through frozen layers
+    assert not any(p.requires_grad for layer in model.split.upper_layers() for p in layer.parameters())
+    assert torch.is_tensor(model.fusion.up.weight)
