@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -67,6 +69,18 @@ def texts() -> list[str]:
 
     rng = random.Random(0)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))) + "." for _ in range(60)]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ModuleType]:
+    """A local Ray cluster for one test module (the Ray engine's tests); skipped where Ray is not installed."""
+    ray = pytest.importorskip("ray")
+    import ray_actors
+
+    ray.cloudpickle.register_pickle_by_value(ray_actors)  # the misbehaving actors travel to the workers by value
+    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
 
 
 from toy_data import toy_classification, toy_ner  # noqa: E402  (fixtures shared by tests/training and tests/bench)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -32,17 +31,6 @@ def test_ray_options_are_checked() -> None:
         RayOptions(num_workers=0)
     with pytest.raises(ValueError, match="gpus_per_worker=-1"):
         RayOptions(gpus_per_worker=-1)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[ModuleType]:
-    ray = pytest.importorskip("ray")
-    import ray_actors
-
-    ray.cloudpickle.register_pickle_by_value(ray_actors)
-    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def _corpus() -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -16,17 +15,6 @@ from embrecycle.cache.ray_engine import RayPool
 from embrecycle.cli import app
 from embrecycle.multitask import TaskSet
 from embrecycle.training import TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[ModuleType]:
-    ray = pytest.importorskip("ray")
-    import ray_actors
-
-    ray.cloudpickle.register_pickle_by_value(ray_actors)
-    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
