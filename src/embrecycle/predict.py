@@ -254,7 +254,6 @@ def _predict_cross(
     states = first.record.states
     encoded = encode_documents(first.tokenizer, live, states.max_length, states.truncation, warn=False)
     warn_truncated(encoded, live, states.max_length)
-    before = [source.index_of(source.key(d)) is not None for d in live]
     feed = SourceStates(
         source, live, encoded, update_cache, str(first.hardware.device)
     )  # raises CacheMissError naming --update-cache for documents the source cache lacks
@@ -268,7 +267,7 @@ def _predict_cross(
         result.skipped_empty = len(docs) - len(keep)
         result.cached, result.truncated = [None] * len(docs), [None] * len(docs)
         result.notes.append(f"cross-model run: the source states come from {source.location}")
-        for i, hit, enc, lg, doc in zip(keep, before, encoded, task_logits, live, strict=True):
+        for i, hit, enc, lg, doc in zip(keep, feed.cached, encoded, task_logits, live, strict=True):
             result.cached[i], result.truncated[i] = hit, enc.truncated
             result.items[i] = m.task.decode(lg, enc, doc)
     return results

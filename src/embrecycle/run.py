@@ -110,11 +110,12 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[RecyclingModel, Any, RunR
             f"not stored in the run). Point the run's model in {RUN_FILE} ('states.model') to the original base model."
         )
     state = read_weights(run_dir)
-    own = set(task_model.state_dict()) | {k for k in model.trainable_state_dict() if k.startswith(FUSION_PREFIX)}
+    trained = set(model.trainable_state_dict())
+    own = set(task_model.state_dict()) | {k for k in trained if k.startswith(FUSION_PREFIX)}
     unknown = sorted(set(state) - own)
     if unknown:
         raise ConfigError(f"{run_dir}/{WEIGHTS_FILE} holds weights this model does not have: {unknown[:5]}")
-    missing = sorted(set(model.trainable_state_dict()) - set(state))
+    missing = sorted(trained - set(state))
     if missing:
         raise ConfigError(
             f"{run_dir}/{WEIGHTS_FILE} lacks {len(missing)} trained weights, e.g. {missing[:3]}: the run is incomplete "

@@ -76,7 +76,8 @@ class SourceStates:
         keys = [cache.key(d) for d in docs]
         index = [cache.index_of(k) for k in keys]
         missing = [d for d, i in zip(docs, index, strict=True) if i is None]
-        self.hits, self.added = len(docs) - len(missing), 0
+        self.cached = [i is not None for i in index]  # per document, before missing ones were added
+        self.hits, self.added = sum(self.cached), 0
         if missing:
             if not update:
                 raise CacheMissError(

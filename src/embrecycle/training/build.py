@@ -33,6 +33,8 @@ class BuiltModel:
     build: BuildConfig
     settings: CacheSettings
     hardware: Hardware
+    source: Cache | None = None
+    """A cross-model consumer's source cache (opened once, here)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -68,6 +70,7 @@ def build_model(config: TrainConfig, task: Task) -> BuiltModel:
     layer = mode.layer_for(config.layer)
     task_model = build_task_model(config.model, config.task, task.labels, config.revision)
     model = RecyclingModel(task_model, task, layer, mode, config.upper_options)
+    source = None
     if config.source_cache is not None:
         source = open_source_cache(config.source_cache)
         hidden = int(model.split.config.hidden_size)
@@ -95,4 +98,4 @@ def build_model(config: TrainConfig, task: Task) -> BuiltModel:
     settings = cache_settings_for(encoder, build, hardware.precision)
     use_fast_dropout(model)  # a third of torch's dropout cost on the CPU, torch's own elsewhere
     model.to(hardware.device)
-    return BuiltModel(model, encoder, build, settings, hardware)
+    return BuiltModel(model, encoder, build, settings, hardware, source)

@@ -54,14 +54,16 @@ def prepare_inputs(
     build: BuildConfig,
     settings: CacheSettings,
     progress: bool,
+    source: Cache | None = None,
 ) -> TrainingInputs:
-    """The cache (built or extended) for a recycling mode, or plain tokenization for a mode that trains from text.
+    """The cache (built or extended) for a recycling mode, or plain tokenization for a mode that trains from text
+    (with a cross-model consumer's ``source`` cache: plain tokenization and the source states).
 
     The truncated documents are warned about once per split, whether they were tokenized now or their states
     (and tokens) come from a cache built before (:meth:`TrainingInputs.truncated` counts them).
     """
-    if config.source_cache is not None:
-        inputs = _from_source(config, data, encoder, settings, build)
+    if source is not None:
+        inputs = _from_source(source, data, encoder, settings, build)
     elif config.mode.from_text:
         inputs = _from_text(data, encoder, settings)
     else:
@@ -81,14 +83,12 @@ def _from_text(data: TrainingData, encoder: LoadedEncoder, settings: CacheSettin
 
 
 def _from_source(
-    config: TrainConfig, data: TrainingData, encoder: LoadedEncoder, settings: CacheSettings, build: BuildConfig
+    cache: Cache, data: TrainingData, encoder: LoadedEncoder, settings: CacheSettings, build: BuildConfig
 ) -> TrainingInputs:
     """A cross-model consumer: its own tokens from text, the source model's states from the source cache (missing
     documents are computed by the source model and added)."""
-    assert config.source_cache is not None
     inputs = _from_text(data, encoder, settings)
     t0 = time.perf_counter()
-    cache = Cache.open(config.source_cache)
     for split, examples, encoded in (("train", data.train, inputs.train), ("dev", data.dev, inputs.dev)):
         states = SourceStates(cache, [e.doc for e in examples], encoded, update=True, device=build.device)
         setattr(inputs, f"source_{split}", states)

@@ -86,7 +86,7 @@ def _train(config: TrainConfig, out: Path, stage: Path, resuming: bool, progress
     built = build_model(config, data.task)  # 2
     model = built.model
     check_free_space(stage, _bytes_needed(model), f"the run {out}")
-    inputs = prepare_inputs(config, data, built.encoder, built.build, built.settings, progress)  # 3
+    inputs = prepare_inputs(config, data, built.encoder, built.build, built.settings, progress, built.source)  # 3
     steps = -(-len(data.train) // config.batch_size) * config.epochs
     optimizer, scheduler = make_optimizer(model, config, steps)  # 4
     record = _record(config, data, built, inputs)
