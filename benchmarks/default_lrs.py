@@ -29,15 +29,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from demo import CLS_MAX_LEN, prepare_bbc, prepare_wnut  # noqa: E402
 
 from embrecycle.modes import MODES  # noqa: E402
 from embrecycle.offline_models import minilm_l6_path, mpnet_base_path  # noqa: E402
 from embrecycle.training import TrainConfig, train  # noqa: E402
+from kept_rows import KeptRows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-RUNS = RESULTS / "default_lrs" / "runs.jsonl"
+RUNS = KeptRows(RESULTS / "default_lrs" / "runs.jsonl")
 MODELS = {"minilm-l6": minilm_l6_path, "mpnet-base": mpnet_base_path}
 CLEARLY = 0.05
 """How far above both bars a run must be to count as learning clearly (absolute, in the primary metric)."""
@@ -59,9 +61,7 @@ def main() -> int:
 
 
 def _kept() -> list[dict[str, Any]]:
-    if not RUNS.exists():
-        return []
-    return [json.loads(line) for line in RUNS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return RUNS.rows()
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -78,7 +78,6 @@ def _current(row: dict[str, Any]) -> bool:
 
 
 def measure(args: argparse.Namespace) -> None:
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
     model = MODELS[args.model]()
     from transformers import AutoConfig
 
@@ -130,9 +129,7 @@ def measure(args: argparse.Namespace) -> None:
                     "precision": r.precision,
                     "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
                 }
-                with RUNS.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
+                RUNS.keep(row)
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:

@@ -34,9 +34,10 @@ from demo import prepare_wnut  # noqa: E402
 import paper_datasets  # noqa: E402
 from embrecycle.offline_models import minilm_l6_path  # noqa: E402
 from embrecycle.training import TrainConfig, train  # noqa: E402
+from kept_rows import KeptRows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-RUNS = RESULTS / "head_lr" / "runs.jsonl"
+RUNS = KeptRows(RESULTS / "head_lr" / "runs.jsonl")
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("wnut", "lora", {"lr": 3e-3, "head_lr": 1e-2}),
     ("wnut", "lora", {"lr": 1e-3, "head_lr": 1e-2}),
@@ -54,9 +55,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def _kept() -> list[dict[str, Any]]:
-    if not RUNS.exists():
-        return []
-    return [json.loads(line) for line in RUNS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return RUNS.rows()
 
 
 def _key(ds: str, mode: str, settings: dict[str, Any]) -> str:
@@ -64,7 +63,6 @@ def _key(ds: str, mode: str, settings: dict[str, Any]) -> str:
 
 
 def measure() -> None:
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
     done = {r["key"] for r in _kept()}
     with tempfile.TemporaryDirectory(prefix="embrecycle-head-lr-") as tmp:
         work = Path(tmp)
@@ -114,9 +112,7 @@ def measure() -> None:
                 "learned_nothing": r.learned_nothing,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
-            with RUNS.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+            RUNS.keep(row)
 
 
 def report() -> None:

@@ -50,10 +50,11 @@ from embrecycle.data.readers import read_examples  # noqa: E402
 from embrecycle.encoder import load_config  # noqa: E402
 from embrecycle.modes import MODES  # noqa: E402
 from embrecycle.training import TrainConfig, train  # noqa: E402
+from kept_rows import KeptRows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = RESULTS / "quantised_cache"
-RUNS = OUT / "runs.jsonl"
+RUNS = KeptRows(OUT / "runs.jsonl")
 DTYPES = ["float16", "int8-token", "int8-g64", "int4-g64", "int4-g32"]
 SEEDS = [1, 2, 3]
 TRAIN_LIMIT, DEV_LIMIT, TEST_LIMIT = 2000, 1000, 1000
@@ -61,16 +62,11 @@ EPOCHS = 3
 
 
 def _kept() -> list[dict[str, Any]]:
-    if not RUNS.exists():
-        return []
-    return [json.loads(line) for line in RUNS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return RUNS.rows()
 
 
 def _keep(row: dict[str, Any]) -> None:
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
-    with RUNS.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    RUNS.keep(row)
 
 
 def _chosen_lr(model: str, dataset: str, task: str) -> float:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -86,3 +87,31 @@ def cluster() -> Iterator[ModuleType]:
 from toy_data import toy_classification, toy_ner  # noqa: E402  (fixtures shared by tests/training and tests/bench)
 
 __all__ = ["toy_classification", "toy_ner"]
+
+
+@pytest.fixture
+def nth_append_interrupted(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], AbstractContextManager[None]]:
+    """``with nth_append_interrupted(2): work()``: the second ``ShardWriter.append`` of ``work`` raises
+    KeyboardInterrupt (a kill between two shard writes), which the block expects; append is real again after."""
+    from embrecycle.cache.shard import ShardWriter
+
+    real = ShardWriter.append
+
+    @contextmanager
+    def interrupted(n: int) -> Iterator[None]:
+        calls = {"n": 0}
+
+        def append(self: ShardWriter, entries: list) -> int:  # type: ignore[type-arg]
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real(self, entries)
+
+        monkeypatch.setattr(ShardWriter, "append", append)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(ShardWriter, "append", real)
+
+    return interrupted

@@ -91,10 +91,13 @@ def test_truncated_source_leaves_zeros_and_aligned_states_average(pair: tuple[Be
     torch.testing.assert_close(got[2], (states[0, 2] + states[0, 3]) / 2)
 
 
-def test_fused_model_with_untrained_fusion_equals_the_plain_consumer(tiny_bert_dir: str, texts: list[str]) -> None:
+@pytest.mark.parametrize("cut", [0, 2])  # the consumer's layers all trained, or those above layer 2
+def test_fused_model_with_untrained_fusion_equals_the_plain_consumer(
+    tiny_bert_dir: str, texts: list[str], cut: int
+) -> None:
     labels = ["a", "b", "c"]
     torch.manual_seed(0)
-    model = RecyclingModel(build_task_model(tiny_bert_dir, "classification", labels), ClassificationTask(labels), 0)
+    model = RecyclingModel(build_task_model(tiny_bert_dir, "classification", labels), ClassificationTask(labels), cut)
     model.eval()
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
     ids, mask = pad_ids(encode_documents(tok, texts[:6], 64), tok.pad_token_id)
@@ -118,10 +121,3 @@ def test_mlp_fusion_starts_as_the_identity_and_bad_settings_are_named() -> None:
     torch.testing.assert_close(f(e, torch.randn(2, 3, 5)), e)
     with pytest.raises(ConfigError, match="fusion 'concat'"):
         FusionLayer(8, 5, "concat")
-
-
-def test_consumer_must_be_cut_at_its_embeddings(tiny_bert_dir: str) -> None:
-    labels = ["a", "b"]
-    model = RecyclingModel(build_task_model(tiny_bert_dir, "classification", labels), ClassificationTask(labels), 2)
-    with pytest.raises(ConfigError, match="Pass --layer 0 with --source-cache"):
-        model.add_fusion(16)

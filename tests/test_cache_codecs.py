@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -137,25 +139,16 @@ def test_a_converted_cache_equals_one_built_in_its_dtype(wide_bert_dir: str, tex
 
 
 def test_an_interrupted_conversion_resumes(
-    wide_bert_dir: str, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    wide_bert_dir: str,
+    texts: list[str],
+    tmp_path: Path,
+    nth_append_interrupted: Callable[[int], AbstractContextManager[None]],
 ) -> None:
     from embrecycle import convert_cache
-    from embrecycle.cache.shard import ShardWriter
 
     _build(wide_bert_dir, texts, tmp_path / "src", "float16")
-    real = ShardWriter.append
-    calls = {"n": 0}
-
-    def append_then_die(self: ShardWriter, entries: list) -> int:  # type: ignore[type-arg]
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, entries)
-
-    monkeypatch.setattr(ShardWriter, "append", append_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with nth_append_interrupted(2):
         convert_cache(tmp_path / "src", tmp_path / "dst", "int8-token", progress=False, batch_documents=8)
-    monkeypatch.setattr(ShardWriter, "append", real)
     assert len(open_cache(tmp_path / "dst")) == 8
     again = convert_cache(tmp_path / "src", tmp_path / "dst", "int8-token", progress=False, batch_documents=8)
     assert again.already_there == 8 and again.converted == len(set(texts)) - 8

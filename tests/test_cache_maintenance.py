@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -77,24 +79,18 @@ def test_remove_documents_reclaims_their_space(tiny_bert_dir: str, texts: list[s
 
 
 def test_a_merge_killed_while_writing_leaves_the_old_layout(
-    tiny_bert_dir: str, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bert_dir: str,
+    texts: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    nth_append_interrupted: Callable[[int], AbstractContextManager[None]],
 ) -> None:
     out = tmp_path / "c"
     docs = _sharded(tiny_bert_dir, texts, out)
     before = _contents(out, docs)
     monkeypatch.setattr(maintenance, "BATCH_DOCUMENTS", 8)
-    real, calls = ShardWriter.append, {"n": 0}
-
-    def die_on_second(self: ShardWriter, entries: list) -> int:  # type: ignore[type-arg]
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, entries)
-
-    monkeypatch.setattr(ShardWriter, "append", die_on_second)
-    with pytest.raises(KeyboardInterrupt):
+    with nth_append_interrupted(2):
         compact(out, progress=False)
-    monkeypatch.setattr(ShardWriter, "append", real)
     cache = open_cache(out)  # old shards, and a partial new one whose documents are duplicates
     assert not cache.damage and len(list_shards(out)) == 6
     assert all(np.array_equal(before[d], cache.get(d).hidden) for d in docs)

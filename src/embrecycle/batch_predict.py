@@ -30,8 +30,9 @@ from .cache.ray_engine import RayPool, import_ray
 from .data.readers import detect_format
 from .errors import ConfigError, InputDataError
 from .files import write_text_atomic
-from .multitask import TaskSet
+from .multitask import TaskSet, check_shareable
 from .progress import progress_bar
+from .run_record import read_run_record
 
 __all__ = ["BatchPredictSummary", "PredictActor", "input_shards", "predict_files_ray", "prediction_lines"]
 
@@ -127,11 +128,9 @@ def predict_files_ray(
     shards = input_shards(data)
     for s in shards:
         detect_format(s, data_format)  # an unknown extension fails here, before any worker starts
-    tasks = TaskSet.load(runs, "cpu", "fp32")  # checks the runs share a pass, before any worker starts
-    names = tasks.names
-    kinds = {m.task.name for m in tasks.models}
-    if len(kinds) > 1:
-        raise ConfigError("one corpus cannot feed NER and classification runs at once; split the call.")
+    # the runs' records (not their weights) checked before any worker starts
+    check_shareable([(Path(r), read_run_record(r)) for r in runs], one_input_kind=True)
+    names = [Path(r).name for r in runs]
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--out {root} is a file: --out names a directory, which receives TASK/SHARD.jsonl.")

@@ -31,7 +31,7 @@ from .config import Checks, Settings, setting
 from .data.readers import FORMATS
 from .errors import ConfigError, RunExistsError
 from .files import write_text_atomic
-from .hardware import PRECISION_CHOICES, hardware_problems
+from .hardware import DEVICE_HELP, PRECISION_CHOICES, PRECISION_HELP, hardware_problems
 from .selection.config import SelectConfig
 from .serve.config import ServeConfig
 from .training.config import TrainConfig
@@ -141,10 +141,10 @@ class HardwareArgs(Settings):
 
     settings_name = "hardware"
 
-    device: str = setting("auto", "Where the model runs: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps.")
+    device: str = setting("auto", f"Where the model runs: {DEVICE_HELP}.")
     precision: str = setting(
         "auto",
-        "Compute precision: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16 (CUDA).",
+        f"Compute precision: {PRECISION_HELP}.",
         choices=PRECISION_CHOICES,
     )
 
@@ -513,7 +513,7 @@ def predict_cmd(given: Given, quiet: Quiet = False) -> None:
     RUN_NAME.jsonl for each run. With --engine ray, --data may be a directory or glob of shards, spread over
     a Ray Data actor pool; --out receives RUN_NAME/SHARD.jsonl, and a re-run skips finished shards.
     """
-    from .multitask import TaskSet
+    from .multitask import TaskSet, check_shareable
 
     args = given.make(PredictArgs)
     if args.engine == "ray":
@@ -523,10 +523,8 @@ def predict_cmd(given: Given, quiet: Quiet = False) -> None:
     with _quiet(quiet):
         hw = given.make(HardwareArgs)
         tasks = TaskSet.load(args.runs, hw.device, hw.precision)
+        check_shareable([(m.run_dir, m.record) for m in tasks.models], one_input_kind=True)
         first = tasks.models[0]
-        if any(m.task.name != first.task.name for m in tasks.models):
-            # NER reads CoNLL word lists; classification the texts: give each kind its documents
-            raise ConfigError("one data file cannot feed NER and classification runs at once; split the call.")
         examples = first.read(args.data, args.data_format, text_field=args.text_field, label_field=None)
         docs = [e.doc for e in examples]
         preds = tasks.predict(docs, cache=args.cache, update_cache=args.update_cache, batch_size=args.batch_size)

@@ -29,9 +29,11 @@ from .errors import ConfigError
 
 __all__ = [
     "DEVICE_CHOICES",
+    "DEVICE_HELP",
     "FP32_CPU",
     "PRECISIONS",
     "PRECISION_CHOICES",
+    "PRECISION_HELP",
     "Hardware",
     "autocast",
     "configure_threads",
@@ -45,6 +47,10 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
 """Compute precisions a run or a cache can have."""
 PRECISION_CHOICES = ("auto", *PRECISIONS)
+DEVICE_HELP = "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps"
+"""What every ``--device`` setting's help says it takes."""
+PRECISION_HELP = "auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16 (CUDA)"
+"""What every ``--precision`` setting's help says it takes."""
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -67,14 +67,9 @@ class RecyclingModel(nn.Module):
         """Make this a cross-model consumer: a trainable fusion layer joins a source model's states (aligned onto
         this model's tokens) to its embeddings before its layers (:mod:`embrecycle.fusion`).
 
-        Raises:
-            ConfigError: the model is not cut at its embeddings (layer 0): the fused input feeds every layer.
+        The fused input feeds every layer. With a cut at layer k > 0, layers 1..k keep their pretrained weights
+        (the gradient still flows through them into the fusion layer) and layers k+1..N train as the mode says.
         """
-        if self.layer != 0:
-            raise ConfigError(
-                f"a cross-model consumer is cut at its embeddings (layer 0), not layer {self.layer}: the fused input "
-                "feeds every one of its layers. Pass --layer 0 with --source-cache."
-            )
         device = next(self.task_model.parameters()).device
         self.fusion = FusionLayer(int(self.split.config.hidden_size), source_hidden, kind).to(device)
         return self.fusion
@@ -111,9 +106,11 @@ class RecyclingModel(nn.Module):
             if source is None:
                 raise ValueError("a cross-model consumer needs the source states of its documents")
             with torch.no_grad():
-                embeddings = self.split.lower(input_ids, attention_mask)
+                embeddings = self.split.embed(input_ids, attention_mask)
             fused = self.fusion(embeddings, source)
-            seq = self.split.upper(fused, attention_mask)  # with gradients in every mode: the fusion trains
+            # with gradients in every mode, through the frozen layers below the cut too: the fusion trains
+            hidden = self.split.run_layers(fused, attention_mask, 0, self.layer)
+            seq = self.split.upper(hidden, attention_mask)
             return self.task.logits(self.split.family, self.task_model, seq)
         if self.mode.trains_lower:
             hidden = self.split.lower(input_ids, attention_mask)

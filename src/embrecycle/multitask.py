@@ -14,15 +14,63 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from .cache.store import Cache, Document
 from .errors import ConfigError, UnknownTaskError
 from .predict import Predictions, TaskModel, load, predict_shared
+from .run_record import RunRecord
 from .upper import canonical_name
 
-__all__ = ["TaskSet"]
+__all__ = ["TaskSet", "check_shareable"]
+
+
+def check_shareable(runs: Sequence[tuple[Path, RunRecord]], one_input_kind: bool = False) -> None:
+    """Refuse runs that cannot share one prediction pass (what :class:`TaskSet` checks), from their records alone.
+
+    Args:
+        runs: Each run's directory and record (:func:`~embrecycle.run_record.read_run_record` reads one without
+            its weights).
+        one_input_kind: Also refuse NER runs beside classification runs (they read different inputs from one
+            data file: word lists and texts).
+
+    Raises:
+        ConfigError: naming the runs and the fix.
+    """
+    if not runs:
+        raise ConfigError("a task set needs at least one run.")
+    names = [d.name for d, _ in runs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"runs named {dupes} appear twice: give each run directory its own name.")
+    baselines = [str(d) for d, r in runs if r.training_mode.from_text and len(runs) > 1]
+    if baselines:
+        raise ConfigError(
+            f"{baselines} were trained from text (baselines): their lower layers are their own, so they cannot "
+            "share a pass with other runs. Predict with them one at a time."
+        )
+    if one_input_kind and len({r.task for _, r in runs}) > 1:
+        # NER reads CoNLL word lists; classification the texts: give each kind its documents
+        raise ConfigError(
+            f"one data file cannot feed NER and classification runs at once ({[f'{d}: {r.task}' for d, r in runs]})"
+            "; split the call."
+        )
+    sources = {(r.source or {}).get("fingerprint") for _, r in runs}
+    if len(sources) > 1:
+        raise ConfigError(
+            "cross-model runs share a pass only with cross-model runs of the same consumer and source states "
+            f"({[str(d) for d, _ in runs]} mix them): split the call."
+        )
+    ref_dir, ref = runs[0]
+    for d, r in runs[1:]:
+        diff = ref.state_differences(r)
+        if diff:
+            raise ConfigError(
+                f"runs {ref_dir} and {d} do not share their base model and cut ({'; '.join(diff)}). "
+                "A task set predicts runs of one base model and layer; split the call."
+            )
 
 
 class TaskSet:
@@ -39,34 +87,8 @@ class TaskSet:
     """
 
     def __init__(self, models: Sequence[TaskModel]) -> None:
-        if not models:
-            raise ConfigError("a task set needs at least one run.")
         self.models = list(models)
-        names = [m.run_dir.name for m in self.models]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ConfigError(f"runs named {dupes} appear twice: give each run directory its own name.")
-        baselines = [str(m.run_dir) for m in self.models if m.record.training_mode.from_text and len(self.models) > 1]
-        if baselines:
-            raise ConfigError(
-                f"{baselines} were trained from text (baselines): their lower layers are their own, so they cannot "
-                "share a pass with other runs. Predict with them one at a time."
-            )
-        ref = self.models[0]
-        sources = {(m.record.source or {}).get("fingerprint") for m in self.models}
-        if len(sources) > 1:
-            raise ConfigError(
-                "cross-model runs share a pass only with cross-model runs of the same consumer and source states "
-                f"({[str(m.run_dir) for m in self.models]} mix them): split the call."
-            )
-        for m in self.models[1:]:
-            diff = ref.record.state_differences(m.record)
-            if diff:
-                shown = "; ".join(diff)
-                raise ConfigError(
-                    f"runs {ref.run_dir} and {m.run_dir} do not share their base model and cut ({shown}). "
-                    "A task set predicts runs of one base model and layer; split the call."
-                )
+        check_shareable([(m.run_dir, m.record) for m in self.models])
         self.shared_parameters = _share_frozen_weights([m.model for m in self.models])
 
     @classmethod

@@ -8,17 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import torch
+
 from .cache.builder import BuildConfig, build_cache
 from .cache.store import Cache, Document
 from .data.readers import Example, read_examples
-from .encoder import LoadedEncoder
+from .encoder import LoadedEncoder, load_encoder
 from .errors import InputDataError
 from .hardware import FP32_CPU, Hardware, resolve_hardware
 from .inference import shared_document_logits
 from .model import RecyclingModel
 from .run import load_run
 from .run_record import RunRecord
-from .source_states import SourceStates, check_source
+from .source_states import SourceStates, check_source, open_source_cache
 from .tasks.ner import words_of
 from .tokenization import Encoded, encode_documents, is_empty, warn_truncated
 
@@ -66,6 +68,16 @@ class TaskModel:
         self.record = record
         self.task = model.task
         self.hardware = hardware
+        self._source_encoder: LoadedEncoder | None = None
+
+    def source_encoder(self, source: Cache) -> LoadedEncoder:
+        """A cross-model run's source model, split at its cache's layer: loaded on first use, then kept (documents
+        missing from the source cache run its lower layers; a server must not reload it per request)."""
+        s = source.settings
+        kept = self._source_encoder
+        if kept is None or (kept.model_name, kept.layer) != (s.model, s.layer):
+            kept = self._source_encoder = load_encoder(s.model, s.layer, s.model_revision)
+        return kept
 
     @property
     def labels(self) -> list[str]:
@@ -103,13 +115,11 @@ class TaskModel:
             source = cache
         else:
             location = os.fspath(cache) if cache else str(recorded["location"])
-            try:
-                source = Cache.open(location)
-            except FileNotFoundError:
-                raise FileNotFoundError(
-                    f"no source cache at {location}: pass the run's source cache with --cache (the cross-model run "
-                    f"{self.run_dir} reads the source model's states from it)."
-                ) from None
+            source = open_source_cache(
+                location,
+                f"pass the run's source cache with --cache (the cross-model run {self.run_dir} reads the source "
+                "model's states from it).",
+            )
         check_source(source, recorded, str(self.run_dir))
         return source
 
@@ -184,7 +194,6 @@ def predict_shared(
     for m in models[1:]:
         if c is not None:
             m.open_cache(c)  # checks the cache against every run
-    results = [Predictions(items=[None] * len(docs)) for _ in models]
     keep = [i for i, d in enumerate(docs) if not is_empty(d)]
     live = [docs[i] for i in keep]
     index = [c.index_of(c.key(d)) if c is not None else None for d in live]
@@ -224,17 +233,7 @@ def predict_shared(
     logits = shared_document_logits(
         [m.model for m in models], filled, c, index, pad_id, batch_size, first.hardware, max_batch_tokens
     )
-    for m, result, task_logits in zip(models, results, logits, strict=True):
-        result.hits, result.misses, result.added_to_cache = hits, len(live) - hits, added
-        result.skipped_empty = len(docs) - len(keep)
-        result.cached, result.truncated = [None] * len(docs), [None] * len(docs)
-        for i, hit, enc in zip(keep, was_cached, filled, strict=True):
-            result.cached[i], result.truncated[i] = hit, enc.truncated
-        if m.record.training_mode.from_text:
-            result.notes.append(f"{m.record.method} baseline run: every document runs all layers from its text")
-        for i, lg, enc, doc in zip(keep, task_logits, filled, live, strict=True):
-            result.items[i] = m.task.decode(lg, enc, doc)
-    return results
+    return _filled(models, len(docs), keep, live, filled, was_cached, logits, added)
 
 
 def _predict_cross(
@@ -248,28 +247,51 @@ def _predict_cross(
     """Cross-model runs (one consumer and source): the consumer's tokens from text, the source states from the
     source cache; documents it lacks run the source model (``update_cache``) or are an error."""
     first = models[0]
-    results = [Predictions(items=[None] * len(docs)) for _ in models]
     keep = [i for i, d in enumerate(docs) if not is_empty(d)]
     live = [docs[i] for i in keep]
     states = first.record.states
     encoded = encode_documents(first.tokenizer, live, states.max_length, states.truncation, warn=False)
     warn_truncated(encoded, live, states.max_length)
     feed = SourceStates(
-        source, live, encoded, update_cache, str(first.hardware.device)
+        source, live, encoded, update_cache, str(first.hardware.device), lambda: first.source_encoder(source)
     )  # raises CacheMissError naming --update-cache for documents the source cache lacks
     pad_id = first.tokenizer.pad_token_id or 0
     logits = shared_document_logits(
         [m.model for m in models], encoded, None, [None] * len(live), pad_id, batch_size, first.hardware,
         max_batch_tokens, feed,
     )  # fmt: skip
-    for m, result, task_logits in zip(models, results, logits, strict=True):
-        result.hits, result.misses, result.added_to_cache = feed.hits, len(live) - feed.hits, feed.added
-        result.skipped_empty = len(docs) - len(keep)
-        result.cached, result.truncated = [None] * len(docs), [None] * len(docs)
-        result.notes.append(f"cross-model run: the source states come from {source.location}")
-        for i, hit, enc, lg, doc in zip(keep, feed.cached, encoded, task_logits, live, strict=True):
+    note = f"cross-model run: the source states come from {source.location}"
+    return _filled(models, len(docs), keep, live, encoded, feed.cached, logits, feed.added, note)
+
+
+def _filled(
+    models: Sequence[TaskModel],
+    n_docs: int,
+    keep: Sequence[int],
+    live: Sequence[Document],
+    encoded: Sequence[Encoded],
+    cached: Sequence[bool],
+    logits: Sequence[Sequence[torch.Tensor]],
+    added: int,
+    note: str | None = None,
+) -> list[Predictions]:
+    """Each run's predictions of ``n_docs`` documents: the non-empty ones (at positions ``keep``) decoded from
+    their logits, the empty ones left ``None``; per document whether it was cached and truncated."""
+    results = []
+    hits = sum(cached)
+    for m, task_logits in zip(models, logits, strict=True):
+        result = Predictions(items=[None] * n_docs)
+        result.hits, result.misses, result.added_to_cache = hits, len(live) - hits, added
+        result.skipped_empty = n_docs - len(keep)
+        result.cached, result.truncated = [None] * n_docs, [None] * n_docs
+        if note:
+            result.notes.append(note)
+        if m.record.training_mode.from_text:
+            result.notes.append(f"{m.record.method} baseline run: every document runs all layers from its text")
+        for i, hit, enc, lg, doc in zip(keep, cached, encoded, task_logits, live, strict=True):
             result.cached[i], result.truncated[i] = hit, enc.truncated
             result.items[i] = m.task.decode(lg, enc, doc)
+        results.append(result)
     return results
 
 

@@ -9,7 +9,7 @@ states and averages them onto the consumer's tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,10 +17,23 @@ import torch
 from .align import Alignment, align, aligned_states
 from .cache.builder import BuildConfig, build_cache
 from .cache.store import Cache, Document
+from .encoder import LoadedEncoder
 from .errors import CacheMismatchError, CacheMissError
 from .tokenization import Encoded
 
-__all__ = ["SourceStates", "check_source", "source_record"]
+__all__ = ["SourceStates", "check_source", "open_source_cache", "source_record"]
+
+
+def open_source_cache(location: str, fix: str) -> Cache:
+    """A cross-model run's source cache, which must exist (it says which model made the states).
+
+    Raises:
+        FileNotFoundError: no cache at ``location``, with ``fix`` (what to do about it) in the message.
+    """
+    try:
+        return Cache.open(location)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no source cache at {location}: {fix}") from None
 
 
 def source_record(cache: Cache, fusion: str) -> dict[str, Any]:
@@ -62,6 +75,8 @@ class SourceStates:
             an error.
         device: Where the source model runs for missing documents (in the precision the cache's states were
             computed in, so that new states match the cached ones).
+        encoder: Gives the loaded source model, split at the cache's layer, when documents are missing (default:
+            load it from the cache's settings for this call).
     """
 
     def __init__(
@@ -71,6 +86,7 @@ class SourceStates:
         consumer: Sequence[Encoded],
         update: bool,
         device: str = "cpu",
+        encoder: Callable[[], LoadedEncoder] | None = None,
     ) -> None:
         self.cache = cache
         keys = [cache.key(d) for d in docs]
@@ -91,7 +107,12 @@ class SourceStates:
                 revision=s.model_revision, device=device, precision=s.precision,
             )  # fmt: skip
             self.added = build_cache(
-                list(missing), cache.location, build, progress=False, warn_truncated=False
+                list(missing),
+                cache.location,
+                build,
+                encoder=encoder() if encoder is not None else None,
+                progress=False,
+                warn_truncated=False,
             ).computed
             cache.refresh()
             index = [cache.index_of(k) for k in keys]

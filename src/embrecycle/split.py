@@ -67,8 +67,16 @@ class SplitEncoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Embeddings + layers 1..k: the states that are cached."""
-        hidden = self.family.embed(self.base, input_ids, attention_mask, token_type_ids)
-        return self.run_layers(hidden, attention_mask, 0, self.layer)
+        return self.run_layers(self.embed(input_ids, attention_mask, token_type_ids), attention_mask, 0, self.layer)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The embeddings: the input of layer 1."""
+        return self.family.embed(self.base, input_ids, attention_mask, token_type_ids)
 
     def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Layers k+1..N on states from :meth:`lower` (or the cache): the last hidden states."""

@@ -174,14 +174,16 @@ def warn_truncated(
         return
     words = sum(words_cut_off(encoded[i], docs[i]) for i in cut)
     where = f"; the first is {sources[cut[0]]}" if sources else ""
+    tagged = "" if isinstance(docs[cut[0]], str) else " (they are tagged O and not trained on)"  # word lists: NER
     log.warning(
         "%d of %d documents are longer than max_length=%d tokens and were truncated: %d words at their ends are "
-        "not seen by the model (NER tags them O and does not train on them)%s. Raise --max-length (up to the "
-        "model's limit) to keep them, or pass --truncation error to stop instead.",
+        "not seen by the model%s%s. Raise --max-length (up to the model's limit) to keep them, or pass "
+        "--truncation error to stop instead.",
         len(cut),
         len(encoded),
         max_length,
         words,
+        tagged,
         where,
     )
 

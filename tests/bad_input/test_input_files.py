@@ -233,6 +233,12 @@ def test_truncation_is_warned_once_with_documents_and_words(
     assert len(warnings) == 1
     assert "2 of 3 documents are longer than max_length=12" in warnings[0]
     assert "20 words" in warnings[0] and "the first is x:1" in warnings[0] and "--max-length" in warnings[0]
+    assert "tagged O" in warnings[0]  # the first cut document is a word list (NER)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="embrecycle"):
+        encode_documents(tok, ["the model " * 10], 12)
+    (text,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "1 of 1 documents" in text and "tagged O" not in text  # a text: no NER note
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -295,7 +301,7 @@ def test_ner_prediction_warns_about_words_beyond_max_length(
         warnings = _warnings(caplog)
         assert len(warnings) == 1, warnings
         assert "1 of 2 documents are longer than max_length=16" in warnings[0]
-        assert "16 words at their ends are not seen by the model (NER tags them O" in warnings[0], warnings[0]
+        assert "16 words at their ends are not seen by the model (they are tagged O" in warnings[0], warnings[0]
         assert len(preds[0]["tags"]) == len(long_doc) and set(preds[0]["tags"][14:]) == {"O"}
 
 

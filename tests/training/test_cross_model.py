@@ -82,9 +82,16 @@ def test_save_load_predict_round_trip(cross_run: str, toy_classification: dict[s
     assert scores["macro_f1"] == pytest.approx(saved, abs=1e-6)  # the reloaded run scores what it scored
 
 
-def test_unseen_documents_need_update_cache(cross_run: str, source_cache: Path, tmp_path: Path) -> None:
+def test_unseen_documents_need_update_cache(
+    cross_run: str, source_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shutil
 
+    from embrecycle import predict
+
+    loads = []
+    real = predict.load_encoder
+    monkeypatch.setattr(predict, "load_encoder", lambda *a, **k: loads.append(a) or real(*a, **k))
     copy = tmp_path / "source"
     shutil.copytree(source_cache, copy)
     model = load(cross_run, "cpu", "fp32")
@@ -94,14 +101,14 @@ def test_unseen_documents_need_update_cache(cross_run: str, source_cache: Path, 
     got = model.predict(new, cache=copy, update_cache=True)
     assert got.added_to_cache == 2 and got.cached == [False, False]
     assert model.predict(new, cache=copy).cached == [True, True]
+    assert model.predict(["a third new one"], cache=copy, update_cache=True).added_to_cache == 1
+    assert len(loads) == 1  # the source model loads once per run, not once per call with misses
 
 
 def test_errors_name_the_fix(
     tiny_bert_dir: str, other_bert_dir: str, toy_classification: dict[str, Path], source_cache: Path,
     cross_run: str, tmp_path: Path,
 ) -> None:  # fmt: skip
-    with pytest.raises(ConfigError, match="pass --layer 0"):
-        _cfg(tmp_path, tiny_bert_dir, toy_classification, source_cache, layer=2)
     with pytest.raises(ConfigError, match="--baseline"):
         _cfg(tmp_path, tiny_bert_dir, toy_classification, source_cache, baseline="full-finetune")
     with pytest.raises(ConfigError, match="--fusion-size without --source-cache"):
@@ -135,3 +142,24 @@ def test_mlp_fusion_and_head_mode_train_the_fusion(
     )  # trained away from its zero start through frozen layers
     assert not any(p.requires_grad for layer in model.split.upper_layers() for p in layer.parameters())
     assert torch.is_tensor(model.fusion.up.weight)
+
+
+def test_a_consumer_cut_at_layer_k_trains_only_the_layers_above_it(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], source_cache: Path, tmp_path: Path
+) -> None:
+    from embrecycle.run import build_task_model
+
+    run = train(_cfg(tmp_path, tiny_bert_dir, toy_classification, source_cache, layer=2, epochs=1),
+                progress=False).run_dir  # fmt: skip
+    assert json.loads((Path(run) / "run.json").read_text())["states"]["layer"] == 2
+    trained = load(run, "cpu", "fp32")
+    labels = list(trained.record.labels)
+    pretrained = build_task_model(tiny_bert_dir, "classification", labels).state_dict()
+    got = trained.model.task_model.state_dict()
+    for name in pretrained:
+        if ".layer.0." in name or ".layer.1." in name or "embeddings" in name:
+            torch.testing.assert_close(got[name], pretrained[name], msg=name)  # below the cut: as pretrained
+    assert any(not torch.equal(got[n], pretrained[n]) for n in pretrained if ".layer.3." in n)  # above: trained
+    assert trained.model.fusion is not None and float(trained.model.fusion.proj.weight[:, 32:].detach().abs().sum()) > 0
+    docs = _texts(toy_classification["dev"])[:5]
+    assert trained.predict(docs).hits == 5  # the dev documents were added to the source cache by training

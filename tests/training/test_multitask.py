@@ -115,6 +115,25 @@ def test_cli_predicts_several_runs_into_a_directory(runs: dict[str, str], tmp_pa
         app, ["predict", "--run", runs["full"], "--run", runs["k1"], "--data", str(data), "--out", str(tmp_path / "o2")]
     )
     assert r.exit_code == 2 and "layer: 2 vs 1" in r.output
+    mixed = ["predict", "--run", runs["full"], "--run", runs["ner"], "--data", str(data), "--out", str(tmp_path / "o3")]
+    r = CliRunner().invoke(app, mixed)  # one TaskSet may mix them, one data file may not: word lists vs texts
+    assert r.exit_code == 2 and "cannot feed NER and classification" in r.output and "ner: ner" in r.output
+
+
+def test_shareability_is_checked_from_the_records_alone(runs: dict[str, str]) -> None:
+    from embrecycle.multitask import check_shareable
+    from embrecycle.run_record import read_run_record
+
+    def records(*names: str) -> list[tuple[Path, Any]]:
+        return [(Path(runs[n]), read_run_record(runs[n])) for n in names]
+
+    check_shareable(records("full", "lora", "ner"))  # no weights loaded
+    with pytest.raises(ConfigError, match="cannot feed NER and classification"):
+        check_shareable(records("full", "ner"), one_input_kind=True)
+    with pytest.raises(ConfigError, match=r"layer: 2 vs 1"):
+        check_shareable(records("full", "k1"))
+    with pytest.raises(ConfigError, match="at least one run"):
+        check_shareable([])
 
 
 def test_merged_lora_predicts_as_trained_and_still_shares_the_lower_layers(runs: dict[str, str]) -> None:

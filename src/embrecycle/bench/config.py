@@ -9,7 +9,7 @@ from typing import Any
 from ..config import Checks, Settings, setting
 from ..data.readers import FORMATS
 from ..errors import ConfigError
-from ..hardware import PRECISION_CHOICES, hardware_problems
+from ..hardware import DEVICE_HELP, PRECISION_CHOICES, PRECISION_HELP, hardware_problems
 from ..modes import TrainingMode, resolve_mode
 from ..tasks import TASKS, get_task
 
@@ -289,10 +289,10 @@ class BenchConfig(Settings):
     batch_size: int = setting(32, "Batch size for every method.")
     max_length: int = setting(128, "Max tokens per document for every method.")
     out: str = setting("bench-results", "Where results, report and plots go.")
-    device: str = setting("auto", "Where the models run: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps.")
+    device: str = setting("auto", f"Where the models run: {DEVICE_HELP}.")
     precision: str = setting(
         "auto",
-        "Compute precision: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16 (CUDA).",
+        f"Compute precision: {PRECISION_HELP}.",
         choices=PRECISION_CHOICES,
     )
     quick: bool = setting(

@@ -32,7 +32,15 @@ from transformers import PreTrainedTokenizerBase
 from ..config import Checks, Settings, setting
 from ..encoder import LoadedEncoder, check_max_length, load_encoder, model_problems
 from ..errors import ConfigError, InputDataError
-from ..hardware import PRECISION_CHOICES, Hardware, autocast, hardware_problems, resolve_hardware
+from ..hardware import (
+    DEVICE_HELP,
+    PRECISION_CHOICES,
+    PRECISION_HELP,
+    Hardware,
+    autocast,
+    hardware_problems,
+    resolve_hardware,
+)
 from ..progress import progress_bar
 from ..split import SplitEncoder
 from ..tokenization import Encoded, encode_documents, is_empty, pad_ids
@@ -63,13 +71,10 @@ class BuildConfig(Settings):
     attn_implementation: str | None = setting(
         None, "Attention kernel, sdpa or eager (default: the fastest the family has).", choices=("sdpa", "eager")
     )
-    device: str = setting(
-        "auto", "Where the lower layers run: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps."
-    )
+    device: str = setting("auto", f"Where the lower layers run: {DEVICE_HELP}.")
     precision: str = setting(
         "auto",
-        "Compute precision of the lower layers: auto (bf16 where the hardware runs it natively, else fp32), fp32, "
-        "bf16 or fp16 (CUDA). Part of the cache's settings.",
+        f"Compute precision of the lower layers: {PRECISION_HELP}. Part of the cache's settings.",
         choices=PRECISION_CHOICES,
     )
     shard: str | None = setting(None, "Shard name, for several writers on one cache (default: a free local shard).")

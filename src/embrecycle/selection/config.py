@@ -8,7 +8,7 @@ from ..cache.format import STORAGE_DTYPES
 from ..config import Checks, Settings, setting
 from ..encoder import model_problems
 from ..errors import ConfigError
-from ..hardware import PRECISION_CHOICES, hardware_problems
+from ..hardware import DEVICE_HELP, PRECISION_CHOICES, PRECISION_HELP, hardware_problems
 from ..tasks import TASKS
 
 __all__ = ["DEFAULT_FRACTIONS", "SelectConfig"]
@@ -79,10 +79,10 @@ class SelectConfig(Settings):
         "Storage dtype of the proxies' caches (the real training's --cache-dtype).",
         choices=list(STORAGE_DTYPES),
     )
-    device: str = setting("auto", "Where the models run: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps.")
+    device: str = setting("auto", f"Where the models run: {DEVICE_HELP}.")
     precision: str = setting(
         "auto",
-        "Compute precision: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16 (CUDA).",
+        f"Compute precision: {PRECISION_HELP}.",
         choices=PRECISION_CHOICES,
     )
     cache_root: str | None = setting(

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from ..config import Checks, Settings, setting
-from ..hardware import PRECISION_CHOICES, hardware_problems
+from ..hardware import DEVICE_HELP, PRECISION_CHOICES, PRECISION_HELP, hardware_problems
 
 __all__ = ["API_KEY_ENV", "CPU_FORWARD_TOKENS", "GPU_FORWARD_TOKENS", "TOO_LONG", "ServeConfig"]
 
@@ -68,10 +68,10 @@ class ServeConfig(Settings):
     )
     drift_window: int = setting(1000, "Predicted labels per task in the drift signal's sliding window.")
     shutdown_timeout: float = setting(30.0, "Seconds SIGTERM waits for in-flight requests before it cancels them.")
-    device: str = setting("auto", "Where the models run: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps.")
+    device: str = setting("auto", f"Where the models run: {DEVICE_HELP}.")
     precision: str = setting(
         "auto",
-        "Compute precision: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16 (CUDA).",
+        f"Compute precision: {PRECISION_HELP}.",
         choices=PRECISION_CHOICES,
     )
 

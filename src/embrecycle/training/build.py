@@ -17,11 +17,12 @@ from ..errors import ConfigError
 from ..hardware import Hardware, resolve_hardware
 from ..model import RecyclingModel
 from ..run import build_task_model
+from ..source_states import open_source_cache
 from ..tasks.base import Task
 from .config import TrainConfig
 from .warm_start import warm_start
 
-__all__ = ["BuiltModel", "build_model", "open_source_cache", "seed_everything"]
+__all__ = ["BuiltModel", "build_model", "seed_everything"]
 
 
 @dataclass
@@ -43,21 +44,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def open_source_cache(location: str) -> Cache:
-    """A cross-model run's source cache, which must exist (it says which model made the states).
-
-    Raises:
-        FileNotFoundError: no cache there, naming the command that builds one.
-    """
-    try:
-        return Cache.open(location)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no source cache at {location}: build the source model's states first, e.g. `embrecycle cache build "
-            f"--model SOURCE_MODEL --layer K --data train.jsonl --out {location}`, then train with --source-cache."
-        ) from None
-
-
 def build_model(config: TrainConfig, task: Task) -> BuiltModel:
     """Seed, load ``AutoModelFor*`` with a fresh head, split it at the mode's cut and apply the mode.
 
@@ -72,7 +58,12 @@ def build_model(config: TrainConfig, task: Task) -> BuiltModel:
     model = RecyclingModel(task_model, task, layer, mode, config.upper_options)
     source = None
     if config.source_cache is not None:
-        source = open_source_cache(config.source_cache)
+        location = config.source_cache
+        source = open_source_cache(
+            location,
+            "build the source model's states first, e.g. `embrecycle cache build --model SOURCE_MODEL --layer K "
+            f"--data train.jsonl --out {location}`, then train with --source-cache.",
+        )
         hidden = int(model.split.config.hidden_size)
         if config.fusion_size is not None and config.fusion_size != hidden:
             raise ConfigError(

@@ -11,7 +11,7 @@ from ..config import Checks, Settings, setting
 from ..data.readers import FORMATS
 from ..encoder import model_problems
 from ..fusion import FUSIONS
-from ..hardware import PRECISION_CHOICES, hardware_problems
+from ..hardware import DEVICE_HELP, PRECISION_CHOICES, PRECISION_HELP, hardware_problems
 from ..modes import BASELINES, UPPER_CHOICES, TrainingMode, resolve_mode
 from ..tasks import TASKS
 from ..upper import UpperOptions
@@ -55,11 +55,11 @@ class TrainConfig(Settings):
         choices=sorted(BASELINES),
     )
     revision: str | None = setting(None, "Hub revision (branch, tag or commit) of the base model.")
-    device: str = setting("auto", "Where the model trains: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps.")
+    device: str = setting("auto", f"Where the model trains: {DEVICE_HELP}.")
     precision: str = setting(
         "auto",
-        "Compute precision (autocast; weights stay float32): auto (bf16 where the hardware runs it natively, else "
-        "fp32), fp32, bf16 or fp16 (CUDA, with loss scaling). The cache's states are computed in it too.",
+        f"Compute precision (autocast; weights stay float32): {PRECISION_HELP}; fp16 with loss scaling. The "
+        "cache's states are computed in it too.",
         choices=PRECISION_CHOICES,
     )
     epochs: int = setting(3, "Epochs.")
@@ -112,7 +112,8 @@ class TrainConfig(Settings):
         None,
         "Cross-model recycling: a cache of another (source) model's states to fuse into this (consumer) model's "
         "input: its embeddings joined with the source states aligned onto its tokens by character spans, "
-        "projected back, then all its layers (pass --layer 0). Missing documents are added to it.",
+        "projected back, then all its layers: with --layer 0 all of them train (as --upper says), with --layer K "
+        "layers 1..K keep their weights and K+1..N train. Missing documents are added to it.",
     )
     fusion: str = setting(
         "linear",
@@ -182,11 +183,6 @@ class TrainConfig(Settings):
             self.baseline is None,
             f"--source-cache with --baseline {self.baseline} (a cross-model consumer trains on its fused input; "
             "choose what trains with --upper)",
-        )
-        checks.require(
-            self.layer == 0,
-            f"--source-cache with --layer {self.layer}: a cross-model consumer is cut at its embeddings (the fused "
-            "input feeds all its layers); pass --layer 0 and choose what trains with --upper",
         )
         checks.require(
             self.cache is None,

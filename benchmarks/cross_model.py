@@ -1,0 +1,373 @@
+"""Cross-model recycling measured: MiniLM-L6 trained on MPNet-base's cached states (issue 23).
+
+Per dataset (sci-cite, chemprot, bc5cdr; the realistic benchmark's very subsets: 2,000 training examples,
+chemprot all 4,169, 1,000 dev and test, 3 epochs, max length 128):
+
+(a) MiniLM-L6 fully fine-tuned alone: the benchmark's ``minilm-l6`` ``full-finetune`` runs (``make bench``);
+(b) MiniLM-L6 with MPNet-base's layer-6 or layer-12 states fused into its input (this script): the MPNet cache
+    of the training and dev documents is built once per layer (timed), then MiniLM trains on it at learning
+    rates 1e-4 and 3e-4 on seed 1 and at the better of them (dev score) on seeds 2 and 3. The ``mlp`` fusion
+    is tried on seed 1 at the linear fusion's chosen rate, with the better layer;
+(c) MPNet-base recycled at 50%: the benchmark's ``mpnet-base`` ``recycle-50`` runs;
+(d) MPNet-base fully fine-tuned: the benchmark's ``mpnet-base`` ``full-finetune`` runs.
+
+Each (b) run is timed as the benchmark times its runs: training examples per second, then prediction on the
+dev documents (in the source cache: read, aligned, MiniLM runs) and on the test documents (not in it: MPNet's
+lower layers run for them, into a copy of the cache, then MiniLM). The alignment's own cost is measured
+apart: aligning each document's MPNet tokens onto MiniLM's (once per document) and averaging a batch of 32
+documents' states onto MiniLM's tokens (per step), against a training step.
+
+The question: does (b) close most of the gap between (a) and (d) at close to (a)'s cost? Target: (b) recovers
+at least half of the score gap between (a) and (d) on at least two of the three datasets while training at
+least 2x faster than (c).
+
+    .venv/bin/python benchmarks/cross_model.py [--datasets sci-cite,bc5cdr,chemprot]
+    .venv/bin/python benchmarks/cross_model.py --report
+
+Resumable: rows are kept per finished run in ``benchmarks/results/cross_model/runs.jsonl`` (caches and data
+under ``benchmarks/results/cross_model/work``, not for version control). Report: ``cross_model.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import paper_datasets  # noqa: E402
+from embrecycle import BuildConfig, build_cache, load, open_cache  # noqa: E402
+from embrecycle.align import align, aligned_states  # noqa: E402
+from embrecycle.bench.config import BenchConfig  # noqa: E402
+from embrecycle.bench.report import summarize  # noqa: E402
+from embrecycle.bench.results import environment  # noqa: E402
+from embrecycle.bench.runner import prepare_data, resolve_model  # noqa: E402
+from embrecycle.data.readers import read_examples  # noqa: E402
+from embrecycle.encoder import load_config, load_tokenizer  # noqa: E402
+from embrecycle.tokenization import encode_documents  # noqa: E402
+from embrecycle.training import TrainConfig, train  # noqa: E402
+from kept_rows import KeptRows  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+BENCH = RESULTS / "bench-runs"
+OUT = RESULTS / "cross_model"
+RUNS = KeptRows(OUT / "runs.jsonl")
+CONSUMER, SOURCE = "minilm-l6", "mpnet-base"
+LAYERS = [12, 6]  # the source's states: its last layer first (the likelier to help), then its middle
+LRS = [1e-4, 3e-4]  # MiniLM-L6 full fine-tuning's best rates on these datasets lie in this pair
+SEEDS = [1, 2, 3]
+DATASETS = ["sci-cite", "bc5cdr", "chemprot"]
+SCALE = {"train_limit": 2000, "dev_limit": 1000, "test_limit": 1000, "limits": ["chemprot:train=all"]}
+EPOCHS, MAX_LENGTH, BATCH = 3, 128, 32
+
+
+def _kept() -> list[dict[str, Any]]:
+    return RUNS.rows()
+
+
+def _keep(row: dict[str, Any]) -> None:
+    RUNS.keep(row, shown={k: v for k, v in row.items() if k != "config"})
+
+
+def _method(layer: int, fusion: str) -> str:
+    return f"fused-mpnet-L{layer}" + ("" if fusion == "linear" else f"-{fusion}")
+
+
+def _bench_settings(dataset: str) -> dict[str, Any] | None:
+    path = BENCH / CONSUMER / "runs" / CONSUMER / dataset / "settings.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def measure(datasets: list[str], precision: str) -> None:
+    work = OUT / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / ".gitignore").write_text("*\n")
+    consumer, source = resolve_model(CONSUMER), resolve_model(SOURCE)
+    for name in datasets:
+        config = BenchConfig(models=[CONSUMER], datasets=[paper_datasets.spec(name)], epochs=EPOCHS, **SCALE)
+        (ds,) = config.bench_datasets()
+        data = prepare_data(config, work / "data", ds)
+        settings = _bench_settings(name)
+        if settings is not None and settings["subsets"] != data.fingerprint:
+            raise SystemExit(f"error: {name}: these subsets differ from the benchmark's ({BENCH}); compare settings")
+        words = ds.task == "ner"
+        docs = [e.doc for f in (data.train, data.dev) for e in read_examples(f)]
+        test = list(data.test)
+        for layer in LAYERS:
+            cache = work / f"{SOURCE}-{name}-L{layer}"
+            done = {(r["kind"], r.get("method"), r.get("lr"), r.get("seed")) for r in _kept() if r["dataset"] == name}
+            if ("cache", None, None, layer) not in done or not (cache / "manifest.json").exists():
+                shutil.rmtree(cache, ignore_errors=True)  # a killed build: rebuilt, so that its time is whole
+                build = BuildConfig(model=source, layer=layer, max_length=MAX_LENGTH, dtype="float16",
+                                    precision=precision)  # fmt: skip
+                t0 = time.perf_counter()
+                summary = build_cache(docs, cache, build, progress=False)
+                seconds = time.perf_counter() - t0
+                stats = open_cache(cache).stats()
+                _keep({"kind": "cache", "dataset": name, "seed": layer, "layer": layer, "build_seconds": seconds,
+                       "documents": summary.computed + summary.reused, "tokens": stats["tokens"],
+                       "bytes": stats["bytes"], "bytes_per_token": stats["bytes"] / stats["tokens"],
+                       **_alignment_cost(consumer, cache, docs, words)})  # fmt: skip
+            linear = _method(layer, "linear")
+            for lr in LRS:
+                if ("train", linear, lr, 1) not in done:
+                    _keep(_run(consumer, cache, data, ds, layer, "linear", lr, 1, test, precision))
+            best = _best_lr(name, linear)
+            for seed in SEEDS[1:]:
+                if ("train", linear, best, seed) not in done:
+                    _keep(_run(consumer, cache, data, ds, layer, "linear", best, seed, test, precision))
+        # the mlp fusion, once: with the better layer at its chosen rate (both by dev score on seed 1)
+        layer = max(LAYERS, key=lambda k: _dev(name, _method(k, "linear"), _best_lr(name, _method(k, "linear"))))
+        lr = _best_lr(name, _method(layer, "linear"))
+        done = {(r["kind"], r.get("method"), r.get("lr"), r.get("seed")) for r in _kept() if r["dataset"] == name}
+        if ("train", _method(layer, "mlp"), lr, 1) not in done:
+            cache = work / f"{SOURCE}-{name}-L{layer}"
+            _keep(_run(consumer, cache, data, ds, layer, "mlp", lr, 1, test, precision))
+
+
+def _runs(dataset: str, method: str) -> list[dict[str, Any]]:
+    return [r for r in _kept() if r["kind"] == "train" and r["dataset"] == dataset and r["method"] == method]
+
+
+def _best_lr(dataset: str, method: str) -> float:
+    first = [r for r in _runs(dataset, method) if r["seed"] == SEEDS[0]]
+    return max(first, key=lambda r: r["dev_score"])["lr"] if first else LRS[0]
+
+
+def _dev(dataset: str, method: str, lr: float) -> float:
+    return float(np.mean([r["dev_score"] for r in _runs(dataset, method) if r["lr"] == lr] or [0.0]))
+
+
+def _run(
+    consumer: str, cache: Path, data: Any, ds: Any, layer: int, fusion: str, lr: float, seed: int,
+    test: list[Any], precision: str,
+) -> dict[str, Any]:  # fmt: skip
+    """One fused MiniLM run, timed like the benchmark's runs (``embrecycle.bench.runner._train_run``)."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="embrecycle-cross-") as tmp:
+        cfg = TrainConfig(task=ds.task, model=consumer, layer=0, train=data.train, dev=data.dev,
+                          out=str(Path(tmp) / "run"), source_cache=str(cache), fusion=fusion, epochs=EPOCHS,
+                          lr=lr, batch_size=BATCH, seed=seed, max_length=MAX_LENGTH, precision=precision)  # fmt: skip
+        result = train(cfg, progress=False)
+        model = load(cfg.out, precision=precision)
+        dev_docs = [e.doc for e in read_examples(data.dev)]
+        t0 = time.perf_counter()
+        cached = model.predict(dev_docs)  # in the source cache: read, aligned, MiniLM runs
+        cached_s = time.perf_counter() - t0
+        fresh = Path(tmp) / "source-copy"
+        shutil.copytree(cache, fresh)  # the test documents go into a copy: every run finds them missing
+        t0 = time.perf_counter()
+        new = model.predict([e.doc for e in test], cache=fresh, update_cache=True)  # MPNet's lower layers run
+        new_s = time.perf_counter() - t0
+        scores = model.evaluate(test, cache=fresh)
+    metric = ds.metric
+    return {
+        "kind": "train", "model": CONSUMER, "num_layers": 6, "dataset": ds.name, "task": ds.task,
+        "metric": metric, "method": _method(layer, fusion), "upper": "full", "baseline": None, "layer": 0,
+        "source": SOURCE, "source_layer": layer, "fusion": fusion, "seed": seed, "lr": lr,
+        "head_lr": result.head_lr, "default_lr": LRS[0], "device": result.device, "precision": result.precision,
+        "threads": result.threads, "dev_score": result.best[metric], "dev_constant_score": result.constant_score,
+        "dev_chance_score": result.chance_score, "learned_nothing": result.learned_nothing,
+        "test_score": scores[metric], "train_seconds": result.train_seconds, "epochs": len(result.epoch_seconds),
+        "train_examples": result.train_examples, "train_examples_per_second": result.examples_per_second,
+        "step_seconds": result.train_seconds / max(1, len(result.losses)),
+        "read_seconds": result.read_seconds,
+        "read_fraction": result.read_seconds / result.train_seconds if result.train_seconds else 0.0,
+        "cache_build_seconds": 0.0, "cache": str(cache), "peak_memory_bytes": 0,
+        "trainable_parameters": result.trainable_parameters, "run_weights_bytes": result.weights_bytes,
+        "infer_cached_docs": len(dev_docs), "infer_cached_hits": cached.hits,
+        "infer_cached_docs_per_second": len(dev_docs) / cached_s if cached_s else 0.0,
+        "infer_new_docs": len(test), "infer_new_misses": new.misses,
+        "infer_new_docs_per_second": len(test) / new_s if new_s else 0.0,
+        "run_wall_seconds": time.perf_counter() - started,
+    }  # fmt: skip
+
+
+def _alignment_cost(consumer: str, cache_dir: Path, docs: list[Any], words: bool, size: int = 32) -> dict[str, Any]:
+    """What aligning MPNet's tokens onto MiniLM's costs: once per document, and per batch of ``size``."""
+    cache = open_cache(cache_dir)
+    tokenizer = load_tokenizer(consumer, load_config(consumer).model_type)
+    mine = encode_documents(tokenizer, docs, MAX_LENGTH, warn=False)
+    index = [cache.index_of(cache.key(d)) for d in docs]
+    theirs = [cache.encoded(int(i)) for i in index if i is not None]
+    t0 = time.perf_counter()
+    alignments = [align(c, s, words=words) for c, s in zip(mine, theirs, strict=True)]
+    per_doc = (time.perf_counter() - t0) / len(alignments)
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(30):
+        rows = rng.choice(len(alignments), size, replace=False)
+        batch = cache.read_batch([int(index[r]) for r in rows])  # type: ignore[arg-type]
+        width = max(len(mine[r].input_ids) for r in rows)
+        t0 = time.perf_counter()
+        aligned_states([alignments[r] for r in rows], batch.hidden, width)
+        times.append(time.perf_counter() - t0)
+    identity = sum(a.is_identity() for a in alignments)
+    return {"align_ms_per_doc": per_doc * 1e3, "aligned_batch_ms": float(np.median(times)) * 1e3,
+            "source_tokens_per_consumer_token": sum(len(s.input_ids) for s in theirs)
+            / sum(len(c.input_ids) for c in mine), "identity_alignments": identity}  # fmt: skip
+
+
+def _bench_rows(model: str, dataset: str) -> list[dict[str, Any]]:
+    folder = BENCH / model / "runs" / model / dataset
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*-seed*.json"))]
+
+
+ROLES = [
+    ("(a) MiniLM-L6 fine-tuned", CONSUMER, "full-finetune"),
+    ("(b) MiniLM-L6 + MPNet L12 states", CONSUMER, "fused-mpnet-L12"),
+    ("(b) MiniLM-L6 + MPNet L6 states", CONSUMER, "fused-mpnet-L6"),
+    ("(b) MiniLM-L6 + MPNet L12, mlp fusion", CONSUMER, "fused-mpnet-L12-mlp"),
+    ("(b) MiniLM-L6 + MPNet L6, mlp fusion", CONSUMER, "fused-mpnet-L6-mlp"),
+    ("(c) MPNet-base recycled at 50%", SOURCE, "recycle-50"),
+    ("(d) MPNet-base fine-tuned", SOURCE, "full-finetune"),
+]
+
+
+def report() -> None:
+    kept = _kept()
+    lines = [
+        "# Cross-model recycling: MiniLM-L6 trained on MPNet-base's cached states",
+        "",
+        f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} by `benchmarks/cross_model.py` on "
+        f"{environment()['machine']}. The realistic benchmark's subsets (2,000 training examples, chemprot all "
+        f"4,169; 1,000 dev and test), {EPOCHS} epochs, max length {MAX_LENGTH}, bf16 where the CPU runs it. (a), "
+        "(c) and (d) are the benchmark's own runs (`make bench`); (b) is this script's. Each method at its best "
+        "learning rate on seed 1 (dev score), then seeds 2 and 3. Times are medians over seeds; training time "
+        "per example counts every epoch. Inference: documents in the cache (for (b): the MPNet cache, read and "
+        "aligned) and new documents (for (b): MPNet's lower layers run, then MiniLM).",
+        "",
+        "| dataset | method | lr | seeds | test (mean ± std) | train ms/example | infer ms/doc, cached | "
+        "infer ms/doc, new |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts, summary_rows = [], []
+    for dataset in DATASETS:
+        rows = _bench_rows(CONSUMER, dataset) + _bench_rows(SOURCE, dataset)
+        rows += [r for r in kept if r["kind"] == "train" and r["dataset"] == dataset]
+        if not rows:
+            continue
+        found = {(s["model"], s["method"]): s for s in summarize(rows)}
+        for role, model, method in ROLES:
+            s = found.get((model, method))
+            if s is None:
+                lines.append(f"| {dataset} | {role} | - | 0 | not measured yet | - | - | - |")
+                continue
+            summary_rows.append({"dataset": dataset, "role": role, **s})
+            sd = f" ± {s['test_std']:.4f}" if s["seeds"] > 1 else ""
+            lines.append(
+                f"| {dataset} | {role} | {s['lr']:g} | {s['seeds']} | {s['test']:.4f}{sd} | "
+                f"{1e3 / s['train_eps']:.1f} | {1e3 / s['infer_cached_dps']:.1f} | {1e3 / s['infer_new_dps']:.1f} |"
+            )
+        verdicts.append(_verdict(dataset, found))
+    caches = [r for r in kept if r["kind"] == "cache"]
+    lines += [
+        "",
+        "## Does (b) close the gap?",
+        "",
+        "Gap recovered: ((b) - (a)) / ((d) - (a)) on mean test scores, (b) being the fused layer with the better "
+        "mean dev score. Speed: (c)'s training time per example over (b)'s.",
+        "",
+        *[f"- {v['text']}" for v in verdicts],
+        "",
+        "## What the source cache and the alignment cost",
+        "",
+        "| dataset | MPNet layer | documents | build (s) | bytes/token | MPNet tokens per MiniLM token | align "
+        "(ms/doc, once) | average a batch of 32 (ms, per step) |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {c['dataset']} | {c['layer']} | {c['documents']} | {c['build_seconds']:.0f} | "
+            f"{c['bytes_per_token']:.0f} | {c['source_tokens_per_consumer_token']:.2f} | "
+            f"{c['align_ms_per_doc']:.3f} | {c['aligned_batch_ms']:.2f} |"
+            for c in caches
+        ],
+    ]
+    (RESULTS / "cross_model.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (RESULTS / "cross_model.json").write_text(
+        json.dumps({"summary": summary_rows, "verdicts": verdicts, "caches": caches}, indent=2, default=str) + "\n"
+    )
+    _plot(summary_rows)
+    print("\n".join(lines))
+
+
+def _verdict(dataset: str, found: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    a, c, d = (
+        found.get((CONSUMER, "full-finetune")),
+        found.get((SOURCE, "recycle-50")),
+        found.get((SOURCE, "full-finetune")),
+    )
+    fused = [found[(CONSUMER, m)] for m in ("fused-mpnet-L12", "fused-mpnet-L6") if (CONSUMER, m) in found]
+    out: dict[str, Any] = {"dataset": dataset, "recovered": None, "speedup_vs_c": None}
+    if not fused or a is None:
+        out["text"] = f"{dataset}: not measured yet ((a) or (b) missing)."
+        return out
+    b = max(fused, key=lambda s: s["dev"])
+    parts = [f"{dataset}: (b) = {b['method']} at {b['test']:.4f} vs (a) {a['test']:.4f}"]
+    if d is not None:
+        gap = d["test"] - a["test"]
+        out["recovered"] = (b["test"] - a["test"]) / gap if gap > 0 else None
+        parts.append(
+            f"(d) {d['test']:.4f}: "
+            + (f"{out['recovered']:.0%} of the gap recovered" if out["recovered"] is not None else "no gap to close")
+        )
+    else:
+        parts.append("(d) not measured yet")
+    if c is not None:
+        out["speedup_vs_c"] = b["train_eps"] / c["train_eps"]
+        parts.append(f"trains {out['speedup_vs_c']:.2f}x as fast as (c)")
+    else:
+        parts.append("(c) not measured yet")
+    parts.append(f"{b['train_eps'] / a['train_eps']:.2f}x (a)'s training speed")
+    out["text"] = "; ".join(parts) + "."
+    return out
+
+
+def _plot(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d for d in DATASETS if any(r["dataset"] == d for r in rows)]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for r in (r for r in rows if r["dataset"] == dataset):
+            ax.errorbar(1e3 / r["train_eps"], r["test"], yerr=r["test_std"] or 0, fmt="o", capsize=3)
+            ax.annotate(r["role"].split(" ", 1)[0] + (" mlp" if "mlp" in r["role"] else "")
+                        + (" L6" if "L6" in r["role"] else ""), (1e3 / r["train_eps"], r["test"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("training ms per example (log)")
+        ax.set_ylabel("test score")
+        ax.set_title(dataset)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "cross_model.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--report", action="store_true", help="only render the report from the kept rows")
+    args = ap.parse_args()
+    if not args.report:
+        measure(args.datasets.split(","), args.precision)
+    report()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
