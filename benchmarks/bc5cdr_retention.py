@@ -44,10 +44,6 @@ def _bench_rows() -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*-seed*.json"))]
 
 
-def _kept() -> list[dict[str, Any]]:
-    return RUNS.rows()
-
-
 def main() -> int:
     rows = _bench_rows()
     summary = {s["method"]: s for s in summarize(rows)}
@@ -64,7 +60,7 @@ def main() -> int:
         epochs=settings["epochs"],
         max_length=settings["max_length"],
     )
-    done = {r["seed"] for r in _kept()}
+    done = {r["seed"] for r in RUNS.rows()}
     with tempfile.TemporaryDirectory(prefix="embrecycle-bc5cdr-") as tmp:
         (ds,) = config.bench_datasets()
         data = prepare_data(config, Path(tmp) / "data", ds)
@@ -91,7 +87,7 @@ def main() -> int:
             test = load(cfg.out).evaluate(data.test)["f1"]
             row = {"seed": seed, "lr": rec["lr"], "head_lr": rec["lr"], "dev": result.best["f1"], "test": test}
             RUNS.keep(row)
-    kept = sorted(_kept(), key=lambda r: r["seed"])
+    kept = sorted(RUNS.rows(), key=lambda r: r["seed"])
     same = retention_interval([r["test"] for r in kept], ref["test_scores"])
     lines = [
         "# bc5cdr: does the head's learning rate explain recycling's lower retention? (MiniLM-L6)",

@@ -72,14 +72,6 @@ LIMITS = ["chemprot:train=all"]  # per dataset, as `make bench` gives them
 EPOCHS, MAX_LENGTH, BATCH = 3, 128, 32
 
 
-def _kept() -> list[dict[str, Any]]:
-    return RUNS.rows()
-
-
-def _keep(row: dict[str, Any]) -> None:
-    RUNS.keep(row, shown={k: v for k, v in row.items() if k != "config"})
-
-
 def _method(layer: int, fusion: str) -> str:
     return f"fused-mpnet-L{layer}" + ("" if fusion == "linear" else f"-{fusion}")
 
@@ -109,8 +101,8 @@ def measure(datasets: list[str], precision: str) -> None:
         test = list(data.test)
         for layer in LAYERS:
             cache = work / f"{SOURCE}-{name}-L{layer}"
-            done = {(r.get("method"), r.get("lr"), r.get("seed")) for r in _kept() if r["dataset"] == name}
-            built = {r["layer"] for r in _kept() if r["kind"] == "cache" and r["dataset"] == name}
+            done = {(r.get("method"), r.get("lr"), r.get("seed")) for r in RUNS.rows() if r["dataset"] == name}
+            built = {r["layer"] for r in RUNS.rows() if r["kind"] == "cache" and r["dataset"] == name}
             if layer not in built or not (cache / "manifest.json").exists():
                 shutil.rmtree(cache, ignore_errors=True)  # a killed build: rebuilt, so that its time is whole
                 build = BuildConfig(model=source, layer=layer, max_length=MAX_LENGTH, dtype="float16",
@@ -119,29 +111,29 @@ def measure(datasets: list[str], precision: str) -> None:
                 summary = build_cache(docs, cache, build, progress=False)
                 seconds = time.perf_counter() - t0
                 stats = open_cache(cache).stats()
-                _keep({"kind": "cache", "dataset": name, "layer": layer, "build_seconds": seconds,
+                RUNS.keep({"kind": "cache", "dataset": name, "layer": layer, "build_seconds": seconds,
                        "documents": summary.computed + summary.reused, "tokens": stats["tokens"],
                        "bytes": stats["bytes"], "bytes_per_token": stats["bytes"] / stats["tokens"],
                        **_alignment_cost(consumer, cache, docs, words)})  # fmt: skip
             linear = _method(layer, "linear")
             for lr in LRS:
                 if (linear, lr, 1) not in done:
-                    _keep(_run(consumer, cache, data, ds, layer, "linear", lr, 1, test, precision))
+                    RUNS.keep(_run(consumer, cache, data, ds, layer, "linear", lr, 1, test, precision))
             best = _best_lr(name, linear)
             for seed in SEEDS[1:]:
                 if (linear, best, seed) not in done:
-                    _keep(_run(consumer, cache, data, ds, layer, "linear", best, seed, test, precision))
+                    RUNS.keep(_run(consumer, cache, data, ds, layer, "linear", best, seed, test, precision))
         # the mlp fusion, once: with the better layer (mean dev score over seeds) at its chosen rate
         layer = max(LAYERS, key=lambda k: _dev(name, _method(k, "linear"), _best_lr(name, _method(k, "linear"))))
         lr = _best_lr(name, _method(layer, "linear"))
-        done = {(r.get("method"), r.get("lr"), r.get("seed")) for r in _kept() if r["dataset"] == name}
+        done = {(r.get("method"), r.get("lr"), r.get("seed")) for r in RUNS.rows() if r["dataset"] == name}
         if (_method(layer, "mlp"), lr, 1) not in done:
             cache = work / f"{SOURCE}-{name}-L{layer}"
-            _keep(_run(consumer, cache, data, ds, layer, "mlp", lr, 1, test, precision))
+            RUNS.keep(_run(consumer, cache, data, ds, layer, "mlp", lr, 1, test, precision))
 
 
 def _runs(dataset: str, method: str) -> list[dict[str, Any]]:
-    return [r for r in _kept() if r["kind"] == "train" and r["dataset"] == dataset and r["method"] == method]
+    return [r for r in RUNS.rows() if r["kind"] == "train" and r["dataset"] == dataset and r["method"] == method]
 
 
 def _best_lr(dataset: str, method: str) -> float:
@@ -240,7 +232,7 @@ ROLES = [
 
 
 def report() -> None:
-    kept = _kept()
+    kept = RUNS.rows()
     lines = [
         "# Cross-model recycling: MiniLM-L6 trained on MPNet-base's cached states",
         "",

@@ -60,10 +60,6 @@ def main() -> int:
     return 0
 
 
-def _kept() -> list[dict[str, Any]]:
-    return RUNS.rows()
-
-
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
     """A run's identity: model, task, mode, seed and its two learning rates (older rows: the head at lr)."""
     return (row["model"], row["task"], row["mode"], row["seed"], row["lr"], row.get("head_lr") or row["lr"])
@@ -82,7 +78,7 @@ def measure(args: argparse.Namespace) -> None:
     from transformers import AutoConfig
 
     layer = AutoConfig.from_pretrained(model).num_hidden_layers // 2
-    done = {_key(r) for r in _kept()}
+    done = {_key(r) for r in RUNS.rows()}
     with tempfile.TemporaryDirectory(prefix="embrecycle-default-lrs-") as tmp:
         work = Path(tmp)
         files = {"bbc": prepare_bbc(work), "wnut": prepare_wnut(work)}
@@ -148,7 +144,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def report() -> None:
-    kept = _kept()
+    kept = RUNS.rows()
     rows = [r for r in kept if _current(r)]
     earlier = [r for r in kept if not _current(r)]
     ok = [r for r in rows if r["best"] - max(r["constant"], r["chance"]) >= CLEARLY]

@@ -54,16 +54,12 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
 """(dataset, mode, settings): ``head_lr`` None trains the head at the body's rate (the mode's default ``lr``)."""
 
 
-def _kept() -> list[dict[str, Any]]:
-    return RUNS.rows()
-
-
 def _key(ds: str, mode: str, settings: dict[str, Any]) -> str:
     return json.dumps([ds, mode, settings], sort_keys=True)
 
 
 def measure() -> None:
-    done = {r["key"] for r in _kept()}
+    done = {r["key"] for r in RUNS.rows()}
     with tempfile.TemporaryDirectory(prefix="embrecycle-head-lr-") as tmp:
         work = Path(tmp)
         wnut = prepare_wnut(work)
@@ -116,7 +112,7 @@ def measure() -> None:
 
 
 def report() -> None:
-    rows = _kept()
+    rows = RUNS.rows()
     lines = [
         "# The task head's learning rate",
         "",

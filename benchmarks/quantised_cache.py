@@ -61,14 +61,6 @@ TRAIN_LIMIT, DEV_LIMIT, TEST_LIMIT = 2000, 1000, 1000
 EPOCHS = 3
 
 
-def _kept() -> list[dict[str, Any]]:
-    return RUNS.rows()
-
-
-def _keep(row: dict[str, Any]) -> None:
-    RUNS.keep(row)
-
-
 def _chosen_lr(model: str, dataset: str, task: str) -> float:
     """The realistic benchmark's learning rate for recycle-50 (its best on seed 1), else the mode's default."""
     from embrecycle.bench.report import chosen_lrs
@@ -82,7 +74,7 @@ def measure(model_name: str, datasets: list[str], precision: str) -> None:
     work = OUT / "work"
     work.mkdir(parents=True, exist_ok=True)
     (work / ".gitignore").write_text("*\n")
-    done = {(r["model"], r["dataset"], r["kind"], r.get("dtype"), r.get("seed")) for r in _kept()}
+    done = {(r["model"], r["dataset"], r["kind"], r.get("dtype"), r.get("seed")) for r in RUNS.rows()}
     model = resolve_model(model_name)
     k = int(load_config(model).num_hidden_layers) // 2
     for name in datasets:
@@ -108,14 +100,14 @@ def measure(model_name: str, datasets: list[str], precision: str) -> None:
             t0 = time.perf_counter()
             summary = build_cache(docs, caches["float16"], build, progress=False)
             seconds = time.perf_counter() - t0
-            _keep({"model": model_name, "dataset": name, "kind": "cache", "dtype": "float16", "seconds": seconds,
+            RUNS.keep({"model": model_name, "dataset": name, "kind": "cache", "dtype": "float16", "seconds": seconds,
                    "documents": summary.computed + summary.reused, **_sizes(caches["float16"])})  # fmt: skip
-            _keep({"model": model_name, "dataset": name, "kind": "outliers", **_outliers(caches["float16"])})
+            RUNS.keep({"model": model_name, "dataset": name, "kind": "outliers", **_outliers(caches["float16"])})
         for dt in DTYPES[1:]:
             if (model_name, name, "cache", dt, None) in done and (caches[dt] / "manifest.json").exists():
                 continue
             conv = convert_cache(caches["float16"], caches[dt], dt, progress=False)
-            _keep({"model": model_name, "dataset": name, "kind": "cache", "dtype": dt, "seconds": conv.seconds,
+            RUNS.keep({"model": model_name, "dataset": name, "kind": "cache", "dtype": dt, "seconds": conv.seconds,
                    "documents": conv.documents, **_sizes(caches[dt])})  # fmt: skip
         lr = _chosen_lr(model_name, name, ds.task)
         for seed in SEEDS:
@@ -129,7 +121,7 @@ def measure(model_name: str, datasets: list[str], precision: str) -> None:
                 result = train(cfg, progress=False)
                 scores = load(run).evaluate(data.test, cache=caches[dt])
                 step = result.train_seconds / max(1, len(result.losses))
-                _keep({"model": model_name, "dataset": name, "kind": "train", "dtype": dt, "seed": seed, "lr": lr,
+                RUNS.keep({"model": model_name, "dataset": name, "kind": "train", "dtype": dt, "seed": seed, "lr": lr,
                        "metric": ds.metric, "dev": result.best[ds.metric], "test": scores[ds.metric],
                        "test_cache_hits": scores["cache_hits"], "train_seconds": result.train_seconds,
                        "read_seconds": result.read_seconds, "step_seconds": step,
@@ -178,7 +170,7 @@ def _outliers(path: Path, sample: int = 500) -> dict[str, Any]:
 
 
 def report() -> None:
-    rows = _kept()
+    rows = RUNS.rows()
     lines = [
         "# Quantised caches: bytes, conversion, read cost and fine-tuning accuracy",
         "",

@@ -49,25 +49,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import paper_datasets  # noqa: E402
 from embrecycle.bench.results import environment  # noqa: E402
 from embrecycle.bench.runner import resolve_model  # noqa: E402
+from kept_rows import KeptRows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = RESULTS / "serve_load"
 WORK = OUT / "work"
-RUNS = OUT / "runs.jsonl"
+RUNS = KeptRows(OUT / "runs.jsonl")
 MODES = ["full", "full", "lora", "full", "lora"]  # the five task models' training modes
 PY = sys.executable
 CORES = len(os.sched_getaffinity(0))
-
-
-def _kept() -> list[dict[str, Any]]:
-    return [json.loads(x) for x in RUNS.read_text().splitlines()] if RUNS.exists() else []
-
-
-def _keep(row: dict[str, Any]) -> None:
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
-    with RUNS.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
 
 
 def _texts(split: str, n: int) -> list[str]:
@@ -228,7 +218,7 @@ async def drive(kind: str, urls: list[str], t: int, clients: int, seconds: float
 def measure(levels: list[int], tasks: list[int], seconds: float) -> None:
     setup = prepare()
     docs = _texts("train", 1000)[:500] + _texts("test", 500)  # half cached, half unseen
-    done = {(r["kind"], r["tasks"], r["clients"]) for r in _kept()}
+    done = {(r["kind"], r["tasks"], r["clients"]) for r in RUNS.rows()}
     for t in tasks:
         for kind in ("shared", "separate"):
             todo = [c for c in levels if (kind, t, c) not in done and (c <= 64 or t == max(tasks))]
@@ -239,7 +229,7 @@ def measure(levels: list[int], tasks: list[int], seconds: float) -> None:
                 asyncio.run(drive(kind, urls, t, 4, 5, docs))  # warm-up: first batches, lazy allocations
                 for clients in todo:
                     row = asyncio.run(drive(kind, urls, t, clients, seconds, docs))
-                    _keep({"kind": kind, "tasks": t, "clients": clients, **row, "rss_bytes": rss(procs),
+                    RUNS.keep({"kind": kind, "tasks": t, "clients": clients, **row, "rss_bytes": rss(procs),
                            "servers": len(procs), "cores": CORES,
                            "when": datetime.now(UTC).isoformat(timespec="seconds")})  # fmt: skip
             finally:
@@ -247,7 +237,7 @@ def measure(levels: list[int], tasks: list[int], seconds: float) -> None:
 
 
 def report() -> None:
-    rows = _kept()
+    rows = RUNS.rows()
     by = {(r["kind"], r["tasks"], r["clients"]): r for r in rows}
     lines = [
         "# Serving T task models: one shared-trunk server vs T separate servers",
