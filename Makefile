@@ -56,7 +56,7 @@ PAPER := $(BIN)/python benchmarks/paper_datasets.py
 BENCH_SCALE := --train-limit 2000 --dev-limit 1000 --test-limit 1000 --limit chemprot:train=all --epochs 3 \
 	--lr-steps 1 --no-memory
 MPNET_METHODS := --method full-finetune --method recycle-50 --method recycle-75 --method recycle-50-lora
-bench: $(ASSETS)  ## The benchmark (resumable; MiniLM 4.5 h on 2 cores, MPNet about 14 h): MiniLM + MPNet, 3 datasets, 3 seeds
+bench: $(ASSETS)  ## The benchmark (resumable; MiniLM 4.5 h on 2 cores, MPNet about 10 h): MiniLM + MPNet, 3 datasets, 3 seeds
 	$(BIN)/embrecycle bench $$($(PAPER) sci-cite bc5cdr chemprot) --model minilm-l6 $(BENCH_SCALE) --out $(BENCH_RUNS)/minilm-l6
 	$(BIN)/embrecycle bench $$($(PAPER) sci-cite bc5cdr chemprot) --model mpnet-base $(BENCH_SCALE) $(MPNET_METHODS) \
 		--out $(BENCH_RUNS)/mpnet-base

@@ -91,6 +91,16 @@ def test_truncated_source_leaves_zeros_and_aligned_states_average(pair: tuple[Be
     torch.testing.assert_close(got[2], (states[0, 2] + states[0, 3]) / 2)
 
 
+def test_a_document_of_special_tokens_only_maps_start_to_start_and_end_to_end(
+    pair: tuple[BertTokenizer, BertTokenizer],
+) -> None:
+    consumer, source = pair
+    [c] = encode_documents(consumer, ["\x00\x01"], 64)  # control characters: the tokenizer drops them
+    [s] = encode_documents(source, ["\x00\x01"], 64)
+    assert len(c.input_ids) == 2 and all(w < 0 for w in c.word_ids)  # [CLS] [SEP]
+    np.testing.assert_array_equal(align(c, s, words=False).dense(), np.eye(2, dtype=np.float32))
+
+
 @pytest.mark.parametrize("cut", [0, 2])  # the consumer's layers all trained, or those above layer 2
 def test_fused_model_with_untrained_fusion_equals_the_plain_consumer(
     tiny_bert_dir: str, texts: list[str], cut: int

@@ -89,7 +89,7 @@ def align(consumer: Encoded, source: Encoded, words: bool) -> Alignment:
     extra_r: list[int] = []
     extra_c: list[int] = []
     if len(specials):
-        first_content = int(np.argmax(c_content)) if c_content.any() else len(cs)
+        first_content = int(np.argmax(c_content)) if c_content.any() else 1  # no content: [CLS] [SEP]
         for j in np.flatnonzero(~c_content):
             extra_r.append(int(j))
             extra_c.append(int(specials[0] if j < first_content else specials[-1]))

@@ -164,6 +164,9 @@ class EvaluateArgs(Settings):
         None,
         "Cache (directory or URL) to look documents up in (default: the run's; cross-model runs: their source cache).",
     )
+    update_cache: bool = setting(
+        False, "Store the states of documents that missed the cache (cross-model runs need it for new documents)."
+    )
     text_field: str = setting("text", "Text field of JSON lines / CSV input.")
     label_field: str = setting("label", "Label field of JSON lines / CSV input.")
     data_format: str | None = _format_setting()
@@ -569,7 +572,7 @@ def evaluate_cmd(given: Given, as_json: AsJson = False, quiet: Quiet = False) ->
         hw = given.make(HardwareArgs)
         model = load(args.run, hw.device, hw.precision)
         examples = model.read(args.data, args.data_format, args.text_field, args.label_field)
-        metrics = model.evaluate(examples, cache=args.cache)
+        metrics = model.evaluate(examples, cache=args.cache, update_cache=args.update_cache)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
     else:

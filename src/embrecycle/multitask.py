@@ -22,6 +22,7 @@ from .cache.store import Cache, Document
 from .errors import ConfigError, UnknownTaskError
 from .predict import Predictions, TaskModel, load, predict_shared
 from .run_record import RunRecord
+from .source_states import source_differences
 from .upper import canonical_name
 
 __all__ = ["TaskSet", "check_shareable"]
@@ -57,8 +58,8 @@ def check_shareable(runs: Sequence[tuple[Path, RunRecord]], one_input_kind: bool
             f"one data file cannot feed NER and classification runs at once ({[f'{d}: {r.task}' for d, r in runs]})"
             "; split the call."
         )
-    sources = {(r.source or {}).get("fingerprint") for _, r in runs}
-    if len(sources) > 1:
+    crossed = [r.source for _, r in runs if r.source is not None]
+    if 0 < len(crossed) < len(runs) or any(source_differences(crossed[0]["settings"], s["settings"]) for s in crossed):
         raise ConfigError(
             "cross-model runs share a pass only with cross-model runs of the same consumer and source states "
             f"({[str(d) for d, _ in runs]} mix them): split the call."

@@ -153,14 +153,18 @@ class TaskModel:
         return examples
 
     def evaluate(
-        self, examples: Sequence[Example], cache: str | os.PathLike[str] | Cache | None = None
+        self,
+        examples: Sequence[Example],
+        cache: str | os.PathLike[str] | Cache | None = None,
+        update_cache: bool = False,
     ) -> dict[str, Any]:
-        """Task metrics on labelled examples (unknown labels are an error naming them)."""
+        """Task metrics on labelled examples (unknown labels are an error naming them); ``cache`` and
+        ``update_cache`` as in :meth:`predict`."""
         examples = [e for e in examples if not is_empty(e.doc)]
         if not examples:
             raise InputDataError("no labelled, non-empty examples to evaluate.")
         self.task.check_labels(examples, "evaluation")
-        preds = self.predict([e.doc for e in examples], cache=cache)
+        preds = self.predict([e.doc for e in examples], cache=cache, update_cache=update_cache)
         items = cast(list[dict[str, Any]], preds.items)  # no None: empty documents were dropped above
         scores = self.task.metrics([self.task.gold(e) for e in examples], [self.task.predicted(p) for p in items])
         return {**scores, "documents": len(examples), "cache_hits": preds.hits, "cache_misses": preds.misses}

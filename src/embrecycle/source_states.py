@@ -10,18 +10,20 @@ states and averages them onto the consumer's tokens.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .align import Alignment, align, aligned_states
 from .cache.builder import BuildConfig, build_cache
+from .cache.settings import KEY_FIELDS
 from .cache.store import Cache, Document
 from .encoder import LoadedEncoder
-from .errors import CacheMismatchError, CacheMissError
+from .errors import CacheMismatchError, CacheMissError, ConfigError
 from .tokenization import Encoded
 
-__all__ = ["SourceStates", "check_source", "open_source_cache", "source_record"]
+__all__ = ["SourceStates", "check_source", "open_source_cache", "source_differences", "source_record"]
 
 
 def open_source_cache(location: str, fix: str) -> Cache:
@@ -41,9 +43,17 @@ def source_record(cache: Cache, fusion: str) -> dict[str, Any]:
     return {
         "settings": cache.settings.to_dict(),
         "fingerprint": cache.settings.fingerprint(),
-        "location": cache.location,
+        "location": cache.location if "://" in cache.location else str(Path(cache.location).resolve()),
         "fusion": fusion,
     }
+
+
+def source_differences(recorded: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The settings that make two source caches hold other states: what the keys depend on, the storage dtype
+    aside (a converted cache holds the same states) and the model's name aside (its weights' fingerprint counts).
+    Empty when the states are the same."""
+    keys = [k for k in KEY_FIELDS if k != "dtype"]
+    return [f"{k}: {settings.get(k)!r} vs {recorded.get(k)!r}" for k in keys if recorded.get(k) != settings.get(k)]
 
 
 def check_source(cache: Cache, recorded: dict[str, Any], run: str) -> None:
@@ -52,12 +62,11 @@ def check_source(cache: Cache, recorded: dict[str, Any], run: str) -> None:
     Raises:
         CacheMismatchError: naming the settings that differ.
     """
-    mine, theirs = recorded["settings"], cache.settings.to_dict()
-    keys = [k for k in sorted(set(mine) | set(theirs)) if k not in ("dtype", "embrecycle_version")]
-    diff = [f"{k}: {theirs.get(k)!r} (cache) vs {mine.get(k)!r} (run)" for k in keys if mine.get(k) != theirs.get(k)]
+    diff = source_differences(recorded["settings"], cache.settings.to_dict())
     if diff:
         raise CacheMismatchError(
-            f"the source cache {cache.location} holds other states than the run {run} was trained on ("
+            f"the source cache {cache.location} holds other states than the run {run} was trained on (cache vs "
+            "run: "
             + "; ".join(diff)
             + "). Give the run's source cache (its location is in run.json, 'source'), or a cache built with the "
             "same source model, layer and tokenizer."
@@ -95,25 +104,37 @@ class SourceStates:
         self.cached = [i is not None for i in index]  # per document, before missing ones were added
         self.hits, self.added = sum(self.cached), 0
         if missing:
+            s = cache.settings
             if not update:
+                revision = f" --revision {s.model_revision}" if s.model_revision else ""
                 raise CacheMissError(
                     f"{len(missing)} of {len(docs)} documents are not in the source cache {cache.location} (the "
-                    f"first: {str(missing[0])[:80]!r}). Pass --update-cache to compute them with the source model "
-                    f"({cache.settings.model}), or add them with `embrecycle cache build --out {cache.location}`."
+                    f"first: {str(missing[0])[:80]!r}). Pass --update-cache (update_cache=True in Python) to "
+                    f"compute them with the source model ({s.model}), or add them first with `embrecycle cache "
+                    f"build --model {s.model}{revision} --layer {s.layer} --max-length {s.max_length} --dtype "
+                    f"{s.dtype} --precision {s.precision} --data FILE --out {cache.location}`."
                 )
-            s = cache.settings
             build = BuildConfig(
                 model=s.model, layer=s.layer, max_length=s.max_length, truncation=s.truncation, dtype=s.dtype,
                 revision=s.model_revision, device=device, precision=s.precision,
             )  # fmt: skip
-            self.added = build_cache(
-                list(missing),
-                cache.location,
-                build,
-                encoder=encoder() if encoder is not None else None,
-                progress=False,
-                warn_truncated=False,
-            ).computed
+            try:
+                self.added = build_cache(
+                    list(missing),
+                    cache.location,
+                    build,
+                    encoder=encoder() if encoder is not None else None,
+                    progress=False,
+                    warn_truncated=False,
+                ).computed
+            except ConfigError as e:
+                if s.precision != "fp16":
+                    raise
+                raise ConfigError(
+                    f"{len(missing)} documents are not in the source cache {cache.location}, and its states were "
+                    f"computed in fp16, which runs only on CUDA (here: device {device!r}): compute them on a CUDA "
+                    "--device, or rebuild the source cache with --precision bf16 or fp32 (and train on it)."
+                ) from e
             cache.refresh()
             index = [cache.index_of(k) for k in keys]
         self.index = [int(i) for i in index if i is not None]

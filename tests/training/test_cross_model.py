@@ -163,3 +163,122 @@ def test_a_consumer_cut_at_layer_k_trains_only_the_layers_above_it(
     assert trained.model.fusion is not None and float(trained.model.fusion.proj.weight[:, 32:].detach().abs().sum()) > 0
     docs = _texts(toy_classification["dev"])[:5]
     assert trained.predict(docs).hits == 5  # the dev documents were added to the source cache by training
+
+
+def test_warm_start_takes_the_fusion_layer_of_a_run_on_the_same_source_states(
+    tiny_bert_dir: str, other_bert_dir: str, toy_classification: dict[str, Path], source_cache: Path,
+    cross_run: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    from embrecycle.model import RecyclingModel
+    from embrecycle.run import build_task_model
+    from embrecycle.run_record import read_run_record
+    from embrecycle.tasks.classification import ClassificationTask
+    from embrecycle.training import warm_start
+
+    labels = list(read_run_record(cross_run).labels)
+    settings = open_cache(source_cache).settings
+
+    def consumer() -> RecyclingModel:
+        m = RecyclingModel(build_task_model(tiny_bert_dir, "classification", labels), ClassificationTask(labels), 0)
+        m.add_fusion(settings.hidden_size, "linear")
+        return m
+
+    cfg = _cfg(tmp_path, tiny_bert_dir, toy_classification, source_cache, init_from=cross_run)
+    model = consumer()
+    loaded = warm_start(model, cross_run, cfg, settings)
+    trained = load(cross_run, "cpu", "fp32").model.fusion
+    assert model.fusion is not None and trained is not None and any(k.startswith("embrecycle_fusion.") for k in loaded)
+    torch.testing.assert_close(model.fusion.proj.weight, trained.proj.weight)  # not the identity start
+    plain_cfg = TrainConfig(task="classification", model=tiny_bert_dir, layer=0, epochs=1, batch_size=8,
+                            baseline="full-finetune", train=str(toy_classification["train"]),
+                            dev=str(toy_classification["dev"]), out=str(tmp_path / "plain"))  # fmt: skip
+    plain = train(plain_cfg, progress=False)
+    fresh = consumer()
+    start = fresh.fusion.proj.weight.detach().clone()  # type: ignore[union-attr]
+    assert not any(k.startswith("embrecycle_fusion.") for k in warm_start(fresh, plain.run_dir, cfg, settings))
+    torch.testing.assert_close(fresh.fusion.proj.weight, start)  # type: ignore[union-attr]  # from a plain run: anew
+    other = tmp_path / "other-source"
+    build_cache(["the protein"], other, BuildConfig(model=other_bert_dir, layer=1), progress=False)
+    with pytest.raises(ConfigError, match=r"fused other source states .* layer: 1 vs 2"):
+        warm_start(consumer(), cross_run, cfg, open_cache(other).settings)
+
+
+def test_resume_refuses_a_source_cache_that_now_holds_other_states(
+    tiny_bert_dir: str, char_source_dir: str, toy_classification: dict[str, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import shutil
+
+    from embrecycle.training import loop
+
+    source = tmp_path / "source"
+    texts = _texts(toy_classification["train"]) + _texts(toy_classification["dev"])
+    build_cache(texts, source, BuildConfig(model=char_source_dir, layer=2), progress=False)
+    cfg = _cfg(tmp_path, tiny_bert_dir, toy_classification, source, epochs=2)
+    real = loop.save_resume_state
+
+    def save_then_stop(*args: Any, **kwargs: Any) -> None:  # a kill right after the first resume state
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_resume_state", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.setattr(loop, "save_resume_state", real)
+    shutil.rmtree(source)  # rebuilt at another layer, at the same path
+    build_cache(texts, source, BuildConfig(model=char_source_dir, layer=1), progress=False)
+    with pytest.raises(ConfigError, match=r"--resume continues .* layer: 1 vs 2"):
+        train(TrainConfig.from_dict({**cfg.to_dict(), "resume": True}), progress=False)
+
+
+def test_a_source_cache_miss_fails_only_its_own_request_when_serving(
+    cross_run: str, toy_classification: dict[str, Path]
+) -> None:
+    import asyncio
+
+    from starlette.testclient import TestClient
+
+    from embrecycle.serve import ServeConfig, build_app
+    from embrecycle.serve.batcher import Batcher
+    from embrecycle.serve.drift import DriftMonitor
+    from embrecycle.serve.metrics import ServerMetrics
+
+    cached, new = _texts(toy_classification["dev"])[:2], ["a sentence the source cache never saw"]
+    config = ServeConfig(runs=[cross_run], max_wait_ms=1000)  # both requests wait for one batch
+    tasks = TaskSet.load([cross_run], "cpu", "fp32")
+    drift = {m.run_dir.name: DriftMonitor(m.record.label_counts, config.drift_window) for m in tasks.models}
+
+    async def both() -> list[Any]:
+        batcher = Batcher(tasks, None, config, ServerMetrics(), drift)
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                batcher.submit(cached, tasks.names, 20), batcher.submit(new, tasks.names, 10), return_exceptions=True
+            )
+        finally:
+            await batcher.stop()
+
+    ok, missed = asyncio.run(both())
+    assert isinstance(missed, CacheMissError) and "--update-cache" in str(missed)
+    assert isinstance(ok, list) and len(ok) == 2 and all(row["cache_hit"] for row in ok)
+    with TestClient(build_app(ServeConfig(runs=[cross_run]))) as client:
+        r = client.post("/v1/predict", json={"documents": new})
+    assert r.status_code == 422 and r.json()["error"]["kind"] == "source_cache_miss", r.text
+    assert "embrecycle cache build --model" in r.json()["error"]["message"]
+
+
+def test_evaluate_adds_missing_documents_with_update_cache(cross_run: str, source_cache: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from embrecycle.data.readers import Example
+
+    copy = tmp_path / "source"
+    shutil.copytree(source_cache, copy)
+    model = load(cross_run, "cpu", "fp32")
+    label = str(model.record.labels[0])
+    examples = [Example("an unseen protein sentence", label, "t:1"), Example("another unseen one", label, "t:2")]
+    with pytest.raises(CacheMissError, match=r"--layer 2 .* --out"):
+        model.evaluate(examples, cache=copy)
+    scores = model.evaluate(examples, cache=copy, update_cache=True)
+    assert scores["documents"] == 2 and scores["cache_misses"] == 2
+    assert model.evaluate(examples, cache=copy)["cache_hits"] == 2

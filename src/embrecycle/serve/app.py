@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..cache.store import Cache
+from ..errors import CacheMissError
 from ..multitask import TaskSet
 from .batcher import Batcher
 from .config import ServeConfig
@@ -136,7 +137,10 @@ def create_app(tasks: TaskSet, cache: Cache | None, config: ServeConfig) -> Star
             raw = await read_body(request, config.max_body_bytes)
             req = await run_in_threadpool(state.parse, raw)
             assert state.batcher is not None
-            rows = await state.batcher.submit(req.docs, req.tasks, sum(req.tokens))
+            try:
+                rows = await state.batcher.submit(req.docs, req.tasks, sum(req.tokens))
+            except CacheMissError as e:  # a cross-model run's source cache lacks a document of this request
+                raise RequestError(422, "source_cache_miss", str(e)) from None
         finally:
             state.in_flight -= 1
             state.metrics.in_flight.dec()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..cache.store import Cache, Document
+from ..errors import CacheMissError
 from ..multitask import TaskSet
 from .config import ServeConfig
 from .drift import DriftMonitor
@@ -114,6 +115,16 @@ class Batcher:
             self.metrics.queue_depth.dec(len(batch))
             try:
                 results = await loop.run_in_executor(self._executor, self._process, batch)
+            except CacheMissError as e:
+                # A cross-model run without --update-cache refuses documents its source cache lacks: only the
+                # requests holding such documents fail, so the batch's jobs are answered one by one.
+                if len(batch) == 1:
+                    if not first.future.done():
+                        first.future.set_exception(e)
+                    continue
+                for job in batch:
+                    await self._answer_alone(job)
+                continue
             except Exception as e:  # every request of the batch gets the error (the server answers 500)
                 log.exception("batch of %d requests failed", len(batch))
                 for job in batch:
@@ -123,6 +134,20 @@ class Batcher:
             for job, rows in zip(batch, results, strict=True):
                 if not job.future.done():  # a client that went away cancelled its future
                     job.future.set_result(rows)
+
+    async def _answer_alone(self, job: Job) -> None:
+        if job.future.done():
+            return
+        try:
+            (rows,) = await asyncio.get_running_loop().run_in_executor(self._executor, self._process, [job])
+        except Exception as e:
+            if not isinstance(e, CacheMissError):
+                log.exception("request failed")
+            if not job.future.done():
+                job.future.set_exception(e)
+            return
+        if not job.future.done():
+            job.future.set_result(rows)
 
     # ---- in the worker thread ------------------------------------------------------------------------
     def _process(self, batch: list[Job]) -> list[list[dict[str, Any]]]:

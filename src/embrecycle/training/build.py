@@ -73,7 +73,7 @@ def build_model(config: TrainConfig, task: Task) -> BuiltModel:
             )
         model.add_fusion(source.settings.hidden_size, config.fusion)
     if config.init_from:
-        warm_start(model, config.init_from, config)
+        warm_start(model, config.init_from, config, source.settings if source is not None else None)
     tokenizer = load_tokenizer(config.model, model.split.config.model_type, config.revision)
     encoder = LoadedEncoder(config.model, config.revision, model.split, tokenizer)
     build = BuildConfig(

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..cache.store import Cache
 from ..encoder import model_identity
 from ..errors import ConfigError
 from ..files import check_free_space
@@ -32,7 +33,7 @@ from ..model import RecyclingModel
 from ..run import WEIGHTS_FILE, save_weights
 from ..run_dir import INCOMPLETE_MARKER, RESUME_FILE, open_staging, publish
 from ..run_record import RUN_FILE, RunRecord, file_digest
-from ..source_states import source_record
+from ..source_states import source_differences, source_record
 from .build import BuiltModel, build_model
 from .chance import chance_level
 from .checkpoint import ResumeState, load_resume_state, restore, save_resume_state
@@ -85,6 +86,8 @@ def _train(config: TrainConfig, out: Path, stage: Path, resuming: bool, progress
     data = read_data(config)  # 1
     built = build_model(config, data.task)  # 2
     model = built.model
+    if resuming and built.source is not None:
+        _check_same_source(stage, built.source)
     check_free_space(stage, _bytes_needed(model), f"the run {out}")
     inputs = prepare_inputs(config, data, built.encoder, built.build, built.settings, progress, built.source)  # 3
     steps = -(-len(data.train) // config.batch_size) * config.epochs
@@ -188,6 +191,21 @@ def _saved_state(stage: Path, config: TrainConfig) -> ResumeState | None:
                 f"{shown}. Resume with the same settings, or start over with --overwrite."
             )
     return saved
+
+
+def _check_same_source(stage: Path, source: Cache) -> None:
+    """Refuse to resume a cross-model run on other source states than it started with."""
+    try:
+        before = json.loads((stage / RUN_FILE).read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError):
+        return  # interrupted before run.json was written: nothing was trained on any states yet
+    diff = source_differences(before["settings"], source.settings.to_dict()) if before else []
+    if diff:
+        raise ConfigError(
+            f"--resume continues the run in {stage} on the source states it started with, but the source cache "
+            f"{source.location} now holds other states (now vs then: {'; '.join(diff)}). Give --source-cache the "
+            "cache the run started with, or start over with --overwrite."
+        )
 
 
 def _bytes_needed(model: RecyclingModel) -> int:
