@@ -10,13 +10,13 @@ states and averages them onto the consumer's tokens.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from .align import Alignment, align, aligned_states
 from .cache.builder import BuildConfig, build_cache
+from .cache.location import is_remote, local_path
 from .cache.settings import KEY_FIELDS
 from .cache.store import Cache, Document
 from .encoder import LoadedEncoder
@@ -43,7 +43,7 @@ def source_record(cache: Cache, fusion: str) -> dict[str, Any]:
     return {
         "settings": cache.settings.to_dict(),
         "fingerprint": cache.settings.fingerprint(),
-        "location": cache.location if "://" in cache.location else str(Path(cache.location).resolve()),
+        "location": cache.location if is_remote(cache.location) else str(local_path(cache.location).resolve()),
         "fusion": fusion,
     }
 

@@ -282,3 +282,11 @@ def test_evaluate_adds_missing_documents_with_update_cache(cross_run: str, sourc
     scores = model.evaluate(examples, cache=copy, update_cache=True)
     assert scores["documents"] == 2 and scores["cache_misses"] == 2
     assert model.evaluate(examples, cache=copy)["cache_hits"] == 2
+
+
+def test_the_source_location_is_recorded_absolute(source_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embrecycle.source_states import source_record
+
+    monkeypatch.chdir(source_cache.parent)
+    assert source_record(open_cache("cache"), "linear")["location"] == str(source_cache.resolve())
+    assert source_record(open_cache(f"file://{source_cache}"), "linear")["location"] == str(source_cache.resolve())
