@@ -90,6 +90,25 @@ def load_config(name_or_path: str, revision: str | None = None) -> Any:
         ) from e
 
 
+_WIDTHS: dict[tuple[str, str | None], int] = {}
+
+
+def model_width(name_or_path: str, revision: str | None = None) -> int | None:
+    """The model's hidden size, from its config as it is here (a local directory, or a hub model already
+    downloaded; None when it cannot be read without a download: nothing is fetched for it)."""
+    key = (name_or_path, revision)
+    if key not in _WIDTHS:
+        try:
+            config = AutoConfig.from_pretrained(name_or_path, revision=revision, local_files_only=True)
+        except (OSError, ValueError, KeyError):  # not here (yet), or not a model: the reference rates
+            return None
+        width = getattr(config, "hidden_size", None)
+        if not isinstance(width, int):
+            return None
+        _WIDTHS[key] = width
+    return _WIDTHS[key]
+
+
 def looks_like_path(name: str) -> bool:
     """Whether a model name is meant as a local path, not a hub id (``namespace/name``)."""
     return (

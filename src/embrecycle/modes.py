@@ -20,7 +20,9 @@ mode               method      trains      from          exportable  saves      
 =================  ==========  ==========  ============  ==========  ================================  ==============
 
 The default learning rates are the best of the learning-rate sweeps in ``benchmarks/results`` (MiniLM-L6,
-sci-cite and bc5cdr, 2,000 training examples; see the README's "Learning rates"): recycling trains fewer
+sci-cite and bc5cdr, 2,000 training examples; see the README's "Learning rates"). For a model wider than
+MiniLM-L6's 384 (a base or large model) the upper layers (the ``full`` mode) default to a third of the rate
+or less, as MPNet-base measured (:func:`width_scale`). Recycling trains fewer
 layers from states that are already contextual and wants a higher rate than full fine-tuning, LoRA and
 adapters a higher one still, and a head alone the highest. In every mode the task head, freshly
 initialised, trains at 1e-2 (:data:`HEAD_LR`); in the head mode, where it is all that trains, at the
@@ -29,6 +31,7 @@ learning rate.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,17 +58,55 @@ __all__ = [
 ]
 
 
+REFERENCE_WIDTH = 384
+"""The hidden size the default learning rates were chosen at (MiniLM-L6)."""
+WIDTH_EXPONENT = 1.5
+"""How the default rates fall with a wider model: ``(REFERENCE_WIDTH / hidden_size) ** WIDTH_EXPONENT``."""
+LADDER = (1.0, 3.0)
+"""Default rates are rounded to the nearest of 1 and 3 times a power of ten (what the sweeps measured)."""
+
+
+def width_scale(hidden_size: int | None) -> float:
+    """The factor the upper layers' default rate (the ``full`` mode) is multiplied by for a model ``hidden_size``
+    wide.
+
+    Measured (``benchmarks/results/bench-runs``, seed-1 sweeps, 2,000 training examples): MPNet-base (768 wide)
+    trains its upper layers above a cached cut best at a third or less of the rates chosen on MiniLM-L6 (384).
+    On sci-cite their best is 1e-4 (the MiniLM default 3e-4 reaches 97.9% of its dev score, 1e-3 0.69 against
+    0.83); on bc5cdr 3e-4, the lowest tried (the MiniLM default 1e-3 scores 0.69 against 0.86; 3e-3 learns
+    nothing, at 50% and at 75% cached). The other modes keep their rates: full fine-tuning is best at its
+    default 1e-4 on both datasets, and LoRA above the cut is split (best 1e-3 on sci-cite, where its default
+    3e-3 reaches 95.7%; best 3e-3 on bc5cdr). ``(384 / 768) ** 1.5`` is 0.35, a third once on the ladder.
+    Wider models get lower rates still (1,024 wide: 0.23); narrower ones keep the measured rates (nothing was
+    measured below 384, and a too-low rate costs less than a too-high one).
+    """
+    if not hidden_size or hidden_size <= REFERENCE_WIDTH:
+        return 1.0
+    return float((REFERENCE_WIDTH / hidden_size) ** WIDTH_EXPONENT)
+
+
+def on_ladder(lr: float) -> float:
+    """``lr`` rounded, in log space, to the nearest 1 or 3 times a power of ten."""
+    exp = math.floor(math.log10(lr))
+    rungs = [m * 10.0**e for e in (exp - 1, exp, exp + 1) for m in LADDER]
+    return float(f"{min(rungs, key=lambda r: abs(math.log10(r / lr))):.1g}")
+
+
 @dataclass(frozen=True)
 class LearningRates:
-    """A mode's default peak learning rate per task."""
+    """A mode's default peak learning rate per task, at :data:`REFERENCE_WIDTH`."""
 
     classification: float
     ner: float
 
-    def for_task(self, task: str) -> float:
+    def for_task(self, task: str, hidden_size: int | None = None) -> float:
+        """The default for ``task``; with ``hidden_size``, scaled for the model's width (:func:`width_scale`) and
+        put back on the 1-3-10 ladder."""
         if task not in ("classification", "ner"):
             raise ConfigError(f"task={task!r}: choose classification or ner.")
-        return float(getattr(self, task))
+        base = float(getattr(self, task))
+        scale = width_scale(hidden_size)
+        return base if scale == 1.0 else on_ladder(base * scale)
 
     def __str__(self) -> str:
         if self.classification == self.ner:
@@ -97,7 +138,9 @@ class TrainingMode:
         upper: What is trained above the cut, as ``--upper`` names it.
         saves: What the run directory's ``model.safetensors`` holds.
         cut: The cut this mode trains at whatever the requested layer is (LoRA from text: 0, every layer).
-        lr: The default peak learning rate per task (``TrainConfig.lr`` unset).
+        lr: The default peak learning rate per task (``TrainConfig.lr`` unset), at :data:`REFERENCE_WIDTH`.
+        width_scaled: The default rate falls for models wider than :data:`REFERENCE_WIDTH` (:func:`width_scale`):
+            the upper layers trained in full above a cached cut, as measured.
         head_lr: The default peak learning rate of the task head (``TrainConfig.head_lr`` unset); None: the
             learning rate (the head mode, where the head is all that trains).
     """
@@ -114,11 +157,16 @@ class TrainingMode:
     exportable: bool = True
     cut: int | None = None
     lr: LearningRates = field(kw_only=True)  # no default: a mode without its own would train at another's
+    width_scaled: bool = field(default=False, kw_only=True)
     head_lr: LearningRates | None = field(default=HEAD_LR, kw_only=True)
 
     def layer_for(self, requested: int) -> int:
         """The cut a run of this mode uses when ``requested`` is asked for."""
         return requested if self.cut is None else self.cut
+
+    def default_lr(self, task: str, hidden_size: int | None = None) -> float:
+        """The default peak learning rate for ``task`` on a model ``hidden_size`` wide (None: the reference)."""
+        return self.lr.for_task(task, hidden_size if self.width_scaled else None)
 
     @property
     def uses_cache(self) -> bool:
@@ -135,7 +183,7 @@ MODES: dict[str, TrainingMode] = {
     for m in (
         TrainingMode(
             "full", "recycle", "layers k+1..N and the head", train_upper_layers, "upper layers + head", "full",
-            lr=LearningRates(3e-4, 1e-3),
+            lr=LearningRates(3e-4, 1e-3), width_scaled=True,
         ),
         TrainingMode(
             "head", "recycle", "the head only (frozen features)", train_head, "head", "head", frozen_base=True,

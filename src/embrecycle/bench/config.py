@@ -157,6 +157,8 @@ class Method:
 
     def default_lr(self, task: str) -> float:
         """The mode's default learning rate for ``task``."""
+        # the reference-width default for every model: both models are swept over the same rates (the sweep
+        # spans this rate and one rung either side), whatever default a wider model trains at without --lr
         return self.mode.lr.for_task(task)
 
     @property

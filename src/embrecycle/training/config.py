@@ -9,7 +9,7 @@ from ..cache.format import STORAGE_DTYPES
 from ..cache.settings import TRUNCATION_MODES
 from ..config import Checks, Settings, setting
 from ..data.readers import FORMATS
-from ..encoder import model_problems
+from ..encoder import model_problems, model_width
 from ..fusion import FUSIONS
 from ..hardware import DEVICE_HELP, PRECISION_CHOICES, PRECISION_HELP, hardware_problems
 from ..modes import BASELINES, UPPER_CHOICES, TrainingMode, resolve_mode
@@ -66,8 +66,8 @@ class TrainConfig(Settings):
     lr: float | None = setting(
         None,
         "Peak learning rate (AdamW); default: the training mode's (full 3e-4, ner 1e-3; head 1e-2; lora 3e-3; "
-        "adapter 3e-3, ner 1e-2; full-finetune 1e-4; lora from text 1e-3, ner 3e-3). Several (1e-4,3e-4) make a "
-        "sweep.",
+        "adapter 3e-3, ner 1e-2; full-finetune 1e-4; lora from text 1e-3, ner 3e-3; full at a third of that on "
+        "models wider than 384). Several (1e-4,3e-4) make a sweep.",
         sweep=True,
     )
     head_lr: float | None = setting(
@@ -198,8 +198,11 @@ class TrainConfig(Settings):
 
     @property
     def learning_rate(self) -> float:
-        """The peak learning rate: ``lr``, else the training mode's default for the task."""
-        return self.lr if self.lr is not None else self.mode.lr.for_task(self.task)
+        """The peak learning rate: ``lr``, else the training mode's default for the task and the model's width
+        (:func:`embrecycle.modes.width_scale`)."""
+        if self.lr is not None:
+            return self.lr
+        return self.mode.default_lr(self.task, model_width(self.model, self.revision))
 
     @property
     def head_learning_rate(self) -> float:
