@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from embrecycle import BuildConfig, CacheMismatchError, ConfigError, build_cache
 from embrecycle.cache.codecs import ALIASES, CODECS, canonical_dtype
 from embrecycle.cache.format import QUANTISED_FORMAT_VERSION
 from embrecycle.cache.shard import shard_paths
+from embrecycle.errors import UnstorableStatesError
 
 
 def _states(seed: int = 0, shape: tuple[int, ...] = (3, 7, 128)) -> torch.Tensor:
@@ -109,7 +111,7 @@ def test_a_corrupted_scale_is_caught(wide_bert_dir: str, texts: list[str], tmp_p
 
 
 def test_a_group_must_divide_the_hidden_size(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not a multiple of 64; choose int8-token or a float dtype"):
+    with pytest.raises(ConfigError, match="not a multiple of 64; choose int8-token or int4-g32 or a float dtype"):
         _build(tiny_bert_dir, texts[:4], tmp_path / "q", "int8-g64")  # 32 channels
     _build(tiny_bert_dir, texts[:4], tmp_path / "t", "int8-token")  # one scale per token fits any width
     assert len(open_cache(tmp_path / "t")) == 4
@@ -166,6 +168,11 @@ def test_conversion_refuses_what_it_cannot_do(wide_bert_dir: str, texts: list[st
     _build(wide_bert_dir, texts[:5], tmp_path / "other", "int8-token")
     with pytest.raises(CacheMismatchError, match="holds another cache"):
         convert_cache(tmp_path / "src", tmp_path / "other", "int8", progress=False)
+    convert_cache(tmp_path / "src", tmp_path / "eight", "int8", progress=False)
+    with pytest.raises(CacheMismatchError, match=r"holds a conversion of this source to int8-g64 .* --dtype int8-g64"):
+        convert_cache(tmp_path / "src", tmp_path / "eight", "int4", progress=False)
+    made_from = json.loads((tmp_path / "eight" / "manifest.json").read_text())["converted_from"]["location"]
+    assert made_from == str((tmp_path / "src").resolve())
 
 
 def test_a_run_trained_on_8_bit_states_predicts_from_any_dtype(
@@ -210,3 +217,125 @@ def test_a_converted_cache_keeps_its_keys_when_repair_restores_its_manifest(
     assert restore_manifest(tmp_path / "dst")
     cache = open_cache(tmp_path / "dst")
     assert cache.manifest["converted_from"]["dtype"] == "float16" and cache.get(texts[0]).hidden.shape[1] == 128
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+def test_states_a_dtype_would_corrupt_are_refused_naming_the_document(name: str) -> None:
+    codec = CODECS[name]
+    x = _states()
+    codec.check_storable(x, ["a.jsonl:1", "a.jsonl:2", "a.jsonl:3"])  # ordinary states pass
+    for bad, what in ((float("nan"), "1 NaN"), (float("inf"), "1 infinite")):
+        y = x.clone()
+        y[1, 3, 9] = bad
+        with pytest.raises(UnstorableStatesError, match=f"document a.jsonl:2: its states hold .*{what}.*--precision"):
+            codec.check_storable(y, ["a.jsonl:1", "a.jsonl:2", "a.jsonl:3"])
+    huge = x.clone()
+    huge[2, 0, 0] = 1e7 if codec.quantised else 1e5
+    if codec.max_abs > abs(float(huge[2, 0, 0])):  # float32 and bfloat16 hold it
+        codec.check_storable(huge, ["a", "b", "c"])
+        back = codec.decode(codec.encode(huge), 128).float()
+        assert bool(torch.isfinite(back).all())
+    else:
+        with pytest.raises(UnstorableStatesError, match=f"document c: .*beyond .*{name}.*float32 or bfloat16"):
+            codec.check_storable(huge, ["a", "b", "c"])
+
+
+def test_the_largest_storable_states_round_trip_finitely() -> None:
+    """Just under each quantised dtype's limit the float16 scale is finite and the values read back."""
+    for name in ("int8-g64", "int4-g32", "int8-token"):
+        codec = CODECS[name]
+        x = _states()
+        x[0, 0, 0] = codec.max_abs * 0.999
+        codec.check_storable(x, ["a", "b", "c"])
+        back = codec.decode(codec.encode(x), 128).float()
+        assert bool(torch.isfinite(back).all()) and bool(((back - x).abs() <= codec.error_bound(x)).all())
+
+
+def _scaled_bert(wide_bert_dir: str, out: Path, gain: float) -> str:
+    """``wide_bert_dir`` whose second layer's output is multiplied by ``gain`` (its LayerNorm's weight)."""
+    import shutil
+
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(wide_bert_dir)
+    with torch.no_grad():
+        model.encoder.layer[1].output.LayerNorm.weight.mul_(gain)
+    shutil.copytree(wide_bert_dir, out)
+    model.save_pretrained(out)
+    return str(out)
+
+
+def test_a_build_refuses_states_its_dtype_cannot_hold_and_keeps_what_it_stored(
+    wide_bert_dir: str, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embrecycle import convert_cache
+
+    loud = _scaled_bert(wide_bert_dir, tmp_path / "loud", 1e6)
+    with pytest.raises(UnstorableStatesError, match=r"document #\d+ of the input .*beyond the 6.55e\+04.*'float16'"):
+        _build(loud, texts[:10], tmp_path / "f16", "float16")
+    _build(loud, texts[:10], tmp_path / "f32", "float32")  # float32 holds them
+    with pytest.raises(UnstorableStatesError, match=r"key [0-9a-f]{64} .*'int4-g32'"):
+        convert_cache(tmp_path / "f32", tmp_path / "i4", "int4", progress=False)
+
+    from embrecycle.split import SplitEncoder
+
+    real, calls = SplitEncoder.lower, []
+
+    def nan_from_the_second_batch(self: SplitEncoder, *args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        out = real(self, *args, **kwargs)
+        return out * float("nan") if len(calls) > 1 else out
+
+    monkeypatch.setattr(SplitEncoder, "lower", nan_from_the_second_batch)
+    docs = sorted(set(texts))[:20]
+    with pytest.raises(UnstorableStatesError, match=r"document in.txt:\d+: its states hold \d+ NaN"):
+        build_cache(
+            docs,
+            tmp_path / "partial",
+            BuildConfig(model=wide_bert_dir, layer=2, batch_size=8, dtype="int8"),
+            sources=[f"in.txt:{i + 1}" for i in range(len(docs))],
+            progress=False,
+        )
+    partial = open_cache(tmp_path / "partial")  # the first batch stays; a re-run computes the rest
+    assert len(partial) == 8 and partial.verify().ok
+
+
+def test_a_converted_float_cache_is_format_2(wide_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+    """Its keys are its source's (``key_fingerprint``): a reader that ignored that would miss every document, so
+    embrecycle before quantised caches (which reads version 1 only) must refuse it."""
+    from embrecycle import convert_cache
+
+    _build(wide_bert_dir, texts[:5], tmp_path / "f32", "float32")
+    convert_cache(tmp_path / "f32", tmp_path / "f16", "float16", progress=False)
+    built = json.loads((tmp_path / "f32" / "manifest.json").read_text())
+    converted = json.loads((tmp_path / "f16" / "manifest.json").read_text())
+    assert built["format_version"] == 1 and "key_fingerprint" not in built
+    assert converted["format_version"] == QUANTISED_FORMAT_VERSION and converted["key_fingerprint"]
+    f16, f32 = open_cache(tmp_path / "f16"), open_cache(tmp_path / "f32")
+    assert f16.get(texts[0]).hidden.shape == f32.get(texts[0]).hidden.shape
+
+
+FORMAT_1 = Path(__file__).parent / "fixtures" / "cache_v1"
+"""Caches written by embrecycle before quantised dtypes existed (commit 2c240f6; ``tiny_bert_dir``'s model)."""
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_cache_from_before_quantised_dtypes_still_reads(tiny_bert_dir: str, tmp_path: Path, dtype: str) -> None:
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(FORMAT_1 / dtype, old)
+    texts = json.loads((FORMAT_1 / "texts.json").read_text())
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["settings"]["dtype"] == dtype
+    cache = open_cache(old)
+    assert len(cache) == len(set(texts)) and cache.verify().ok and not cache.damage
+    fresh = tmp_path / "fresh"
+    build_cache(texts, fresh, BuildConfig(model=tiny_bert_dir, layer=2, batch_size=4, dtype=dtype), progress=False)
+    new = open_cache(fresh)
+    assert new.settings.lower_fingerprint == cache.settings.lower_fingerprint  # the same weights
+    for t in texts:  # the same keys, tokens and states
+        a, b = cache.get(t), new.get(t)
+        assert np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.offsets, b.offsets)
+        assert np.array_equal(a.hidden, b.hidden)
+    assert {k.tobytes() for k in cache.keys} == {k.tobytes() for k in new.keys}

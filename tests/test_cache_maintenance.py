@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from embrecycle import BuildConfig, CacheMissError, ConfigError, build_cache, open_cache
 from embrecycle.cache import maintenance
@@ -234,13 +235,98 @@ def test_keys_are_given_whole(tiny_bert_dir: str, texts: list[str], tmp_path: Pa
         remove_documents(out, keys=["zz" * 32], progress=False)
 
 
-def test_a_reader_of_a_merged_away_shard_is_told_to_reopen(tiny_bert_dir: str, texts: list[str], tmp_path: Path):
-    from embrecycle import CacheError
-
+def test_a_reader_opened_before_a_merge_goes_on_reading(tiny_bert_dir: str, texts: list[str], tmp_path: Path):
+    """A long-lived reader (a server, a training run) keeps its entry indices through `compact` and `remove`."""
     out = tmp_path / "c"
     docs = _sharded(tiny_bert_dir, texts, out)
+    before = _contents(out, docs)
     reader = open_cache(out)
+    first = reader.get(docs[0]).hidden  # one shard mapped before the merge, the others not yet
+    order = [reader.index_of(reader.key(d)) for d in docs]
+    early = open_cache(out)  # reads only after a new shard took a retired shard's name
     compact(out, progress=False)
-    with pytest.raises(CacheError, match=r"was merged into another .* open the cache again"):
-        reader.get(docs[1])
-    assert open_cache(out).get(docs[1]).hidden.shape[1] == 32
+    build_cache(["a brand new document."], out, BuildConfig(model=tiny_bert_dir, layer=2, shard="worker-0"))
+    assert all(np.array_equal(early.get(d).hidden, before[d]) for d in docs)
+    assert np.array_equal(reader.get(docs[0]).hidden, first)
+    assert all(np.array_equal(reader.get(d).hidden, before[d]) for d in docs)
+    assert [reader.index_of(reader.key(d)) for d in docs] == order  # indices did not move
+    batch = reader.read_batch(order[:5])
+    assert torch.equal(batch.hidden[2, : reader.lengths[order[2]]], torch.from_numpy(before[docs[2]]).float())
+    reader.refresh()  # re-reading the indices afterwards reports no loss (the manifest says what was merged)
+    assert not reader.damage and len(reader) == len(docs) + 1  # and the new document
+    late = open_cache(out)
+    assert np.array_equal(late.get(docs[1]).hidden, before[docs[1]])  # its shard is mapped now
+    remove_documents(out, docs=[docs[1]], progress=False)
+    with pytest.raises(CacheMissError, match=r"is no longer in .*: it was removed .* Open the cache again"):
+        late.get(docs[1])
+    assert np.array_equal(late.get(docs[2]).hidden, before[docs[2]])
+
+
+def test_remove_finishes_an_interrupted_merge_first(
+    tiny_bert_dir: str, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "c"
+    docs = _sharded(tiny_bert_dir, texts, out)
+    real = maintenance._delete_shards
+
+    def die(root: Path, names: list[str]) -> list[str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maintenance, "_delete_shards", die)
+    with pytest.raises(KeyboardInterrupt):
+        compact(out, progress=False)
+    monkeypatch.setattr(maintenance, "_delete_shards", real)
+    summary = remove_documents(out, docs=docs[:2], progress=False)
+    assert (summary.removed, summary.requested, summary.not_found, summary.remaining) == (2, 2, 0, 0)
+    cache = open_cache(out)
+    assert len(cache) == len(docs) - 2 and not cache.damage and "compaction" not in cache.manifest
+    assert list_shards(out) == [summary.new_shard]
+
+
+def test_remove_says_what_it_could_not_remove(
+    tiny_bert_dir: str, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from embrecycle.cli import app
+
+    out = tmp_path / "c"
+    docs = _sharded(tiny_bert_dir, texts, out, shards=2)
+    holder = open_cache(out)
+    busy = holder.shards[int(holder.shard_ids[holder.index_of(holder.key(docs[1]))])]
+    writer = ShardWriter(out, busy, 32, holder.settings.dtype)  # another process is writing that shard
+    try:
+        summary = remove_documents(out, docs=[docs[1], "not in the cache."], progress=False)
+        assert (summary.requested, summary.not_found, summary.remaining, summary.busy) == (2, 1, 1, [busy])
+        assert "1 are STILL there" in str(summary)
+        data = tmp_path / "gone.data"  # no extension that says its format
+        data.write_text(json.dumps({"body": docs[1]}) + "\n")
+        r = CliRunner().invoke(
+            app, ["cache", "remove", str(out), "--data", str(data), "--format", "jsonl", "--text-field", "body", "-q"]
+        )
+        assert r.exit_code == 1 and "STILL there" in r.output
+    finally:
+        writer.close()
+    r = CliRunner().invoke(
+        app, ["cache", "remove", str(out), "--data", str(data), "--format", "jsonl", "--text-field", "body", "-q"]
+    )
+    assert r.exit_code == 0 and "removed 1 documents" in r.output and docs[1] not in open_cache(out)
+
+
+def test_stats_lists_keys_and_fails_on_damage(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from embrecycle.cli import app
+
+    out = tmp_path / "c"
+    docs = _sharded(tiny_bert_dir, texts, out, shards=2)
+    r = CliRunner().invoke(app, ["cache", "stats", str(out), "--keys", "--json"])
+    listed = json.loads(r.output)["keys"]
+    assert r.exit_code == 0 and len(listed) == len(docs)
+    key = open_cache(out).key(docs[3]).hex()
+    assert key in CliRunner().invoke(app, ["cache", "stats", str(out), "--keys"]).output
+    assert remove_documents(out, keys=[key], progress=False).removed == 1  # a listed key removes its document
+    hidden = shard_paths(out, "worker-0")["hidden"]
+    hidden.write_bytes(hidden.read_bytes()[:-100])  # truncated
+    r = CliRunner().invoke(app, ["cache", "stats", str(out)])
+    assert r.exit_code == 1 and "DAMAGED" in r.output

@@ -37,6 +37,7 @@ from .errors import (
     RunCorruptedError,
     RunError,
     RunExistsError,
+    UnstorableStatesError,
     UnsupportedModelError,
 )
 from .export import ExportResult, export_run
@@ -78,6 +79,7 @@ __all__ = [
     "SweepResult",
     "TaskModel",
     "TaskSet",
+    "UnstorableStatesError",
     "UnsupportedModelError",
     "__version__",
     "build_cache",

@@ -55,6 +55,10 @@ Quiet = Annotated[
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 CachePath = Annotated[str, typer.Argument(help="Cache directory or URL.")]
+DataFormat = Annotated[
+    str | None,
+    typer.Option("--format", help=f"Input format when the file extension does not say: {', '.join(FORMATS)}."),
+]
 LocalCachePath = Annotated[str, typer.Argument(help="Cache directory (a local one: download a cache at a URL first).")]
 
 
@@ -335,13 +339,22 @@ def cache_convert(
 
 
 @command(cache_app, "stats")
-def cache_stats_cmd(path: CachePath, as_json: AsJson = False) -> None:
-    """What a cache holds, shard by shard: documents, tokens, bytes, duplicates, dtype."""
+def cache_stats_cmd(
+    path: CachePath,
+    keys: Annotated[bool, typer.Option("--keys", help="Also list every document's key, shard and tokens.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """What a cache holds, shard by shard: documents, tokens, bytes, duplicates, dtype.
+
+    Exits 1 when the cache is damaged (as `cache info` does; `cache verify --repair` mends it).
+    """
     from .cache.maintenance import cache_stats
 
-    stats = cache_stats(path)
+    stats = cache_stats(path, keys=keys)
     if as_json:
         typer.echo(json.dumps(stats, indent=2))
+        if stats["damage"]:
+            raise typer.Exit(1)
         return
     lines = [
         f"cache {stats['location']}: {stats['documents']} documents, {stats['tokens']} tokens, "
@@ -353,7 +366,13 @@ def cache_stats_cmd(path: CachePath, as_json: AsJson = False) -> None:
         lines.append(
             f"  {s['name']:<24} {s['records']:>9} {s['documents']:>9} {s['tokens']:>10} {s['bytes'] / 1e6:>9.2f}"
         )
+    if keys:
+        lines.append(f"  {'key':<64} {'shard':<24} {'tokens':>6}")
+        lines += [f"  {k['key']} {k['shard']:<24} {k['tokens']:>6}" for k in stats["keys"]]
+    lines += [f"DAMAGED: {d}" for d in stats["damage"]]
     typer.echo("\n".join(lines))
+    if stats["damage"]:
+        raise typer.Exit(1)
 
 
 @command(cache_app, "compact")
@@ -378,16 +397,24 @@ def cache_remove(
     ] = None,
     key: Annotated[list[str] | None, typer.Option(help="Remove the document with this key (hex; repeat).")] = None,
     text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV input.")] = "text",
+    data_format: DataFormat = None,
     quiet: Quiet = False,
 ) -> None:
-    """Remove documents (by source file or key) and reclaim their space."""
+    """Remove documents (by source file or key) and reclaim their space.
+
+    Exits 1 when a document asked for is still in the cache afterwards (its shard was being written by
+    another process: re-run when that finishes).
+    """
     from .cache.maintenance import remove_documents
     from .data import read_examples
 
     if not data and not key:
         raise ConfigError("nothing to remove: give --data FILE (its documents) or --key HEX (repeat either).")
-    docs = [e.doc for f in data or [] for e in read_examples(f, None, text_field=text_field, label_field=None)]
-    typer.echo(str(remove_documents(path, docs=docs, keys=key or [], progress=not quiet)))
+    docs = [e.doc for f in data or [] for e in read_examples(f, data_format, text_field=text_field, label_field=None)]
+    summary = remove_documents(path, docs=docs, keys=key or [], progress=not quiet)
+    typer.echo(str(summary))
+    if summary.remaining:
+        raise typer.Exit(1)
 
 
 @command(cache_app, "gc")
@@ -405,6 +432,7 @@ def cache_overlap(
     test: Annotated[str, typer.Option(help="Test (or dev) documents: a data file or a cache directory.")],
     fail_on_overlap: Annotated[bool, typer.Option(help="Exit 1 when any test document occurs in training.")] = False,
     text_field: Annotated[str, typer.Option(help="Text field of JSON lines / CSV input.")] = "text",
+    data_format: DataFormat = None,
     as_json: AsJson = False,
 ) -> None:
     """Count test documents that also occur in training (exact, and up to whitespace and case)."""
@@ -415,11 +443,14 @@ def cache_overlap(
     if caches["--train"] is None and caches["--test"] is None:
         from .data import read_examples
 
-        a, b = (read_examples(v, None, text_field=text_field, label_field=None) for v in sides.values())
+        a, b = (read_examples(v, data_format, text_field=text_field, label_field=None) for v in sides.values())
         result = find_overlap(a, b)
     else:
-        keys = [_keys(flag, value, caches, text_field) for flag, value in sides.items()]
-        result = key_overlap(keys[0], keys[1])
+        (train_keys, train_src, _), (test_keys, test_src, test_texts) = (
+            _keys(flag, value, caches, text_field, data_format) for flag, value in sides.items()
+        )
+        result = key_overlap(train_keys, test_keys, train_sources=train_src, test_sources=test_src,
+                             test_texts=test_texts)  # fmt: skip
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary(train, test))
     if fail_on_overlap and result.any:
         raise typer.Exit(1)
@@ -435,8 +466,11 @@ def _cache_or_none(path: str) -> Any:
     return None
 
 
-def _keys(flag: str, value: str, caches: dict[str, Any], text_field: str) -> list[bytes]:
-    """The document keys of one side: a cache's own, or a file's under the other side's cache settings."""
+def _keys(
+    flag: str, value: str, caches: dict[str, Any], text_field: str, data_format: str | None
+) -> tuple[list[bytes], list[str] | None, list[str] | None]:
+    """The document keys of one side (a cache's own, or a file's under the other side's cache settings), with a
+    file's sources and texts."""
     from .data import read_examples
 
     own = caches[flag]
@@ -447,9 +481,14 @@ def _keys(flag: str, value: str, caches: dict[str, Any], text_field: str) -> lis
                 f"the two caches were made with different settings (model, layer, tokenizer, max length, dtype or "
                 f"precision), so their keys cannot be compared: give {flag} as the data file it was built from."
             )
-        return [k.tobytes() for k in own.keys]
+        return [k.tobytes() for k in own.keys], None, None
     cache = next(c for c in caches.values() if c is not None)
-    return [cache.key(e.doc) for e in read_examples(value, None, text_field=text_field, label_field=None)]
+    from .data.overlap import normalise
+
+    read = read_examples(value, data_format, text_field=text_field, label_field=None)
+    examples = [e for e in read if normalise(e.doc)]  # blank documents are never cached
+    texts = [e.doc if isinstance(e.doc, str) else " ".join(e.doc) for e in examples]
+    return [cache.key(e.doc) for e in examples], [e.source for e in examples], texts
 
 
 @command(cache_app, "verify")

@@ -43,6 +43,11 @@ class CacheCorruptedError(CacheError, OSError):
     """A cache file is truncated, has a bad checksum or an unreadable manifest."""
 
 
+class UnstorableStatesError(CacheError, ValueError):
+    """A document's states hold NaN or infinite values, or values beyond the range of the cache's storage
+    dtype."""
+
+
 class CacheLockedError(CacheError, RuntimeError):
     """Another process holds the cache's write lock."""
 

@@ -14,7 +14,7 @@ from .cache.builder import BuildConfig, build_cache
 from .cache.store import Cache, Document
 from .data.readers import Example, read_examples
 from .encoder import LoadedEncoder, load_encoder
-from .errors import InputDataError
+from .errors import CacheMissError, InputDataError
 from .hardware import FP32_CPU, Hardware, resolve_hardware
 from .inference import shared_document_logits
 from .model import RecyclingModel
@@ -225,7 +225,10 @@ def predict_shared(
     if c is not None:
         for j, i in enumerate(index):
             if i is not None:
-                encoded[j] = c.encoded(i)
+                try:
+                    encoded[j] = c.encoded(i)
+                except CacheMissError:  # removed (`cache remove`) after this process opened the cache: a miss
+                    index[j], was_cached[j] = None, False
     todo = [j for j, e in enumerate(encoded) if e is None]
     states = first.record.states
     fresh = encode_documents(first.tokenizer, [live[j] for j in todo], states.max_length, states.truncation, warn=False)

@@ -39,6 +39,8 @@ def test_exact_and_normalised_overlap_are_counted_per_test_document() -> None:
     words = find_overlap([Example(["EU", "rejects"], ["B-ORG", "O"], "a:1")], [Example(["eu", "rejects"], None, "b:1")])
     assert (words.exact, words.normalised) == (0, 1) and normalise(["A", " b"]) == "a b"
     assert not find_overlap(train, [Example("Nothing like it.", "x", "t:1")]).any
+    blank = find_overlap([*train, Example("  ", "x", "train.jsonl:9")], [Example("\t", "x", "t:1")])
+    assert not blank.any  # blank lines are never cached: not a leak
 
 
 def test_the_overlap_command_on_files(tmp_path: Path) -> None:
@@ -67,6 +69,11 @@ def test_overlap_with_caches_uses_their_keys(tiny_bert_dir: str, texts: list[str
     assert json.loads(r.output)["normalisation_checked"] is False
     r = run(app, ["cache", "overlap", "--train", str(tmp_path / "train-cache"), "--test", str(test_file)])
     assert "exact copies only: a cache holds keys of the exact text" in r.output
+    first = next(i for i, t in enumerate(texts[15:30]) if t in texts[:20])
+    assert f"test.jsonl:{first + 1} = training key " in r.output and texts[15 + first][:30] in r.output
+    train_file = _jsonl(tmp_path / "train.jsonl", texts[:20])
+    r = run(app, ["cache", "overlap", "--train", str(train_file), "--test", str(tmp_path / "test-cache")])
+    assert "= " + str(train_file) + ":" in r.output  # the training side is a file: its lines are named
     build_cache(texts[:5], tmp_path / "other", BuildConfig(model=tiny_bert_dir, layer=1), progress=False)
     r = run(app, ["cache", "overlap", "--train", str(tmp_path / "train-cache"), "--test", str(tmp_path / "other")])
     assert r.exit_code == 2 and "different settings" in r.output

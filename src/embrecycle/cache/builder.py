@@ -20,7 +20,7 @@ import logging
 import os
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,7 +254,12 @@ def build_cache(
             encoder.tokenizer,
             warn_truncated,
         )
-        _run(cache, writer, encoder, hardware, batches, summary.encoded, settings, summary, progress)
+
+        def describe(key: bytes) -> str:
+            i = input_keys[key]
+            return sources[i] if sources else f"#{i + 1} of the input (key {key.hex()[:16]})"
+
+        _run(cache, writer, encoder, hardware, batches, summary.encoded, settings, summary, progress, describe)
         shard_paths(cache.root, writer.name)["plan.npz"].unlink(missing_ok=True)
     except BaseException:
         writer.close()
@@ -376,6 +381,7 @@ def _run(
     settings: CacheSettings,
     summary: BuildSummary,
     progress: bool,
+    describe: Callable[[bytes], str],
 ) -> None:
     split = encoder.split
     split.eval()
@@ -387,7 +393,7 @@ def _run(
     tokens = 0
     for batch in batches:
         encs = [encoded[k] for k in batch]
-        stored = lower_states(split, encs, pad_id, hardware, settings.dtype)
+        stored = lower_states(split, encs, pad_id, hardware, settings.dtype, [describe(k) for k in batch])
         entries = [
             Entry(k, stored[j, : len(e.input_ids)], e.token_table(), e.truncated)
             for j, (k, e) in enumerate(zip(batch, encs, strict=True))
@@ -405,17 +411,25 @@ def _run(
 
 
 def lower_states(
-    split: SplitEncoder, encs: Sequence[Encoded], pad_id: int, hardware: Hardware, dtype: str
+    split: SplitEncoder,
+    encs: Sequence[Encoded],
+    pad_id: int,
+    hardware: Hardware,
+    dtype: str,
+    names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """One padded batch through the embeddings and layers 1..k on ``hardware``, in the cache's storage dtype
-    (on the CPU)."""
+    (on the CPU).
+
+    Raises:
+        UnstorableStatesError: a document's states hold NaN or inf, or exceed what ``dtype`` stores (``names``:
+            one name per document for the message; default its position in the batch).
+    """
     ids, mask = pad_ids(encs, pad_id)
     device = hardware.device
     with torch.inference_mode(), autocast(hardware):
         hidden = split.lower(ids.to(device), mask.to(device)).to("cpu")
-    return to_storage(hidden, dtype)
-
-
-def to_storage(hidden: torch.Tensor, dtype: str) -> np.ndarray:
-    """States as the stored items of storage dtype ``dtype`` (:mod:`.codecs`)."""
-    return codec_for(dtype).encode(hidden)
+    codec = codec_for(dtype)
+    names = names if names is not None else [f"#{j + 1} of its batch" for j in range(len(encs))]
+    codec.check_storable(hidden, names, mask.sum(dim=1))
+    return codec.encode(hidden)

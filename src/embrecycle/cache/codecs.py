@@ -32,10 +32,13 @@ plus the rounding of the scale to float16 (a relative 2^-11): :meth:`Codec.error
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from embrecycle.errors import UnstorableStatesError
 
 __all__ = ["ALIASES", "CODECS", "Codec", "FloatCodec", "IntCodec", "canonical_dtype", "codec_for"]
 
@@ -44,6 +47,7 @@ MIN_SCALE = 2.0**-14
 """The smallest non-zero scale: float16's smallest normal number (a group whose values are all smaller is coded
 in steps of it: each value within half a step, 3e-5)."""
 SCALE_BYTES = SCALE_DTYPE.itemsize
+FLOAT16_MAX = 65504.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,52 @@ class Codec:
         """The largest absolute error a round trip may make on each value of ``hidden`` (float32)."""
         raise NotImplementedError
 
+    @property
+    def max_abs(self) -> float:
+        """The largest magnitude this dtype stores without turning it into inf or NaN."""
+        raise NotImplementedError
+
+    def check_storable(
+        self, hidden: torch.Tensor, names: Sequence[str], lengths: Sequence[int] | torch.Tensor | None = None
+    ) -> None:
+        """Refuse states this dtype would corrupt silently: NaN, infinite values, or magnitudes beyond
+        :attr:`max_abs` (a float16 cache would store them as inf; a quantised one would turn their whole
+        group into zeros or NaN).
+
+        Args:
+            hidden: ``(documents, tokens, hidden_size)`` states (one pass over them, no float32 copy).
+            names: One name per document (its ``file:line``), for the message.
+            lengths: Each document's real tokens (the rest is padding, not checked); default all.
+
+        Raises:
+            UnstorableStatesError: naming the first such document, what it holds and the fix.
+        """
+        peak = hidden.detach().abs().amax(dim=-1).reshape(len(names), -1).float()  # NaN carries through amax
+        if lengths is not None:
+            real = torch.arange(peak.shape[1]) < torch.as_tensor(lengths).reshape(-1, 1)
+            peak = torch.where(real, peak, torch.zeros((), dtype=peak.dtype))
+        bad = ~(peak.amax(dim=1) <= self.max_abs)  # NaN and inf compare False
+        if not bool(bad.any()):
+            return
+        i = int(bad.nonzero()[0])
+        row = hidden[i].detach().float().reshape(-1, hidden.shape[-1])
+        if lengths is not None:
+            row = row[: int(torch.as_tensor(lengths).reshape(-1)[i])]
+        n_nan, n_inf = int(torch.isnan(row).sum()), int(torch.isinf(row).sum())
+        more = f" ({int(bad.sum()) - 1} more documents in this batch too)" if int(bad.sum()) > 1 else ""
+        if n_nan or n_inf:
+            raise UnstorableStatesError(
+                f"document {names[i]}: its states hold {n_nan} NaN and {n_inf} infinite values{more}. They come "
+                "from the model itself, most often a float16 overflow: build with --precision fp32 or bf16 (or "
+                "check the model's weights); nothing of this batch was stored."
+            )
+        largest = float(row.abs().max())
+        raise UnstorableStatesError(
+            f"document {names[i]}: its states reach |value| {largest:.4g}, beyond the {self.max_abs:.4g} that "
+            f"storage dtype {self.name!r} holds{more}. Store them as float32 or bfloat16 (--dtype); nothing of "
+            "this batch was stored."
+        )
+
 
 @dataclass(frozen=True)
 class FloatCodec(Codec):
@@ -103,6 +153,10 @@ class FloatCodec(Codec):
 
     def width(self, hidden_size: int) -> int:
         return hidden_size
+
+    @property
+    def max_abs(self) -> float:
+        return float(torch.finfo(self.torch_dtype).max)
 
     def encode(self, hidden: torch.Tensor) -> np.ndarray:
         t = hidden.to(self.torch_dtype)
@@ -141,6 +195,10 @@ class IntCodec(Codec):
     def item_dtype(self) -> np.dtype:
         return np.dtype("u1")
 
+    @property
+    def max_abs(self) -> float:
+        return FLOAT16_MAX * self.qmax  # the largest scale float16 holds
+
     def groups(self, hidden_size: int) -> int:
         return 1 if self.group is None else hidden_size // self.group
 
@@ -150,15 +208,22 @@ class IntCodec(Codec):
     def width(self, hidden_size: int) -> int:
         return self._code_bytes(hidden_size) + SCALE_BYTES * self.groups(hidden_size)
 
-    def problem(self, hidden_size: int) -> str | None:
+    def _misfit(self, hidden_size: int) -> str | None:
         if self.group is not None and hidden_size % self.group:
             return (
                 f"dtype {self.name!r} scales groups of {self.group} channels, and the hidden size {hidden_size} is "
-                f"not a multiple of {self.group}; choose int8-token or a float dtype"
+                f"not a multiple of {self.group}"
             )
         if self.bits == 4 and hidden_size % 2:
             return f"dtype {self.name!r} packs two channels per byte; the hidden size {hidden_size} is odd"
         return None
+
+    def problem(self, hidden_size: int) -> str | None:
+        why = self._misfit(hidden_size)
+        if why is None:
+            return None
+        fit = [c.name for c in CODECS.values() if isinstance(c, IntCodec) and not c._misfit(hidden_size)]
+        return f"{why}; choose {' or '.join(fit) if fit else 'no quantised dtype'} or a float dtype"
 
     def _scales(self, x: torch.Tensor) -> torch.Tensor:
         """Per-group scales, rounded to float16 (what is stored), as float32: ``(..., groups)``. A non-zero

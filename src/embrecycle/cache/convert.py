@@ -71,6 +71,8 @@ def convert_cache(
         ConfigError: an unknown dtype, one that cannot store these states, or ``out`` is ``source``.
         CacheCorruptedError: the source is damaged (repair it first).
         CacheMismatchError: ``out`` holds another cache.
+        UnstorableStatesError: a document's states exceed what ``dtype`` holds (the batches written before its
+            batch are kept; a re-run converts the rest).
     """
     if dtype not in STORAGE_DTYPES:
         raise ConfigError(f"dtype={dtype!r}: choose one of {list(STORAGE_DTYPES)}.")
@@ -92,7 +94,10 @@ def convert_cache(
             entries = []
             for i in todo[start : start + batch_documents]:
                 entry = src.stored_entry(i)  # checksummed
-                entry.hidden = codec.encode(src.codec.decode(entry.hidden, hs).float())
+                states = src.codec.decode(entry.hidden, hs).float()
+                name = f"key {src.keys[i].tobytes().hex()} (document {i + 1} of {src.location})"
+                codec.check_storable(states.unsqueeze(0), [name])
+                entry.hidden = codec.encode(states)
                 entries.append(entry)
             writer.append(entries)
             bar.update(len(entries))
@@ -117,6 +122,15 @@ def _open_destination(root: Path, src: Cache, settings: CacheSettings) -> Cache:
     manifest = root / MANIFEST_NAME
     if manifest.exists():
         dst = Cache(root, read_manifest(root))
+        made_from = dst.manifest.get("converted_from") or {}
+        same_source = made_from.get("settings_fingerprint") == src.settings.fingerprint()
+        if dst.fingerprint == src.fingerprint and same_source and dst.settings.dtype != settings.dtype:
+            raise CacheMismatchError(
+                f"--out {root} holds a conversion of this source to {dst.settings.dtype} ({len(dst)} of "
+                f"{len(src)} documents), not {settings.dtype}: re-run with --dtype {dst.settings.dtype} to finish "
+                "it, or choose another --out (or delete it) to convert to "
+                f"{settings.dtype}."
+            )
         if dst.settings != settings or dst.fingerprint != src.fingerprint:
             raise CacheMismatchError(
                 f"--out {root} holds another cache (dtype {dst.settings.dtype}, made from "
@@ -129,7 +143,7 @@ def _open_destination(root: Path, src: Cache, settings: CacheSettings) -> Cache:
         raise FileExistsError(f"{root} exists, is not empty and holds no cache manifest: choose another --out.")
     root.mkdir(parents=True, exist_ok=True)
     converted_from = {
-        "location": src.location,
+        "location": src.location if src.remote is not None else str(src.root.resolve()),
         "dtype": src.settings.dtype,
         "settings_fingerprint": src.settings.fingerprint(),
         "documents": len(src),

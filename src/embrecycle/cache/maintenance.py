@@ -74,14 +74,25 @@ class CompactSummary:
     seconds: float = 0.0
     new_shard: str | None = None
     busy: list[str] = field(default_factory=list)
+    requested: int = 0
+    """(removal) Distinct documents asked to be removed."""
+    not_found: int = 0
+    """(removal) Of those, how many the cache did not hold."""
+    remaining: int = 0
+    """(removal) Of those, how many it still holds afterwards (their shards were being written: re-run later)."""
 
     def __str__(self) -> str:
         busy = f"; left alone (being written): {', '.join(self.busy)}" if self.busy else ""
         removed = f", removed {self.removed} documents" if self.removed else ""
+        asked = ""
+        if self.requested:
+            asked = f"; of {self.requested} documents asked for, {self.not_found} were not in the cache"
+            if self.remaining:
+                asked += f" and {self.remaining} are STILL there (in shards being written: re-run when they finish)"
         return (
             f"{self.shards_before} shard(s) -> {self.shards_after} in {self.seconds:.1f} s: {self.documents} "
             f"documents{removed}, {self.duplicates_dropped} duplicate copies dropped, "
-            f"{self.bytes_before / 1e6:.1f} MB -> {self.bytes_after / 1e6:.1f} MB{busy}"
+            f"{self.bytes_before / 1e6:.1f} MB -> {self.bytes_after / 1e6:.1f} MB{busy}{asked}"
         )
 
 
@@ -108,8 +119,8 @@ def compact(
     """
     t0 = time.perf_counter()
     cache = _local(path, "compact")
+    cache.require_undamaged("compact")  # first: finishing a merge recounts the manifest, which would hide a loss
     _finish_earlier(cache)
-    cache.require_undamaged("compact")
     before_shards, before_bytes = len(cache.shards), int(cache.stats()["bytes"])
     wanted = list(cache.shards) if shards is None else list(shards)
     unknown = sorted(set(wanted) - set(cache.shards))
@@ -175,17 +186,25 @@ def remove_documents(
     """Drop documents (given as text / word lists, or as keys: bytes or hex) and reclaim their space.
 
     The shards holding them are rewritten without them; documents that are not in the cache are
-    ignored (the summary counts what was removed).
+    ignored. The summary counts what was removed, what was not there (:attr:`CompactSummary.not_found`) and
+    what is still there because another process is writing its shard (:attr:`CompactSummary.remaining`).
     """
     cache = _local(path, "remove")
-    cache.require_undamaged("remove")
+    cache.require_undamaged("remove")  # first: finishing a merge recounts the manifest, which would hide a loss
+    _finish_earlier(cache)  # an interrupted merge's retired shards are not holders to rewrite
     wanted = {cache.key(d) for d in docs} | {_key_bytes(k) for k in keys}
+    not_found = sum(cache.index_of(k) is None for k in wanted)
     holders = _holders(cache.root, wanted)  # every shard with a copy (concurrent writers may have stored two)
     if not holders:
         stats = cache.stats()
-        return CompactSummary(len(cache.shards), len(cache.shards), 0, bytes_before=stats["bytes"],
-                              bytes_after=stats["bytes"])  # fmt: skip
-    return compact(path, shards=holders, progress=progress, fsync=fsync, _exclude=frozenset(wanted))
+        summary = CompactSummary(len(cache.shards), len(cache.shards), 0, bytes_before=stats["bytes"],
+                                 bytes_after=stats["bytes"])  # fmt: skip
+    else:
+        summary = compact(path, shards=holders, progress=progress, fsync=fsync, _exclude=frozenset(wanted))
+    after = open_cache(path)
+    summary.requested, summary.not_found = len(wanted), not_found
+    summary.remaining = sum(after.index_of(k) is not None for k in wanted)
+    return summary
 
 
 def _key_bytes(key: bytes | str) -> bytes:
@@ -195,8 +214,8 @@ def _key_bytes(key: bytes | str) -> bytes:
     text = key.hex() if isinstance(key, bytes) else key.strip().lower()
     if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
         raise ConfigError(
-            f"key {text!r} is not a document key: give all 64 hex characters of its sha256 (`cache stats --json` "
-            "and error messages show the first 16; `--data FILE` removes documents by content instead)"
+            f"key {text!r} is not a document key: give all 64 hex characters of its sha256 (`embrecycle cache stats "
+            "CACHE --keys` lists every document's; `--data FILE` removes documents by content instead)"
         )
     return bytes.fromhex(text)
 
@@ -242,8 +261,9 @@ def _shard_of(file_name: str) -> str | None:
     return None
 
 
-def cache_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Documents, tokens, bytes (per token), dtype, duplicates and what each shard holds."""
+def cache_stats(path: str | os.PathLike[str], keys: bool = False) -> dict[str, Any]:
+    """Documents, tokens, bytes (per token), dtype, duplicates and what each shard holds; with ``keys``, also
+    ``"keys"``: every document's key (hex), shard and tokens."""
     cache = open_cache(path)
     stats = cache.stats()
     stored = sum(cache.shard_records.values())
@@ -260,6 +280,13 @@ def cache_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "bytes": sum(paths[k].stat().st_size for k in ("hidden", "tokens", "index") if paths[k].exists()),
             }
         )
+    listed: dict[str, Any] = {}
+    if keys:
+        listed["keys"] = [
+            {"key": cache.keys[i].tobytes().hex(), "shard": cache.shards[int(cache.shard_ids[i])],
+             "tokens": int(cache.lengths[i])}
+            for i in range(len(cache))
+        ]  # fmt: skip
     return {
         "location": cache.location,
         "dtype": cache.settings.dtype,
@@ -270,6 +297,7 @@ def cache_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
         "damage": list(cache.damage),
         "converted_from": cache.manifest.get("converted_from"),
         "shard_list": shards,
+        **listed,
     }
 
 
@@ -300,12 +328,19 @@ def _retire(cache: Cache, replaced: list[str], by: str | None) -> None:
 
 
 def _identity(index: Path) -> list[int] | None:
-    """An index file's inode and size (a shard later written under a retired shard's name differs)."""
+    """An index file's inode, size and modification time (a shard later written under a retired shard's name
+    differs, even where the file system reuses the inode)."""
     try:
         st = index.stat()
     except FileNotFoundError:
         return None
-    return [st.st_ino, st.st_size]
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _same_identity(now: list[int] | None, recorded: Any) -> bool:
+    """Whether an index file is the one recorded (a note written before the modification time was recorded holds
+    inode and size only)."""
+    return now is not None and isinstance(recorded, list) and len(recorded) >= 2 and now[: len(recorded)] == recorded
 
 
 def _finish_earlier(cache: Cache) -> list[str]:
@@ -320,7 +355,7 @@ def _finish_earlier(cache: Cache) -> list[str]:
         with _try_lock(paths["lock"]) as free:
             now = _identity(paths["index"])
             # a shard written under the freed name since (or being written now) is not the retired one
-            if free and (now is None or now == identity.get(name)):
+            if free and (now is None or _same_identity(now, identity.get(name))):
                 still_theirs.append(name)
     deleted = _delete_shards(cache.root, still_theirs)
     _set_marker(cache, None)
@@ -378,6 +413,9 @@ def _locked(root: Path, names: Sequence[str]) -> Iterator[tuple[list[str], list[
                 busy.append(name)
                 continue
             files.append(f)
+            if not _still_at(f, shard_paths(root, name)["lock"]):
+                busy.append(name)  # its lock file was replaced (another merge retired it; a new writer may hold it)
+                continue
             held.append(name)
         yield held, busy
     finally:
@@ -397,4 +435,12 @@ def _try_lock(path: Path) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
-        yield True
+        yield _still_at(f, path)  # a lock file deleted and made anew since it was opened is not this one
+
+
+def _still_at(f: IO[bytes], path: Path) -> bool:
+    """Whether the open file ``f`` is still the file at ``path`` (not deleted or replaced since it was opened)."""
+    try:
+        return os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False

@@ -283,7 +283,7 @@ class LowerLayersActor:
                     keys = [bytes.fromhex(k) for k, _, _ in batch]
                     docs = [d for _, d, _ in batch]
                     encs = encode_documents(tokenizer, docs, s.max_length, s.truncation)
-                    stored = lower_states(split, encs, pad_id, self.hardware, s.dtype)
+                    stored = lower_states(split, encs, pad_id, self.hardware, s.dtype, [f"key {k.hex()}" for k in keys])
                     entries = [
                         Entry(k, stored[j, : len(e.input_ids)], e.token_table(), e.truncated)
                         for j, (k, e, (_, _, store)) in enumerate(zip(keys, encs, batch, strict=True))

@@ -16,7 +16,7 @@ from ..config import Checks
 from ..errors import CacheCorruptedError, CacheMismatchError
 from ..hardware import PRECISIONS
 from .codecs import CODECS, canonical_dtype
-from .format import READABLE_VERSIONS, STORAGE_DTYPES, format_version
+from .format import QUANTISED_FORMAT_VERSION, READABLE_VERSIONS, STORAGE_DTYPES, format_version
 
 MANIFEST_NAME = "manifest.json"
 OWN_FILES = frozenset({".manifest.lock", "shards"})
@@ -199,15 +199,17 @@ def new_manifest(
     it is not its own (a converted cache keeps its source's keys); ``converted_from``: what it was converted from.
     """
     now = datetime.now(UTC).isoformat(timespec="seconds")
+    foreign_keys = key_fingerprint is not None and key_fingerprint != settings.fingerprint()
     manifest: dict[str, Any] = {
         "format": "embrecycle-cache",
-        "format_version": format_version(settings.dtype),
+        # a reader that ignores key_fingerprint would miss every document: older readers must refuse such a cache
+        "format_version": max(format_version(settings.dtype), QUANTISED_FORMAT_VERSION if foreign_keys else 0),
         "library_version": __version__,
         "created": now,
         "settings": settings.to_dict(),
         "settings_fingerprint": settings.fingerprint(),
     }
-    if key_fingerprint is not None and key_fingerprint != settings.fingerprint():
+    if foreign_keys:
         manifest["key_fingerprint"] = key_fingerprint
     if converted_from is not None:
         manifest["converted_from"] = converted_from

@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import secrets
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ import torch
 from ..errors import CacheCorruptedError, CacheError, CacheLockedError, CacheMissError
 from ..tokenization import Encoded, is_empty
 from .codecs import codec_for
-from .format import FLAG_TRUNCATED, READABLE_VERSIONS, RECORD_DTYPE, TOKEN_FIELDS, make_header
+from .format import FLAG_TRUNCATED, HEADER_SIZE, READABLE_VERSIONS, RECORD_DTYPE, TOKEN_FIELDS, make_header
 from .location import Remote, is_remote, local_path
 from .settings import (
     MANIFEST_NAME,
@@ -69,6 +70,11 @@ def _open_shards() -> int:
 OPEN_SHARDS = _open_shards()
 """Shards a reader keeps memory-mapped at once (each holds two file handles): at most 256, and an eighth of the
 process's file-handle limit, so that a cache of thousands of shards does not run out of them."""
+
+
+class _ShardRetired(Exception):
+    """Shard ``args[0]`` (an id) lost its index after this reader opened the cache: a merge retired it."""
+
 
 __all__ = [
     "Cache",
@@ -173,6 +179,7 @@ class Cache:
         self.codec = codec_for(self.settings.dtype)
         self._width = self.codec.width(self.settings.hidden_size)
         self._row_bytes = self.codec.row_bytes(self.settings.hidden_size)
+        self._lock = threading.RLock()  # a relocation (see _relocate) moves entries: reads see it whole
         self.refresh()
 
     # ---- construction ---------------------------------------------------
@@ -264,13 +271,22 @@ class Cache:
         index records that fail their checksum, data files shorter than their records need, and records the
         manifest counted that are gone.
         """
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self._manifest_mtime = self._manifest_stamp()
+        before = self._disk_manifest()  # read before listing: it counts nothing the listing cannot see
         self.shards = list_shards(self.root)
         self.damage: list[str] = []
         self.lost: list[str] = []  # the part of ``damage`` about records the manifest counted that are gone
         self.shard_records: dict[str, int] = {}
         self._present: dict[str, int] = {}
+        self._index_ids: list[IndexId | None] = []  # each shard's index file as listed (a name reused differs)
+        self._retired: set[int] = set()  # shards a merge retired after this reader listed them (see _relocate)
+        self._gone: set[int] = set()  # entries removed from the cache after this reader listed them
         parts = [self._load_shard(sid, name) for sid, name in enumerate(self.shards)]
-        self._check_recorded_counts()
+        self._check_recorded_counts(before)
 
         def cat(i: int, dt: npt.DTypeLike) -> np.ndarray:
             xs = [p[i] for p in parts]
@@ -303,8 +319,12 @@ class Cache:
         s = self.settings
         path = shard_paths(self.root, name)["index"]
         hint = f"run {repair_hint(path)}, then re-run `cache build` to recompute what it drops"
+        gone = False
+        self._index_ids.append(_index_id(path) if self.remote is None else None)
         try:
             records, ok, _ = scan_index(path, s.hidden_size, s.dtype)
+        except FileNotFoundError:  # retired by a merge since it was listed (a loss is told by the manifest's count)
+            records, ok, gone = np.empty(0, RECORD_DTYPE), np.empty(0, bool), True
         except CacheCorruptedError as e:
             self.damage.append(str(e))
             records, ok = np.empty(0, RECORD_DTYPE), np.empty(0, bool)
@@ -314,8 +334,9 @@ class Cache:
         rec, bad = trusted_records(records, ok)
         for j in bad:
             self.damage.append(f"{path}: index record {j} of {len(records)} fails its checksum; {hint}")
-        self.shard_records[name] = len(rec)
-        self._present[name] = len(rec) + len(bad)  # what the manifest's count is checked against
+        if not gone:
+            self.shard_records[name] = len(rec)
+            self._present[name] = len(rec) + len(bad)  # what the manifest's count is checked against
         self._check_data_sizes(name, rec, hint)
         return (
             rec["key"],
@@ -343,17 +364,45 @@ class Cache:
                 state = f"is truncated ({size} bytes, its index needs {need})" if p.exists() else "is missing"
                 self.damage.append(f"{p} {state}; {hint}")
 
-    def _check_recorded_counts(self) -> None:
-        """Note shards that hold fewer records than the manifest counted (an index truncated or deleted)."""
-        recorded = self.manifest.get("stats", {}).get("shard_records")
-        if self.remote is not None or not isinstance(recorded, dict):
+    def _disk_manifest(self) -> dict[str, Any]:
+        """The manifest as it is on disk now (this reader's copy for a cache at a URL, or one unreadable now)."""
+        if self.remote is not None:
+            return self.manifest
+        try:
+            return read_manifest(self.root)
+        except (OSError, CacheError, ValueError):
+            return self.manifest
+
+    def _check_recorded_counts(self, before: dict[str, Any]) -> None:
+        """Note shards that hold fewer records than the manifest counted (an index truncated or deleted).
+
+        ``before`` is the manifest read before the shards were listed, so it counts no record the listing
+        missed (a writer appending meanwhile counts more only later). A second read after the scan names the
+        shards a merge retired meanwhile: a loss is a shard both copies count more records of than it holds.
+        """
+        if self.remote is not None:
             return
         manifest = self.root / MANIFEST_NAME
-        marker = self.manifest.get("compaction")
-        retired = set(marker.get("replaced", [])) if isinstance(marker, dict) else set()
+        recorded = before.get("stats", {}).get("shard_records")
+        if not isinstance(recorded, dict):
+            return
+        after = self._disk_manifest()
+        still = after.get("stats", {}).get("shard_records")
+        still = still if isinstance(still, dict) else recorded
+        retired: set[str] = set()
+        for m in (before, after):
+            marker = m.get("compaction")
+            retired |= set(marker.get("replaced", [])) if isinstance(marker, dict) else set()
         for name, n in sorted(recorded.items()):
             have = self._present.get(name)
-            if not isinstance(n, int) or (have is not None and have >= n) or (have is None and name in retired):
+            n_after = still.get(name)
+            if (
+                not isinstance(n, int)
+                or (have is not None and have >= n)
+                or (have is None and name in retired)
+                or not isinstance(n_after, int)
+                or (have is not None and have >= n_after)
+            ):
                 continue  # (a shard a finished merge replaced may be gone: see embrecycle.cache.maintenance)
             index = shard_paths(self.root, name)["index"]
             state = "is missing" if have is None else f"holds {have} records"
@@ -365,6 +414,11 @@ class Cache:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def live_shards(self) -> list[str]:
+        """The shards this reader reads from (without those a merge retired since it listed them)."""
+        return [name for sid, name in enumerate(self.shards) if sid not in self._retired]
 
     def key(self, doc: Document) -> bytes:
         """The content key of ``doc`` in this cache."""
@@ -388,21 +442,98 @@ class Cache:
             if self.remote is not None:
                 self.remote.pull_shard_data(self.shards[sid])
             paths = shard_paths(self.root, self.shards[sid])
-            if self.remote is None and not paths["index"].exists():
-                raise CacheError(
-                    f"shard {self.shards[sid]!r} of {self.location} was merged into another (`cache compact` or "
-                    "`cache remove`) after this reader opened the cache: open the cache again."
-                )
-            self._maps[sid] = (
+            maps = (
                 _memmap(paths["hidden"], self.codec.item_dtype, self._width),
                 _memmap(paths["tokens"], np.dtype("<i4"), TOKEN_FIELDS),
             )
+            # checked after mapping: a merge deletes a retired shard's index before its data, so an index still
+            # there now (the same file as listed) means the data was there when mapped
+            if self.remote is None and not _same_index(_index_id(paths["index"]), self._index_ids[sid]):
+                raise _ShardRetired(sid)
+            self._maps[sid] = maps
         return self._maps[sid]
+
+    def _entry_maps(self, i: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Entry ``i``'s shard's memory maps, first row and rows. An entry whose shard a merge retired since this
+        reader listed it is first pointed at its new place (:meth:`_relocate`)."""
+        with self._lock:
+            self._follow_merges()
+            for _ in range(4):  # a merge of merges can retire the new place too
+                if i in self._gone:
+                    break
+                try:
+                    hidden_mm, tokens_mm = self._maps_for(int(self.shard_ids[i]))
+                    return hidden_mm, tokens_mm, int(self.rows[i]), int(self.lengths[i])
+                except _ShardRetired:
+                    if not self._relocate():
+                        break
+        raise CacheMissError(
+            f"document {self.keys[i].tobytes().hex()[:16]} is no longer in {self.location}: it was removed (`cache "
+            "remove`) or its shard lost after this reader opened the cache. Open the cache again."
+        )
+
+    def _manifest_stamp(self) -> int | None:
+        """When the manifest was last written (every build, merge and removal rewrites it); None for a URL."""
+        if self.remote is not None:
+            return None
+        try:
+            return os.stat(self.root / MANIFEST_NAME).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def _follow_merges(self) -> None:
+        """After the manifest changed, check the shards this reader has mapped: one a merge retired (its file
+        lives on while mapped) holds documents a removal dropped and disk space it meant to free, so its
+        entries move to their new place (:meth:`_relocate`). One ``stat`` per read otherwise."""
+        stamp = self._manifest_stamp()
+        if stamp is None or stamp == self._manifest_mtime:
+            return
+        self._manifest_mtime = stamp
+        paths = {sid: shard_paths(self.root, self.shards[sid])["index"] for sid in self._maps}
+        if any(not _same_index(_index_id(p), self._index_ids[sid]) for sid, p in paths.items()):
+            self._relocate()
+
+    def _relocate(self) -> bool:
+        """Point the entries of shards a merge retired (``cache compact`` / ``cache remove``) at the shard that
+        holds them now; entries no longer in the cache become misses. Entry indices and keys stay (a merge copies
+        stored bytes), so a long-lived reader (a server, a training run) goes on reading while the cache is
+        compacted. Returns whether any entry moved or left."""
+        now = Cache(self.root, read_manifest(self.root), verify_reads=self.verify_reads)
+        retired = {
+            sid
+            for sid, name in enumerate(self.shards)
+            if sid not in self._retired
+            and not _same_index(_index_id(shard_paths(self.root, name)["index"]), self._index_ids[sid])
+        }
+        self._retired |= retired
+        sid_of = {name: sid for sid, name in enumerate(self.shards) if sid not in self._retired}
+        moving = np.flatnonzero(np.isin(self.shard_ids, sorted(self._retired)))
+        changed = False
+        for i in moving.tolist():
+            if i in self._gone:
+                continue
+            key = self.keys[i].tobytes()
+            j = now.index_of(key)
+            changed = True
+            if j is None:
+                self._gone.add(i)
+                self._lookup.pop(key, None)  # a miss from now on
+                continue
+            name = now.shards[int(now.shard_ids[j])]
+            if name not in sid_of:
+                sid_of[name] = len(self.shards)
+                self.shards.append(name)
+                self._index_ids.append(now._index_ids[int(now.shard_ids[j])])
+            self.shard_ids[i], self.rows[i], self.lengths[i] = sid_of[name], now.rows[j], now.lengths[j]
+            self._hidden_crc[i], self._tokens_crc[i] = now._hidden_crc[j], now._tokens_crc[j]
+            self._flags[i] = now._flags[j]
+        for sid in self._retired:
+            self._maps.pop(sid, None)
+        return changed
 
     def _rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw stored rows of entry ``i``: ``(hidden in storage dtype, tokens int32)``, checked."""
-        sid, row, n = int(self.shard_ids[i]), int(self.rows[i]), int(self.lengths[i])
-        hidden_mm, tokens_mm = self._maps_for(sid)
+        hidden_mm, tokens_mm, row, n = self._entry_maps(i)
         h, t = hidden_mm[row : row + n], tokens_mm[row : row + n]
         if h.shape[0] != n or t.shape[0] != n:
             raise CacheCorruptedError(f"{self._where(i)}: the shard's data file is truncated. " + self._fix())
@@ -437,8 +568,8 @@ class Cache:
     def token_table(self, i: int) -> tuple[np.ndarray, bool]:
         """Entry ``i``'s ``(n_tokens, 4)`` token table (id, word id, char start, char end) and truncation flag,
         read without its states (checked against the tokens' checksum)."""
-        sid, row, n = int(self.shard_ids[i]), int(self.rows[i]), int(self.lengths[i])
-        t = self._maps_for(sid)[1][row : row + n]
+        _, tokens_mm, row, n = self._entry_maps(i)
+        t = tokens_mm[row : row + n]
         if t.shape[0] != n:
             raise CacheCorruptedError(f"{self._where(i)}: the shard's token file is truncated. " + self._fix())
         if self.verify_reads and zlib.crc32(t.data) != int(self._tokens_crc[i]):
@@ -550,7 +681,7 @@ class Cache:
     def stats(self) -> dict[str, Any]:
         """Documents, tokens and bytes on disk (all shard files)."""
         size = 0
-        for name in self.shards:
+        for name in self.live_shards:
             for kind in ("hidden", "tokens", "index"):
                 size += self._file_size(shard_paths(self.root, name)[kind])
         tokens = int(self.lengths.sum())
@@ -560,7 +691,7 @@ class Cache:
             "bytes": size,
             "bytes_per_token": round(size / tokens, 1) if tokens else 0.0,
             "truncated_documents": int((self._flags & FLAG_TRUNCATED != 0).sum()),
-            "shards": len(self.shards),
+            "shards": len(self.live_shards),
         }
 
     def update_manifest_stats(self) -> None:
@@ -728,11 +859,39 @@ def _documents_in_shards(root: Path, settings: CacheSettings, documents: Sequenc
     return any(not is_empty(d) and document_key(fingerprint, d) in stored for d in documents)
 
 
+IndexId = tuple[int, bytes]
+"""What tells one shard index file from another written later under the same name: its inode and its first
+record's key (appends change neither; a file system may reuse a freed inode, but not with the same first
+document)."""
+
+
+def _same_index(now: IndexId | None, listed: IndexId | None) -> bool:
+    """Whether an index file is still the one listed (one listed before its first record: same inode)."""
+    if now is None or listed is None:
+        return now is listed
+    return now[0] == listed[0] if not listed[1] else now == listed
+
+
+def _index_id(path: Path) -> IndexId | None:
+    """An index file's :data:`IndexId` (None: there is no such file)."""
+    try:
+        with open(path, "rb") as f:
+            ino = os.fstat(f.fileno()).st_ino
+            f.seek(HEADER_SIZE)
+            return ino, f.read(32)
+    except FileNotFoundError:
+        return None
+
+
 def _memmap(path: Path, dtype: np.dtype, width: int) -> np.ndarray:
-    rows = path.stat().st_size // (dtype.itemsize * width) if path.exists() else 0
-    if rows == 0:
+    """The file's whole rows, memory-mapped (none when it is missing: the caller tells a loss from a merge)."""
+    try:
+        rows = path.stat().st_size // (dtype.itemsize * width)
+        if rows == 0:
+            return np.zeros((0, width), dtype)
+        return np.memmap(path, dtype=dtype, mode="r", shape=(rows, width))
+    except FileNotFoundError:
         return np.zeros((0, width), dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=(rows, width))
 
 
 def open_cache(path: str | os.PathLike[str], verify_reads: bool = True, expected: CacheSettings | None = None) -> Cache:

@@ -97,9 +97,12 @@ class Overlap:
 
 
 def find_overlap(train: Sequence[Example], test: Sequence[Example], shown: int = SHOWN) -> Overlap:
-    """Test documents that occur in ``train`` (each test document counted once, its first match named)."""
+    """Test documents that occur in ``train`` (each test document counted once, its first match named; blank
+    documents are not counted on either side)."""
     exact: dict[bytes, str] = {}
     loose: dict[bytes, str] = {}
+    train = [e for e in train if normalise(e.doc)]  # blank documents are never cached, and no leak
+    test = [e for e in test if normalise(e.doc)]
     for e in train:
         exact.setdefault(_digest(_text(e.doc)), e.source)
         loose.setdefault(_digest(normalise(e.doc)), e.source)
@@ -117,9 +120,27 @@ def find_overlap(train: Sequence[Example], test: Sequence[Example], shown: int =
     return Overlap(len(train), len(test), n_exact, n_loose, examples)
 
 
-def key_overlap(train_keys: Sequence[bytes], test_keys: Sequence[bytes], shown: int = SHOWN) -> Overlap:
-    """Exact overlap of two caches with the same key settings, from their document keys alone."""
-    known = set(train_keys)
-    hits = [k for k in test_keys if k in known]
-    examples = [OverlapExample(f"key {k.hex()[:16]}", "the training cache", "", True) for k in hits[:shown]]
-    return Overlap(len(known), len(test_keys), len(hits), len(hits), examples, normalisation_checked=False)
+def key_overlap(
+    train_keys: Sequence[bytes],
+    test_keys: Sequence[bytes],
+    shown: int = SHOWN,
+    train_sources: Sequence[str] | None = None,
+    test_sources: Sequence[str] | None = None,
+    test_texts: Sequence[str] | None = None,
+) -> Overlap:
+    """Exact overlap of two sides keyed under the same cache settings (a cache's keys, or a file's documents keyed
+    under the other side's cache). ``*_sources`` (``file:line`` per key, for a side that is a file) and
+    ``test_texts`` name the examples; a cache side is named by its keys."""
+    known: dict[bytes, str] = {}
+    for i, k in enumerate(train_keys):
+        known.setdefault(k, train_sources[i] if train_sources else f"training key {k.hex()[:16]}")
+    examples: list[OverlapExample] = []
+    hits = 0
+    for i, k in enumerate(test_keys):
+        if k not in known:
+            continue
+        hits += 1
+        if len(examples) < shown:
+            source = test_sources[i] if test_sources else f"test key {k.hex()[:16]}"
+            examples.append(OverlapExample(source, known[k], test_texts[i] if test_texts else "", True))
+    return Overlap(len(train_keys), len(test_keys), hits, hits, examples, normalisation_checked=False)

@@ -106,9 +106,11 @@ def read_data(config: TrainConfig) -> TrainingData:
     if overlap.any:
         log.warning(
             "%s; dev scores overstate what the model does on new documents. Remove them from --dev (or --train); "
-            "`embrecycle cache overlap --train %s --test %s` lists them",
+            "`embrecycle cache overlap --train %s --test %s%s` lists them",
             overlap.summary("--train", "--dev").replace("\n", ";"),
             config.train,
             config.dev,
+            (f" --text-field {config.text_field}" if config.text_field != "text" else "")
+            + (f" --format {config.data_format}" if config.data_format else ""),
         )
     return TrainingData(task, train, dev)
