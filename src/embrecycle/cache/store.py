@@ -448,7 +448,7 @@ class Cache:
             )
             # checked after mapping: a merge deletes a retired shard's index before its data, so an index still
             # there now (the same file as listed) means the data was there when mapped
-            if self.remote is None and not _same_index(_index_id(paths["index"]), self._index_ids[sid]):
+            if self._is_retired(sid):
                 raise _ShardRetired(sid)
             self._maps[sid] = maps
         return self._maps[sid]
@@ -489,9 +489,15 @@ class Cache:
         if stamp is None or stamp == self._manifest_mtime:
             return
         self._manifest_mtime = stamp
-        paths = {sid: shard_paths(self.root, self.shards[sid])["index"] for sid in self._maps}
-        if any(not _same_index(_index_id(p), self._index_ids[sid]) for sid, p in paths.items()):
+        if any(self._is_retired(sid) for sid in self._maps):
             self._relocate()
+
+    def _is_retired(self, sid: int) -> bool:
+        """Whether shard ``sid``'s index is no longer the file this reader listed (a merge deleted it, or a new
+        shard took its name); a cache at a URL is never merged under its readers."""
+        if self.remote is not None:
+            return False
+        return not _same_index(_index_id(shard_paths(self.root, self.shards[sid])["index"]), self._index_ids[sid])
 
     def _relocate(self) -> bool:
         """Point the entries of shards a merge retired (``cache compact`` / ``cache remove``) at the shard that
@@ -499,13 +505,7 @@ class Cache:
         stored bytes), so a long-lived reader (a server, a training run) goes on reading while the cache is
         compacted. Returns whether any entry moved or left."""
         now = Cache(self.root, read_manifest(self.root), verify_reads=self.verify_reads)
-        retired = {
-            sid
-            for sid, name in enumerate(self.shards)
-            if sid not in self._retired
-            and not _same_index(_index_id(shard_paths(self.root, name)["index"]), self._index_ids[sid])
-        }
-        self._retired |= retired
+        self._retired |= {sid for sid in range(len(self.shards)) if sid not in self._retired and self._is_retired(sid)}
         sid_of = {name: sid for sid, name in enumerate(self.shards) if sid not in self._retired}
         moving = np.flatnonzero(np.isin(self.shard_ids, sorted(self._retired)))
         changed = False
