@@ -99,8 +99,9 @@ bench-serve: $(ASSETS)  ## Load test: one server of T task models vs T servers o
 bench-ray: $(RAY) $(ASSETS)  ## Ray engine (1 and 2 workers) vs the local engine; Ray's fixed overhead
 	$(BIN)/python benchmarks/ray_engine.py
 
-bench-defaults: $(ASSETS)  ## Every training mode at its default learning rate on BBC News and WNUT-16 (resumable)
+bench-defaults: $(ASSETS)  ## Every training mode at its default learning rate on BBC News and WNUT-16, MiniLM-L6 then MPNet-base (resumable)
 	$(BIN)/python benchmarks/default_lrs.py --model minilm-l6
+	$(BIN)/python benchmarks/default_lrs.py --model mpnet-base
 	$(BIN)/python benchmarks/default_lrs.py --report
 
 bench-hardware: $(ASSETS)  ## embrecycle vs the HF Trainer, fp32 and bf16: MiniLM-L6 then MPNet-base (resumable; ~1 h + ~2.5 h)

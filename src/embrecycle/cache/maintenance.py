@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from .location import is_remote
 from .settings import MANIFEST_NAME, read_manifest, write_manifest
-from .shard import SHARD_DIR, ShardWriter, list_shards, shard_paths, split_index
+from .shard import SHARD_DIR, ShardWriter, list_shards, shard_paths, split_index, still_at
 from .store import Cache, Document, open_cache
 
 __all__ = [
@@ -413,7 +413,7 @@ def _locked(root: Path, names: Sequence[str]) -> Iterator[tuple[list[str], list[
                 busy.append(name)
                 continue
             files.append(f)
-            if not _still_at(f, shard_paths(root, name)["lock"]):
+            if not still_at(f, shard_paths(root, name)["lock"]):
                 busy.append(name)  # its lock file was replaced (another merge retired it; a new writer may hold it)
                 continue
             held.append(name)
@@ -435,12 +435,4 @@ def _try_lock(path: Path) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
-        yield _still_at(f, path)  # a lock file deleted and made anew since it was opened is not this one
-
-
-def _still_at(f: IO[bytes], path: Path) -> bool:
-    """Whether the open file ``f`` is still the file at ``path`` (not deleted or replaced since it was opened)."""
-    try:
-        return os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
-    except FileNotFoundError:
-        return False
+        yield still_at(f, path)  # a lock file deleted and made anew since it was opened is not this one

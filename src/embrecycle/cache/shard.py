@@ -15,7 +15,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 
@@ -202,11 +202,7 @@ class ShardWriter:
             except BlockingIOError:
                 f.close()
                 raise CacheLockedError(f"shard {name!r} is being written by another process") from None
-            try:
-                same = os.fstat(f.fileno()).st_ino == os.stat(self.paths["lock"]).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
+            if still_at(f, self.paths["lock"]):
                 return f
             f.close()
         raise CacheLockedError(f"shard {name!r}: its lock file keeps being replaced")
@@ -290,3 +286,12 @@ class ShardWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def still_at(f: IO[bytes], path: Path) -> bool:
+    """Whether the open file ``f`` is still the file at ``path`` (not deleted or replaced since it was opened):
+    a shard's lock file that a merge deleted, and a writer made anew, is not the lock another process holds."""
+    try:
+        return os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
