@@ -197,6 +197,37 @@ def test_a_run_trained_on_8_bit_states_predicts_from_any_dtype(
     assert agree >= 0.9 * len(docs)  # the same states within int8's rounding
 
 
+def test_a_cache_converted_by_the_cli_trains_and_predicts(
+    tiny_bert_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
+    """`cache convert` (the command), then a run trained on the converted cache and predicting from it."""
+    from typer.testing import CliRunner
+
+    import embrecycle
+    from embrecycle.cli import app
+    from embrecycle.data import read_examples
+    from embrecycle.training import TrainConfig, train
+
+    docs = [e.doc for f in ("train", "dev") for e in read_examples(toy_classification[f])]
+    build_cache(docs, tmp_path / "f16", BuildConfig(model=tiny_bert_dir, layer=2, dtype="float16"), progress=False)
+    args = ["cache", "convert", str(tmp_path / "f16"), "--dtype", "int8-token", "--out", str(tmp_path / "q")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "q" / "manifest.json").read_text())["converted_from"]["dtype"] == "float16"
+    cfg = TrainConfig(task="classification", model=tiny_bert_dir, layer=2, train=str(toy_classification["train"]),
+                      dev=str(toy_classification["dev"]), out=str(tmp_path / "run"), cache=str(tmp_path / "q"),
+                      cache_dtype="int8-token", epochs=2, lr=1e-2)  # fmt: skip
+    run = train(cfg, progress=False)
+    assert len(open_cache(tmp_path / "q")) == len(set(docs))  # training added nothing: every state was there
+    model = embrecycle.load(run.run_dir)
+    dev = [e.doc for e in read_examples(toy_classification["dev"])]
+    got = model.predict(dev, cache=tmp_path / "q")
+    assert got.hits == len(dev) and got.misses == 0
+    scores = model.evaluate(model.read(toy_classification["dev"]), cache=tmp_path / "q")
+    saved = json.loads((Path(run.run_dir) / "metrics.json").read_text())["best"]["macro_f1"]
+    assert scores["macro_f1"] == pytest.approx(saved, abs=1e-6)  # predicted from the states it was scored on
+
+
 @pytest.mark.parametrize("name", [n for n in sorted(CODECS) if CODECS[n].quantised])
 @pytest.mark.parametrize("scale", [1e-9, 3e-8, 4e-6, 1e-3])
 def test_tiny_values_stay_within_the_bound(name: str, scale: float) -> None:

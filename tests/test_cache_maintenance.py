@@ -225,6 +225,19 @@ def test_a_damaged_cache_is_repaired_before_it_is_merged(tiny_bert_dir: str, tex
     assert index.exists()  # nothing was merged away
 
 
+def test_gc_refuses_a_cache_that_lost_an_index(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
+    """A shard whose index was deleted has orphan-looking data files; gc must not delete them and hide the loss."""
+    from embrecycle import CacheCorruptedError
+
+    out = tmp_path / "c"
+    _sharded(tiny_bert_dir, texts, out)
+    paths = shard_paths(out, "worker-1")
+    paths["index"].unlink()
+    with pytest.raises(CacheCorruptedError, match="then `cache gc` again"):
+        collect_garbage(out)
+    assert paths["hidden"].exists() and paths["tokens"].exists()  # kept for whoever investigates the loss
+
+
 def test_keys_are_given_whole(tiny_bert_dir: str, texts: list[str], tmp_path: Path) -> None:
     out = tmp_path / "c"
     build_cache(texts[:5], out, BuildConfig(model=tiny_bert_dir, layer=2), progress=False)

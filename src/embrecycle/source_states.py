@@ -107,12 +107,14 @@ class SourceStates:
             s = cache.settings
             if not update:
                 revision = f" --revision {s.model_revision}" if s.model_revision else ""
+                truncation = f" --truncation {s.truncation}" if s.truncation != "truncate" else ""
                 raise CacheMissError(
                     f"{len(missing)} of {len(docs)} documents are not in the source cache {cache.location} (the "
-                    f"first: {str(missing[0])[:80]!r}). Pass --update-cache (update_cache=True in Python) to "
-                    f"compute them with the source model ({s.model}), or add them first with `embrecycle cache "
-                    f"build --model {s.model}{revision} --layer {s.layer} --max-length {s.max_length} --dtype "
-                    f"{s.dtype} --precision {s.precision} --data FILE --out {cache.location}`."
+                    f"first: {str(missing[0])[:80]!r}). Pass --update-cache (update_cache=True in Python; not "
+                    f"with --engine ray) to compute them with the source model ({s.model}), or add them first "
+                    f"with `embrecycle cache build --model {s.model}{revision} --layer {s.layer} --max-length "
+                    f"{s.max_length}{truncation} --dtype {s.dtype} --precision {s.precision} --data FILE --out "
+                    f"{cache.location}`."
                 )
             build = BuildConfig(
                 model=s.model, layer=s.layer, max_length=s.max_length, truncation=s.truncation, dtype=s.dtype,

@@ -290,3 +290,87 @@ def test_the_source_location_is_recorded_absolute(source_cache: Path, monkeypatc
     monkeypatch.chdir(source_cache.parent)
     assert source_record(open_cache("cache"), "linear")["location"] == str(source_cache.resolve())
     assert source_record(open_cache(f"file://{source_cache}"), "linear")["location"] == str(source_cache.resolve())
+
+
+def test_a_ner_consumer_trains_on_word_aligned_source_states(
+    tiny_bert_dir: str, char_source_dir: str, toy_ner: dict[str, Path], tmp_path: Path
+) -> None:
+    """NER end to end: word lists align within each word, the run predicts one tag per word after reloading."""
+    from embrecycle.data.readers import read_examples
+
+    source = tmp_path / "source"
+    first = [e.doc for e in read_examples(toy_ner["train"])][:5]
+    build_cache(first, source, BuildConfig(model=char_source_dir, layer=2), progress=False)
+    cfg = _cfg(tmp_path, tiny_bert_dir, toy_ner, source, task="ner", epochs=4)
+    result = train(cfg, progress=False)
+    model = load(result.run_dir, "cpu", "fp32")
+    assert model.model.fusion is not None and json.loads((Path(result.run_dir) / "run.json").read_text())["source"]
+    dev = [e.doc for e in read_examples(toy_ner["dev"])]
+    got = model.predict(dev[:4])
+    assert got.hits == 4  # training put the dev documents in the source cache
+    for doc, row in zip(dev[:4], got, strict=True):
+        assert row is not None and row["words"] == list(doc) and len(row["tags"]) == len(doc)
+    assert model.evaluate(model.read(toy_ner["dev"]))["f1"] == pytest.approx(result.best["f1"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_distilbert_dir(tiny_bert_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Another family as the consumer: a 4-layer, 32-wide DistilBERT on the tiny BERT's WordPiece vocabulary."""
+    from transformers import AutoConfig, AutoModel, DistilBertConfig
+
+    d = tmp_path_factory.mktemp("tiny-distilbert")
+    for f in Path(tiny_bert_dir).iterdir():
+        if f.name.startswith(("vocab", "tokenizer", "special_tokens")):
+            (d / f.name).write_bytes(f.read_bytes())
+    vocab = AutoConfig.from_pretrained(tiny_bert_dir).vocab_size
+    config = DistilBertConfig(
+        vocab_size=vocab, dim=32, n_layers=4, n_heads=4, hidden_dim=37, max_position_embeddings=64
+    )
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(d)
+    return str(d)
+
+
+def test_another_family_consumes_with_lora_above_a_cut(
+    tiny_distilbert_dir: str, toy_classification: dict[str, Path], source_cache: Path, tmp_path: Path
+) -> None:
+    """A DistilBERT consumer with LoRA in its layers above a cut at 2: the fusion and LoRA train, the rest stays."""
+    from embrecycle.run import build_task_model
+
+    cfg = _cfg(tmp_path, tiny_distilbert_dir, toy_classification, source_cache, layer=2, upper="lora", lr=1e-2,
+               epochs=2)  # fmt: skip
+    result = train(cfg, progress=False)
+    trained = load(result.run_dir, "cpu", "fp32")
+    fusion = trained.model.fusion
+    assert fusion is not None and float(fusion.proj.weight[:, 32:].detach().abs().sum()) > 0
+    labels = list(trained.record.labels)
+    pretrained = build_task_model(tiny_distilbert_dir, "classification", labels).state_dict()
+    got = trained.model.task_model.state_dict()
+    for name in pretrained:
+        if ".layer.0." in name or ".layer.1." in name or "embeddings" in name:
+            torch.testing.assert_close(got[name], pretrained[name], msg=name)  # below the cut: as pretrained
+    docs = _texts(toy_classification["dev"])[:6]
+    first, again = trained.predict(docs), load(result.run_dir, "cpu", "fp32").predict(docs)
+    assert first.hits == 6
+    for a, b in zip(first, again, strict=True):
+        assert a is not None and b is not None and a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+
+
+def test_a_source_cache_of_another_tokenizer_is_named(
+    tiny_bert_dir: str, wide_bert_dir: str, char_source_dir: str, toy_classification: dict[str, Path], tmp_path: Path
+) -> None:
+    """The same source weights at the same layer, tokenized otherwise: refused, naming the tokenizer."""
+    source = tmp_path / "model"  # one path (the settings' model id), its tokenizer swapped between two caches
+    import shutil
+
+    shutil.copytree(char_source_dir, source)
+    texts = _texts(toy_classification["train"]) + _texts(toy_classification["dev"])
+    build_cache(texts, tmp_path / "chars", BuildConfig(model=str(source), layer=2), progress=False)
+    run = train(_cfg(tmp_path, tiny_bert_dir, toy_classification, tmp_path / "chars", epochs=1), progress=False)
+    for f in Path(wide_bert_dir).iterdir():  # the wide BERT's own WordPiece tokenizer, same weights
+        if f.name.startswith(("vocab", "tokenizer", "special_tokens")):
+            (source / f.name).write_bytes(f.read_bytes())
+    build_cache(texts[:3], tmp_path / "words", BuildConfig(model=str(source), layer=2), progress=False)
+    with pytest.raises(CacheMismatchError, match="tokenizer") as err:
+        load(run.run_dir, "cpu", "fp32").predict(texts[:3], cache=tmp_path / "words")
+    assert "model:" not in str(err.value) and "layer:" not in str(err.value)  # only what differs is named

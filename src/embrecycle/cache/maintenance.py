@@ -233,6 +233,7 @@ def _holders(root: Path, keys: set[bytes]) -> list[str]:
 def collect_garbage(path: str | os.PathLike[str]) -> list[str]:
     """Finish an interrupted merge and delete shard files no index refers to; returns what was deleted."""
     cache = _local(path, "gc")
+    cache.require_undamaged("gc")  # a shard whose index is lost would look like garbage, and its loss vanish
     deleted = _finish_earlier(cache)
     indexed = set(list_shards(cache.root))
     for p in sorted((cache.root / SHARD_DIR).glob("*")):

@@ -110,7 +110,7 @@ def find_overlap(train: Sequence[Example], test: Sequence[Example], shown: int =
     examples: list[OverlapExample] = []
     for e in test:
         hit = exact.get(_digest(_text(e.doc)))
-        loose_hit = hit or loose.get(_digest(normalise(e.doc)))
+        loose_hit = hit if hit is not None else loose.get(_digest(normalise(e.doc)))
         if loose_hit is None:
             continue
         n_loose += 1

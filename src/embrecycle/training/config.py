@@ -112,8 +112,9 @@ class TrainConfig(Settings):
         None,
         "Cross-model recycling: a cache of another (source) model's states to fuse into this (consumer) model's "
         "input: its embeddings joined with the source states aligned onto its tokens by character spans, "
-        "projected back, then all its layers: with --layer 0 all of them train (as --upper says), with --layer K "
-        "layers 1..K keep their weights and K+1..N train. Missing documents are added to it.",
+        "projected back, then all its layers: with --layer 0 all of them train (as --upper says; its token "
+        "embeddings stay as pretrained, as in any recycled run), with --layer K layers 1..K keep their weights "
+        "and K+1..N train. Missing documents are added to it.",
     )
     fusion: str = setting(
         "linear",
