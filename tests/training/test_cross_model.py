@@ -39,6 +39,18 @@ def _cfg(tmp: Path, model: str, data: dict[str, Path], source: Path, **kw: Any) 
     return TrainConfig(**{**base, **kw})
 
 
+def _as_pretrained_below_a_cut_at_2(trained: Any, model_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Assert a run cut at 2 kept its embeddings and layers 0-1 as pretrained; its weights and the pretrained ones."""
+    from embrecycle.run import build_task_model
+
+    pretrained = build_task_model(model_dir, "classification", list(trained.record.labels)).state_dict()
+    got = trained.model.task_model.state_dict()
+    for name in pretrained:
+        if ".layer.0." in name or ".layer.1." in name or "embeddings" in name:
+            torch.testing.assert_close(got[name], pretrained[name], msg=name)  # below the cut: as pretrained
+    return got, pretrained
+
+
 @pytest.fixture(scope="module")
 def source_cache(char_source_dir: str, toy_classification: dict[str, Path], tmp_path_factory: Any) -> Path:
     """The source's layer-2 states of the first 20 training documents (training adds the rest)."""
@@ -147,18 +159,11 @@ def test_mlp_fusion_and_head_mode_train_the_fusion(
 def test_a_consumer_cut_at_layer_k_trains_only_the_layers_above_it(
     tiny_bert_dir: str, toy_classification: dict[str, Path], source_cache: Path, tmp_path: Path
 ) -> None:
-    from embrecycle.run import build_task_model
-
     run = train(_cfg(tmp_path, tiny_bert_dir, toy_classification, source_cache, layer=2, epochs=1),
                 progress=False).run_dir  # fmt: skip
     assert json.loads((Path(run) / "run.json").read_text())["states"]["layer"] == 2
     trained = load(run, "cpu", "fp32")
-    labels = list(trained.record.labels)
-    pretrained = build_task_model(tiny_bert_dir, "classification", labels).state_dict()
-    got = trained.model.task_model.state_dict()
-    for name in pretrained:
-        if ".layer.0." in name or ".layer.1." in name or "embeddings" in name:
-            torch.testing.assert_close(got[name], pretrained[name], msg=name)  # below the cut: as pretrained
+    got, pretrained = _as_pretrained_below_a_cut_at_2(trained, tiny_bert_dir)
     assert any(not torch.equal(got[n], pretrained[n]) for n in pretrained if ".layer.3." in n)  # above: trained
     assert trained.model.fusion is not None and float(trained.model.fusion.proj.weight[:, 32:].detach().abs().sum()) > 0
     docs = _texts(toy_classification["dev"])[:5]
@@ -335,20 +340,13 @@ def test_another_family_consumes_with_lora_above_a_cut(
     tiny_distilbert_dir: str, toy_classification: dict[str, Path], source_cache: Path, tmp_path: Path
 ) -> None:
     """A DistilBERT consumer with LoRA in its layers above a cut at 2: the fusion and LoRA train, the rest stays."""
-    from embrecycle.run import build_task_model
-
     cfg = _cfg(tmp_path, tiny_distilbert_dir, toy_classification, source_cache, layer=2, upper="lora", lr=1e-2,
                epochs=2)  # fmt: skip
     result = train(cfg, progress=False)
     trained = load(result.run_dir, "cpu", "fp32")
     fusion = trained.model.fusion
     assert fusion is not None and float(fusion.proj.weight[:, 32:].detach().abs().sum()) > 0
-    labels = list(trained.record.labels)
-    pretrained = build_task_model(tiny_distilbert_dir, "classification", labels).state_dict()
-    got = trained.model.task_model.state_dict()
-    for name in pretrained:
-        if ".layer.0." in name or ".layer.1." in name or "embeddings" in name:
-            torch.testing.assert_close(got[name], pretrained[name], msg=name)  # below the cut: as pretrained
+    _as_pretrained_below_a_cut_at_2(trained, tiny_distilbert_dir)
     docs = _texts(toy_classification["dev"])[:6]
     first, again = trained.predict(docs), load(result.run_dir, "cpu", "fp32").predict(docs)
     assert first.hits == 6
