@@ -130,14 +130,15 @@ def measure(args: argparse.Namespace) -> None:
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| model | task | mode | lr | head lr | dev score | constant | chance | margin | learned |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | precision | task | mode | lr | head lr | dev score | constant | chance | margin | learned |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         margin = r["best"] - max(r["constant"], r["chance"])
         verdict = "clearly" if margin >= CLEARLY else ("no" if r["learned_nothing"] else "barely")
         lines.append(
-            f"| {r['model']} | {r['task']} | {r['mode']} | {r['lr']:g} | {r.get('head_lr') or r['lr']:g} | "
+            f"| {r['model']} | {r.get('precision', '?')} | {r['task']} | {r['mode']} | {r['lr']:g} | "
+            f"{r.get('head_lr') or r['lr']:g} | "
             f"{r['best']:.4f} | {r['constant']:.4f} | {r['chance']:.4f} | {margin:+.4f} | {verdict} |"
         )
     return lines
@@ -159,7 +160,8 @@ def report() -> None:
         "articles, first 128 tokens, macro-F1) and WNUT-16 tweets (1,500 / 300 sentences, entity F1). "
         "'constant': the most frequent training label for every document (NER: O everywhere); 'chance': the "
         "higher of that and the run's own predictions shuffled among the dev documents (95th percentile). "
-        f"'clearly' means at least {CLEARLY} above both.",
+        f"'clearly' means at least {CLEARLY} above both. 'precision': what `auto` chose on the machine that "
+        "ran the row (bf16 on CPUs with native bf16 units, else fp32).",
         "",
         f"**{len(ok)} of {len(rows)} runs at the current defaults learn clearly.**",
         "",

@@ -56,6 +56,29 @@ def test_auto_is_bf16_only_where_the_cpu_has_bf16_units(monkeypatch: pytest.Monk
     assert hw.resolve_hardware("cpu", "bf16").precision == "bf16"  # asked for: emulated, but allowed
 
 
+def test_bf16_on_a_cpu_without_bf16_units_warns_once_and_says_emulated(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("EMBRECYCLE_PRECISION")
+    monkeypatch.setattr(hw, "cpu_bf16_units", lambda: ())
+    monkeypatch.setattr(hw, "_cpu_flags_known", lambda: True)
+    hw._warn_emulated_bf16.cache_clear()
+    with caplog.at_level("WARNING", logger="embrecycle.hardware"):
+        assert hw.resolve_hardware("cpu").precision == "fp32"  # auto never picks emulated bf16
+        assert not caplog.records
+        got = hw.resolve_hardware("cpu", "bf16")
+        hw.resolve_hardware("cpu", "bf16")
+    assert got.precision == "bf16" and "bf16 (emulated: no native bf16 units)" in got.describe()
+    (record,) = caplog.records  # once per process
+    assert "without native bf16" in record.getMessage() and "--precision auto" in record.getMessage()
+    monkeypatch.setattr(hw, "cpu_bf16_units", lambda: ("amx_bf16",))
+    assert not hw.emulated_bf16(torch.device("cpu"), "bf16") and "(amx_bf16)" in got.describe()
+    monkeypatch.setattr(hw, "cpu_bf16_units", lambda: ())
+    monkeypatch.setattr(hw, "_cpu_flags_known", lambda: False)  # not Linux: flags unknown, nothing claimed
+    assert not hw.emulated_bf16(torch.device("cpu"), "bf16") and "emulated" not in got.describe()
+    hw._warn_emulated_bf16.cache_clear()
+
+
 def test_threads_follow_the_cores_this_process_may_use() -> None:
     import os
 

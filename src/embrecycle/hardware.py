@@ -11,6 +11,9 @@
 ``EMBRECYCLE_PRECISION`` (``fp32``, ``bf16``, ``fp16``) sets what ``auto`` means for a whole process (the
 test suite pins fp32 with it, so exact comparisons do not depend on the machine's bf16 units).
 
+bf16 asked for on a CPU without those units (read from ``/proc/cpuinfo``) still runs, emulated, with a
+warning: on an AVX2-only CPU it ran several times slower than fp32 (``benchmarks/results/bf16_emulated.md``).
+
 The torch thread count follows the cores this process may use (``os.sched_getaffinity``).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +30,8 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEVICE_CHOICES",
@@ -38,6 +44,7 @@ __all__ = [
     "autocast",
     "configure_threads",
     "cpu_bf16_units",
+    "emulated_bf16",
     "hardware_problems",
     "resolve_hardware",
 ]
@@ -66,6 +73,25 @@ def cpu_bf16_units() -> tuple[str, ...]:
         if line.startswith("flags"):
             flags.update(line.partition(":")[2].split())
     return tuple(u for u in ("amx_bf16", "avx512_bf16") if u in flags)
+
+
+def _cpu_flags_known() -> bool:
+    """Whether this machine's CPU flags can be read (Linux): elsewhere no bf16 unit is ever named."""
+    return Path("/proc/cpuinfo").is_file()
+
+
+def emulated_bf16(device: torch.device, precision: str) -> bool:
+    """bf16 on a CPU whose flags are known and name no native bf16 unit: torch emulates it, slowly."""
+    return device.type == "cpu" and precision == "bf16" and not cpu_bf16_units() and _cpu_flags_known()
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:  # once per process
+    log.warning(
+        "precision='bf16' on a CPU without native bf16 (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo): "
+        "torch emulates it, several times slower than fp32. Use --precision auto (fp32 on this CPU) unless "
+        "the run must compute in bf16."
+    )
 
 
 def _mps_available() -> bool:
@@ -140,7 +166,11 @@ class Hardware:
     def describe(self) -> str:
         """``cpu, bf16 (avx512_bf16), 2 threads`` or ``cuda:0, bf16``."""
         units = cpu_bf16_units()
-        native = f" ({', '.join(units)})" if self.device.type == "cpu" and self.precision == "bf16" and units else ""
+        native = ""
+        if self.device.type == "cpu" and self.precision == "bf16" and units:
+            native = f" ({', '.join(units)})"
+        elif emulated_bf16(self.device, self.precision):
+            native = " (emulated: no native bf16 units)"
         threads = f", {self.threads} threads" if self.device.type == "cpu" else ""
         return f"{self.device}, {self.precision}{native}{threads}"
 
@@ -166,6 +196,8 @@ def resolve_hardware(device: str = "auto", precision: str = "auto") -> Hardware:
         problem = precision_problem(precision, dev)
         if problem:
             raise ConfigError(problem + " (set by EMBRECYCLE_PRECISION).")
+    if emulated_bf16(dev, precision):
+        _warn_emulated_bf16()
     return Hardware(dev, precision, configure_threads())
 
 
