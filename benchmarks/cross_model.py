@@ -17,6 +17,12 @@ lower layers run for them, into a copy of the cache, then MiniLM). The alignment
 apart: aligning each document's MPNet tokens onto MiniLM's (once per document) and averaging a batch of 32
 documents' states onto MiniLM's tokens (per step), against a training step.
 
+Training speed is also measured side by side, so that the speed claim does not rest on runs timed on other
+days or machines: per dataset, (a), (b) at both layers and (c) each train one epoch on the same first
+256 training examples, in turn, twice (the second pass in reverse order), on this machine in this precision;
+the better throughput of each is kept (a ``timing`` row). (c) trains on the layer-6 source cache, which is
+exactly MPNet-base's cache at k = 6 of 12. The verdict's speed-up comes from these rows where they exist.
+
 The question: does (b) close most of the gap between (a) and (d) at close to (a)'s cost? Target: (b) recovers
 at least half of the score gap between (a) and (d) on at least two of the three datasets while training at
 least 2x faster than (c).
@@ -53,6 +59,7 @@ from embrecycle.bench.report import summarize  # noqa: E402
 from embrecycle.bench.results import environment  # noqa: E402
 from embrecycle.bench.runner import prepare_data, resolve_model  # noqa: E402
 from embrecycle.data.readers import read_examples  # noqa: E402
+from embrecycle.data.writers import serialise_examples  # noqa: E402
 from embrecycle.encoder import load_config, load_tokenizer  # noqa: E402
 from embrecycle.tokenization import encode_documents  # noqa: E402
 from embrecycle.training import TrainConfig, train  # noqa: E402
@@ -70,6 +77,8 @@ DATASETS = ["sci-cite", "bc5cdr", "chemprot"]
 SCALE = {"train_limit": 2000, "dev_limit": 1000, "test_limit": 1000}
 LIMITS = ["chemprot:train=all"]  # per dataset, as `make bench` gives them
 EPOCHS, MAX_LENGTH, BATCH = 3, 128, 32
+TIMING_EXAMPLES = 256
+"""Training examples each side-by-side timing run takes (one epoch)."""
 
 
 def _method(layer: int, fusion: str) -> str:
@@ -81,7 +90,7 @@ def _bench_settings(dataset: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def measure(datasets: list[str], precision: str) -> None:
+def measure(datasets: list[str], precision: str, timing: bool = True) -> None:
     work = OUT / "work"
     work.mkdir(parents=True, exist_ok=True)
     (work / ".gitignore").write_text("*\n")
@@ -130,6 +139,54 @@ def measure(datasets: list[str], precision: str) -> None:
         if (_method(layer, "mlp"), lr, 1) not in done:
             cache = work / f"{SOURCE}-{name}-L{layer}"
             RUNS.keep(_run(consumer, cache, data, ds, layer, "mlp", lr, 1, test, precision))
+        if timing:
+            _side_by_side(name, data, ds, consumer, source, work, precision)
+
+
+def _side_by_side(name: str, data: Any, ds: Any, consumer: str, source: str, work: Path, precision: str) -> None:
+    """(a), (b) at both layers and (c) trained in turn on the same examples, twice: their throughputs compared."""
+    env = environment()
+    machine = {k: env[k] for k in ("cpu", "cpus", "threads", "cpu_bf16_units")}
+    for r in RUNS.rows():
+        if (
+            r["kind"] == "timing"
+            and r["dataset"] == name
+            and r["cpu"] == machine["cpu"]
+            and (precision == "auto" or r["precision"] == precision)
+        ):
+            return  # measured on this machine already
+    ext = "jsonl" if ds.task == "classification" else "conll"
+    caches = {layer: work / f"{SOURCE}-{name}-L{layer}" for layer in LAYERS}
+    roles = {
+        "(a)": {"model": consumer, "layer": 3, "baseline": "full-finetune"},
+        **{f"(b) L{k}": {"model": consumer, "layer": 0, "source_cache": str(c)} for k, c in caches.items()},
+        "(c)": {"model": source, "layer": 6, "cache": str(caches[6])},
+    }
+    speeds: dict[str, list[float]] = {}
+    used = set()
+    with tempfile.TemporaryDirectory(prefix="embrecycle-cross-timing-") as tmp:
+        train_f, dev_f = Path(tmp) / f"train.{ext}", Path(tmp) / f"dev.{ext}"
+        train_f.write_text(serialise_examples(read_examples(data.train)[:TIMING_EXAMPLES], ext), encoding="utf-8")
+        dev_f.write_text(serialise_examples(read_examples(data.dev)[:32], ext), encoding="utf-8")
+        for order in (list(roles), list(roles)[::-1]):
+            for role in order:
+                cfg = TrainConfig(task=ds.task, train=str(train_f), dev=str(dev_f), out=str(Path(tmp) / "run"),
+                                  epochs=1, lr=1e-4, batch_size=BATCH, seed=1, max_length=MAX_LENGTH,
+                                  precision=precision, overwrite=True, **roles[role])  # fmt: skip
+                result = train(cfg, progress=False)
+                speeds.setdefault(role, []).append(result.examples_per_second)
+                used.add(result.precision)
+                print(f"{name} timing {role}: {result.examples_per_second:.1f} ex/s ({result.precision})", flush=True)
+    RUNS.keep({"kind": "timing", "dataset": name, **machine, "precision": "+".join(sorted(used)),
+               "examples": TIMING_EXAMPLES, "examples_per_second": {k: max(v) for k, v in speeds.items()},
+               "all_examples_per_second": speeds,
+               "timestamp": datetime.now(UTC).isoformat(timespec="seconds")})  # fmt: skip
+
+
+def _timing(dataset: str) -> dict[str, Any] | None:
+    """The latest side-by-side timing row of ``dataset``."""
+    rows = [r for r in RUNS.rows() if r["kind"] == "timing" and r["dataset"] == dataset]
+    return rows[-1] if rows else None
 
 
 def _runs(dataset: str, method: str) -> list[dict[str, Any]]:
@@ -238,15 +295,16 @@ def report() -> None:
         "",
         f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} by `benchmarks/cross_model.py` on "
         f"{environment()['machine']}. The realistic benchmark's subsets (2,000 training examples, chemprot all "
-        f"4,169; 1,000 dev and test), {EPOCHS} epochs, max length {MAX_LENGTH}, bf16 where the CPU runs it. (a), "
+        f"4,169; 1,000 dev and test), {EPOCHS} epochs, max length {MAX_LENGTH}, bf16 where the CPU runs it "
+        "natively, else fp32 (each row says which; a row of runs on both kinds of machine says both). (a), "
         "(c) and (d) are the benchmark's own runs (`make bench`); (b) is this script's. Each method at its best "
         "learning rate on seed 1 (dev score), then seeds 2 and 3. Times are medians over seeds; training time "
         "per example counts every epoch. Inference: documents in the cache (for (b): the MPNet cache, read and "
         "aligned) and new documents (for (b): MPNet's lower layers run, then MiniLM).",
         "",
-        "| dataset | method | lr | seeds | test (mean ± std) | train ms/example | infer ms/doc, cached | "
+        "| dataset | method | lr | seeds | precision | test (mean ± std) | train ms/example | infer ms/doc, cached | "
         "infer ms/doc, new |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts, summary_rows = [], []
     for dataset in DATASETS:
@@ -258,22 +316,50 @@ def report() -> None:
         for role, model, method in ROLES:
             s = found.get((model, method))
             if s is None:
-                lines.append(f"| {dataset} | {role} | - | 0 | not measured yet | - | - | - |")
+                lines.append(f"| {dataset} | {role} | - | 0 | - | not measured yet | - | - | - |")
                 continue
-            summary_rows.append({"dataset": dataset, "role": role, **s})
+            used = sorted({str(r.get("precision")) for r in rows if r["model"] == model and r["method"] == method})
+            summary_rows.append({"dataset": dataset, "role": role, **s, "precision": "+".join(used)})
             sd = f" ± {s['test_std']:.4f}" if s["seeds"] > 1 else ""
             lines.append(
-                f"| {dataset} | {role} | {s['lr']:g} | {s['seeds']} | {s['test']:.4f}{sd} | "
+                f"| {dataset} | {role} | {s['lr']:g} | {s['seeds']} | {'+'.join(used)} | {s['test']:.4f}{sd} | "
                 f"{1e3 / s['train_eps']:.1f} | {1e3 / s['infer_cached_dps']:.1f} | {1e3 / s['infer_new_dps']:.1f} |"
             )
         verdicts.append(_verdict(dataset, found))
     caches = [r for r in kept if r["kind"] == "cache"]
+    timings = [r for r in kept if r["kind"] == "timing"]
+    roles = ["(a)", *[f"(b) L{k}" for k in LAYERS], "(c)"]
+    lines += [
+        "",
+        "## Training speed side by side",
+        "",
+        f"Each trains one epoch on the same first {TIMING_EXAMPLES} training examples, in turn, twice (the second "
+        "pass reversed), on one machine; training examples per second, the better of the two.",
+        "",
+        "| dataset | CPU (bf16 units) | precision | " + " | ".join(roles) + " | (b) vs (c) | (b) vs (a) |",
+        "|---|---|---|" + "---|" * (len(roles) + 2),
+        *[
+            f"| {t['dataset']} | {t['cpu']} ({', '.join(t['cpu_bf16_units']) or 'none'}) | {t['precision']} | "
+            + " | ".join(f"{t['examples_per_second'][r]:.1f}" for r in roles)
+            + " | "
+            + ", ".join(
+                f"L{k} {t['examples_per_second'][f'(b) L{k}'] / t['examples_per_second']['(c)']:.2f}x" for k in LAYERS
+            )
+            + " | "
+            + ", ".join(
+                f"L{k} {t['examples_per_second'][f'(b) L{k}'] / t['examples_per_second']['(a)']:.2f}x" for k in LAYERS
+            )
+            + " |"
+            for t in timings
+        ],
+    ]
     lines += [
         "",
         "## Does (b) close the gap?",
         "",
         "Gap recovered: ((b) - (a)) / ((d) - (a)) on mean test scores, (b) being the fused layer with the better "
-        "mean dev score. Speed: (c)'s training time per example over (b)'s.",
+        "mean dev score. Speed: (c)'s training time per example over (b)'s, side by side where measured (above), "
+        "else from the medians of the runs.",
         "",
         *[f"- {v['text']}" for v in verdicts],
         "",
@@ -291,7 +377,10 @@ def report() -> None:
     ]
     (RESULTS / "cross_model.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (RESULTS / "cross_model.json").write_text(
-        json.dumps({"summary": summary_rows, "verdicts": verdicts, "caches": caches}, indent=2, default=str) + "\n"
+        json.dumps(
+            {"summary": summary_rows, "verdicts": verdicts, "caches": caches, "timings": timings}, indent=2, default=str
+        )
+        + "\n"
     )
     _plot(summary_rows)
     print("\n".join(lines))
@@ -319,12 +408,22 @@ def _verdict(dataset: str, found: dict[tuple[str, str], dict[str, Any]]) -> dict
         )
     else:
         parts.append("(d) not measured yet")
-    if c is not None:
-        out["speedup_vs_c"] = b["train_eps"] / c["train_eps"]
-        parts.append(f"trains {out['speedup_vs_c']:.2f}x as fast as (c)")
+    timing = _timing(dataset)
+    role = "(b) L" + b["method"].removeprefix("fused-mpnet-L")
+    if timing is not None and role in timing["examples_per_second"]:
+        eps = timing["examples_per_second"]
+        out["speedup_vs_c"], out["speed_source"] = eps[role] / eps["(c)"], "side by side"
+        parts.append(
+            f"trains {out['speedup_vs_c']:.2f}x as fast as (c) and at {eps[role] / eps['(a)']:.2f}x (a)'s speed "
+            f"(side by side, {timing['precision']})"
+        )
     else:
-        parts.append("(c) not measured yet")
-    parts.append(f"{b['train_eps'] / a['train_eps']:.2f}x (a)'s training speed")
+        if c is not None:
+            out["speedup_vs_c"], out["speed_source"] = b["train_eps"] / c["train_eps"], "per-run medians"
+            parts.append(f"trains {out['speedup_vs_c']:.2f}x as fast as (c)")
+        else:
+            parts.append("(c) not measured yet")
+        parts.append(f"{b['train_eps'] / a['train_eps']:.2f}x (a)'s training speed (per-run medians)")
     out["text"] = "; ".join(parts) + "."
     return out
 
@@ -358,10 +457,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--no-timing", action="store_true", help="skip the side-by-side training-speed runs")
     ap.add_argument("--report", action="store_true", help="only render the report from the kept rows")
     args = ap.parse_args()
     if not args.report:
-        measure(args.datasets.split(","), args.precision)
+        measure(args.datasets.split(","), args.precision, timing=not args.no_timing)
     report()
     return 0
 
