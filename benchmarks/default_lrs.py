@@ -41,7 +41,10 @@ from kept_rows import KeptRows  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = KeptRows(RESULTS / "default_lrs" / "runs.jsonl")
 MODELS = {"minilm-l6": minilm_l6_path, "mpnet-base": mpnet_base_path}
+HIDDEN = {"minilm-l6": 384, "mpnet-base": 768}
+"""Each model's hidden size: the width its default rates are scaled for (``embrecycle.modes.width_scale``)."""
 CLEARLY = 0.05
+DEFAULT_EPOCHS = TrainConfig.__dataclass_fields__["epochs"].default
 """How far above both bars a run must be to count as learning clearly (absolute, in the primary metric)."""
 
 
@@ -51,6 +54,8 @@ def main() -> int:
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated training modes")
     ap.add_argument("--tasks", default="bbc,wnut")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--lr", default=None, help="comma-separated rates other than the default (evidence for a change)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs other than the default (3)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--report", action="store_true", help="only render the report from the kept rows")
     args = ap.parse_args()
@@ -60,17 +65,25 @@ def main() -> int:
     return 0
 
 
+def _rates(spec: str | None) -> list[float | None]:
+    """``--lr``: None (each mode's default) or the rates given."""
+    return [None] if not spec else [float(x) for x in spec.split(",")]
+
+
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    """A run's identity: model, task, mode, seed and its two learning rates (older rows: the head at lr)."""
-    return (row["model"], row["task"], row["mode"], row["seed"], row["lr"], row.get("head_lr") or row["lr"])
+    """A run's identity: model, task, mode, seed, its two learning rates (older rows: the head at lr), epochs."""
+    return (row["model"], row["task"], row["mode"], row["seed"], row["lr"], row.get("head_lr") or row["lr"],
+            row["epochs"])  # fmt: skip
 
 
 def _current(row: dict[str, Any]) -> bool:
-    """The row was trained at its mode's current default learning rates."""
+    """The row was trained at its mode's current default learning rates (for its model's width) and epochs."""
     mode = MODES[row["mode"]]
     task = "classification" if row["task"] == "bbc" else "ner"
-    head = mode.head_lr.for_task(task) if mode.head_lr is not None else mode.lr.for_task(task)
-    return bool(row["lr"] == mode.lr.for_task(task) and (row.get("head_lr") or row["lr"]) == head)
+    body = mode.default_lr(task, HIDDEN[row["model"]])
+    head = mode.head_lr.for_task(task) if mode.head_lr is not None else body
+    return bool(row["lr"] == body and (row.get("head_lr") or row["lr"]) == head
+                and row["epochs"] == DEFAULT_EPOCHS)  # fmt: skip
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -83,7 +96,7 @@ def measure(args: argparse.Namespace) -> None:
         work = Path(tmp)
         files = {"bbc": prepare_bbc(work), "wnut": prepare_wnut(work)}
         for task in args.tasks.split(","):
-            for name in args.modes.split(","):
+            for name, lr in [(m, x) for m in args.modes.split(",") for x in _rates(args.lr)]:
                 mode = MODES[name]
                 train_f, dev_f = files[task]
                 cfg = TrainConfig(
@@ -92,15 +105,17 @@ def measure(args: argparse.Namespace) -> None:
                     layer=layer,
                     train=str(train_f),
                     dev=str(dev_f),
-                    out=str(work / "runs" / f"{task}-{name}"),
+                    out=str(work / "runs" / f"{task}-{name}-{lr or 'default'}"),
                     cache=str(work / f"cache-{task}"),
                     upper=mode.upper if not mode.from_text else "full",
                     baseline=mode.baseline,
                     seed=args.seed,
                     max_length=CLS_MAX_LEN if task == "bbc" else None,
                     precision=args.precision,
+                    lr=lr,
+                    **({"epochs": args.epochs} if args.epochs else {}),
                 )
-                key = (args.model, task, name, args.seed, cfg.learning_rate, cfg.head_learning_rate)
+                key = (args.model, task, name, args.seed, cfg.learning_rate, cfg.head_learning_rate, cfg.epochs)
                 if key in done:
                     print(f"kept: {args.model} {task} {name}", flush=True)
                     continue
@@ -115,6 +130,8 @@ def measure(args: argparse.Namespace) -> None:
                     "head_lr": r.head_lr,
                     "metric": r.primary_metric,
                     "best": r.best.get(r.primary_metric),
+                    "curve": [h.get(r.primary_metric) for h in r.history],  # dev score per evaluation
+                    "final_loss": sum(r.losses[-20:]) / max(1, len(r.losses[-20:])),
                     "constant": r.constant_score,
                     "chance": r.chance_score,
                     "learned_nothing": r.learned_nothing,
@@ -170,9 +187,10 @@ def report() -> None:
     if earlier:
         lines += [
             "",
-            "## Earlier defaults",
+            "## Other rates and epochs",
             "",
-            "Runs at learning rates that are no longer a mode's default (the evidence for the change):",
+            "Runs at learning rates or epochs that are not a mode's current default: earlier defaults and probes "
+            "(the evidence for a change):",
             "",
             *_table(earlier),
         ]

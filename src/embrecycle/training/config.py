@@ -67,7 +67,7 @@ class TrainConfig(Settings):
         None,
         "Peak learning rate (AdamW); default: the training mode's (full 3e-4, ner 1e-3; head 1e-2; lora 3e-3; "
         "adapter 3e-3, ner 1e-2; full-finetune 1e-4; lora from text 1e-3, ner 3e-3; full at a third of that on "
-        "models wider than 384). Several (1e-4,3e-4) make a sweep.",
+        "models wider than 384, ner a third again: 1e-4 for both on a base model). Several (1e-4,3e-4) make a sweep.",
         sweep=True,
     )
     head_lr: float | None = setting(
@@ -200,7 +200,7 @@ class TrainConfig(Settings):
     @property
     def learning_rate(self) -> float:
         """The peak learning rate: ``lr``, else the training mode's default for the task and the model's width
-        (:func:`embrecycle.modes.width_scale`)."""
+        (:func:`embrecycle.modes.width_scale`, :data:`embrecycle.modes.WIDE_NER_SCALE`)."""
         if self.lr is not None:
             return self.lr
         return self.mode.default_lr(self.task, model_width(self.model, self.revision))
