@@ -120,8 +120,8 @@ def report() -> None:
             out.append({**{k: r[k] for k in ("cpu", "cpu_bf16_units", "model")}, "method": method, "ratio": ratio})
     lines += [
         "",
-        "A ratio above 1 means bf16 is faster. Without native units torch emulates bf16 (each matmul converts "
-        "its operands), so `--precision auto` keeps fp32 there and an explicit `--precision bf16` warns.",
+        "A ratio above 1 means bf16 is faster. Without native units torch emulates bf16, so `--precision auto` "
+        "keeps fp32 there and an explicit `--precision bf16` warns.",
     ]
     (RESULTS / "bf16_emulated.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (RESULTS / "bf16_emulated.json").write_text(json.dumps({"rows": out}, indent=2) + "\n")
