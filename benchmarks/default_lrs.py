@@ -44,8 +44,9 @@ MODELS = {"minilm-l6": minilm_l6_path, "mpnet-base": mpnet_base_path}
 HIDDEN = {"minilm-l6": 384, "mpnet-base": 768}
 """Each model's hidden size: the width its default rates are scaled for (``embrecycle.modes.width_scale``)."""
 CLEARLY = 0.05
-DEFAULT_EPOCHS = TrainConfig.__dataclass_fields__["epochs"].default
 """How far above both bars a run must be to count as learning clearly (absolute, in the primary metric)."""
+DEFAULT_EPOCHS = TrainConfig.__dataclass_fields__["epochs"].default
+"""``TrainConfig``'s default epochs: a row trained at other epochs is a probe, not a check of the defaults."""
 
 
 def main() -> int:
