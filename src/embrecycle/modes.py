@@ -21,9 +21,10 @@ mode               method      trains      from          exportable  saves      
 
 The default learning rates are the best of the learning-rate sweeps in ``benchmarks/results`` (MiniLM-L6,
 sci-cite and bc5cdr, 2,000 training examples; see the README's "Learning rates"). For a model wider than
-MiniLM-L6's 384 (a base or large model) the upper layers (the ``full`` mode) default to a third of the rate
-or less, as MPNet-base measured (:func:`width_scale`), and for NER a third again (:data:`WIDE_NER_SCALE`): 1e-4
-for both tasks on a base model. Recycling trains fewer
+MiniLM-L6's 384 (a base or large model) every mode that trains transformer layers except full fine-tuning
+(``full``, ``lora``, ``adapter``, ``lora-text``) defaults to a third of the rate or less, as MPNet-base
+measured (:func:`width_scale`), and for NER a third again (:data:`WIDE_NER_SCALE`). On a base model: the upper
+layers 1e-4 for both tasks, LoRA and adapters 1e-3 (NER 3e-4 and 1e-3), LoRA from text 3e-4. Recycling trains fewer
 layers from states that are already contextual and wants a higher rate than full fine-tuning, LoRA and
 adapters a higher one still, and a head alone the highest. In every mode the task head, freshly
 initialised, trains at 1e-2 (:data:`HEAD_LR`); in the head mode, where it is all that trains, at the
@@ -72,22 +73,30 @@ nothing in 3 epochs (entity F1 0.000, O everywhere), at 1e-4 they reached 0.514,
 (0.509). Sparse entities collapse to O at rates that bc5cdr's dense ones (14% of tokens) survive; there 1e-4
 costs 1.1 dev points against the benchmark's best 3e-4 (0.845 vs 0.855, seed 1,
 ``benchmarks/results/default_lrs/bc5cdr-mpnet-base-recycle-50-lr1e-4.json``): a too-low rate costs less than a
-too-high one."""
+too-high one.
+
+LoRA above the cut, adapters and LoRA from text fail the same way, and the same two rungs fix them (MPNet-base,
+WNUT-16, 3 epochs, seed 1). At their reference-width rates they learned nothing: LoRA 3e-3 0.000 (1e-3: 0.056),
+adapters 1e-2 0.000 (3e-3: 0.000), LoRA from text 3e-3 0.000 (1e-3: 0.000), their training loss stuck at
+0.35 (O everywhere). Width-scaled with this factor they learn: LoRA at 3e-4 0.361, adapters at 1e-3 0.448,
+LoRA from text at 3e-4 0.423."""
 LADDER = (1.0, 3.0)
 """Default rates are rounded to the nearest of 1 and 3 times a power of ten (what the sweeps measured)."""
 
 
 def width_scale(hidden_size: int | None) -> float:
-    """The factor the upper layers' default rate (the ``full`` mode) is multiplied by for a model ``hidden_size``
-    wide.
+    """The factor the default rate of a width-scaled mode (the upper layers, LoRA, adapters, LoRA from text) is
+    multiplied by for a model ``hidden_size`` wide.
 
     Measured (``benchmarks/results/bench-runs``, seed-1 sweeps, 2,000 training examples): MPNet-base (768 wide)
     trains its upper layers above a cached cut best at a third or less of the rates chosen on MiniLM-L6 (384).
     On sci-cite their best is 1e-4 (the MiniLM default 3e-4 reaches 97.9% of its dev score, 1e-3 0.69 against
     0.83); on bc5cdr 3e-4, the lowest tried (the MiniLM default 1e-3 scores 0.69 against 0.86; 3e-3 learns
-    nothing, at 50% and at 75% cached). The other modes keep their rates: full fine-tuning is best at its
-    default 1e-4 on both datasets, and LoRA above the cut is split (best 1e-3 on sci-cite, where its default
-    3e-3 reaches 95.7%; best 3e-3 on bc5cdr). ``(384 / 768) ** 1.5`` is 0.35, a third once on the ladder.
+    nothing, at 50% and at 75% cached). Full fine-tuning keeps its rate: it is best at its default 1e-4 on both
+    datasets. LoRA above the cut is best at 1e-3 on sci-cite (3e-3 reaches 95.7%, 1e-2 learns nothing) and at
+    3e-3 on bc5cdr; on BBC News at 1e-3 (0.970 vs 0.957), where adapters lose 1.1 points at 1e-3 (0.941 vs
+    0.952); on WNUT-16 LoRA, adapters and LoRA from text learn nothing at their reference rates
+    (:data:`WIDE_NER_SCALE`). ``(384 / 768) ** 1.5`` is 0.35, a third once on the ladder.
     Wider models get lower rates still (1,024 wide: 0.23); narrower ones keep the measured rates (nothing was
     measured below 384, and a too-low rate costs less than a too-high one).
     """
@@ -152,8 +161,9 @@ class TrainingMode:
         saves: What the run directory's ``model.safetensors`` holds.
         cut: The cut this mode trains at whatever the requested layer is (LoRA from text: 0, every layer).
         lr: The default peak learning rate per task (``TrainConfig.lr`` unset), at :data:`REFERENCE_WIDTH`.
-        width_scaled: The default rate falls for models wider than :data:`REFERENCE_WIDTH` (:func:`width_scale`):
-            the upper layers trained in full above a cached cut, as measured.
+        width_scaled: The default rate falls for models wider than :data:`REFERENCE_WIDTH` (:func:`width_scale`
+            and, for NER, :data:`WIDE_NER_SCALE`): the modes that train transformer layers from a pretrained
+            start at rates above full fine-tuning's, as measured on MPNet-base.
         head_lr: The default peak learning rate of the task head (``TrainConfig.head_lr`` unset); None: the
             learning rate (the head mode, where the head is all that trains).
     """
@@ -204,11 +214,12 @@ MODES: dict[str, TrainingMode] = {
         ),
         TrainingMode(
             "lora", "recycle", "LoRA on layers k+1..N, and the head", train_lora, "LoRA weights + head", "lora",
-            frozen_base=True, lr=LearningRates(3e-3, 3e-3),
+            frozen_base=True, lr=LearningRates(3e-3, 3e-3), width_scaled=True,
         ),
         TrainingMode(
             "adapter", "recycle", "bottleneck adapters in layers k+1..N, and the head", train_adapters,
             "adapter weights + head", "adapter", frozen_base=True, exportable=False, lr=LearningRates(3e-3, 1e-2),
+            width_scaled=True,
         ),
         TrainingMode(
             "full-finetune", "full-finetune", "every weight, from text (baseline)", train_everything,
@@ -216,7 +227,7 @@ MODES: dict[str, TrainingMode] = {
         ),
         TrainingMode(
             "lora-text", "lora", "LoRA on every layer, from text (baseline)", train_lora, "LoRA weights + head",
-            "lora", from_text=True, frozen_base=True, cut=0, lr=LearningRates(1e-3, 3e-3),
+            "lora", from_text=True, frozen_base=True, cut=0, lr=LearningRates(1e-3, 3e-3), width_scaled=True,
         ),
     )
 }  # fmt: skip

@@ -66,8 +66,9 @@ class TrainConfig(Settings):
     lr: float | None = setting(
         None,
         "Peak learning rate (AdamW); default: the training mode's (full 3e-4, ner 1e-3; head 1e-2; lora 3e-3; "
-        "adapter 3e-3, ner 1e-2; full-finetune 1e-4; lora from text 1e-3, ner 3e-3; full at a third of that on "
-        "models wider than 384, ner a third again: 1e-4 for both on a base model). Several (1e-4,3e-4) make a sweep.",
+        "adapter 3e-3, ner 1e-2; full-finetune 1e-4; lora from text 1e-3, ner 3e-3; on models wider than 384 all "
+        "but head and full-finetune at a third of that, ner a third again: on a base model full 1e-4, lora 1e-3, "
+        "ner 3e-4, adapter 1e-3, lora from text 3e-4). Several (1e-4,3e-4) make a sweep.",
         sweep=True,
     )
     head_lr: float | None = setting(
