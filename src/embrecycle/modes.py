@@ -80,7 +80,8 @@ WNUT-16, 3 epochs, seed 1). At their reference-width rates they learned nothing:
 adapters 1e-2 0.000 (3e-3: 0.000), LoRA from text 3e-3 0.000 (1e-3: 0.000), their training loss stuck at
 0.35 (O everywhere). Width-scaled with this factor they learn: LoRA at 3e-4 0.361, adapters at 1e-3 0.448,
 LoRA from text at 3e-4 0.423. The price on dense entities: LoRA above the cut at 3e-4 scores 0.785 on bc5cdr
-against 0.849 at 3e-3, the sweep's best (``benchmarks/results/default_lrs/bc5cdr-mpnet-base-recycle-50-lora-lr3e-4.json``)."""
+against 0.849 at 3e-3, the sweep's best
+(``benchmarks/results/default_lrs/bc5cdr-mpnet-base-recycle-50-lora-lr3e-4.json``)."""
 LADDER = (1.0, 3.0)
 """Default rates are rounded to the nearest of 1 and 3 times a power of ten (what the sweeps measured)."""
 
