@@ -119,8 +119,12 @@ def measure(datasets: list[str], precision: str, timing: bool = True) -> None:
                 t0 = time.perf_counter()
                 summary = build_cache(docs, cache, build, progress=False)
                 seconds = time.perf_counter() - t0
-                stats = open_cache(cache).stats()
+                opened = open_cache(cache)
+                stats = opened.stats()
+                env = environment()
                 RUNS.keep({"kind": "cache", "dataset": name, "layer": layer, "build_seconds": seconds,
+                       "precision": opened.settings.precision, "cpu": env["cpu"],
+                       "rebuilt": layer in built,  # its directory was gone (a new machine): built again
                        "documents": summary.computed + summary.reused, "tokens": stats["tokens"],
                        "bytes": stats["bytes"], "bytes_per_token": stats["bytes"] / stats["tokens"],
                        **_alignment_cost(consumer, cache, docs, words)})  # fmt: skip
@@ -187,6 +191,21 @@ def _timing(dataset: str) -> dict[str, Any] | None:
     """The latest side-by-side timing row of ``dataset``."""
     rows = [r for r in RUNS.rows() if r["kind"] == "timing" and r["dataset"] == dataset]
     return rows[-1] if rows else None
+
+
+def _fusion_lines() -> list[str]:
+    """One line per kept mlp run: its test score beside the linear fusion's on the same layer, rate and seed."""
+    lines = []
+    for dataset in DATASETS:
+        for layer in LAYERS:
+            for mlp in _runs(dataset, _method(layer, "mlp")):
+                linear = [r for r in _runs(dataset, _method(layer, "linear"))
+                          if r["lr"] == mlp["lr"] and r["seed"] == mlp["seed"]]  # fmt: skip
+                if linear:
+                    mine, theirs = mlp["test_score"], linear[0]["test_score"]
+                    lines.append(f"- {dataset}, MPNet layer {layer}, lr {mlp['lr']:g}, seed {mlp['seed']}: mlp "
+                                 f"{mine:.4f}, linear {theirs:.4f} ({mine - theirs:+.4f})")  # fmt: skip
+    return lines or ["- not measured yet"]
 
 
 def _runs(dataset: str, method: str) -> list[dict[str, Any]]:
@@ -363,13 +382,24 @@ def report() -> None:
         "",
         *[f"- {v['text']}" for v in verdicts],
         "",
+        "## Which fusion layer",
+        "",
+        "The mlp fusion against the linear one (the default), on the same source layer, learning rate and seed "
+        "(test score):",
+        "",
+        *_fusion_lines(),
+        "",
         "## What the source cache and the alignment cost",
         "",
-        "| dataset | MPNet layer | documents | build (s) | bytes/token | MPNet tokens per MiniLM token | align "
-        "(ms/doc, once) | average a batch of 32 (ms, per step) |",
-        "|---|---|---|---|---|---|---|---|",
+        "Each build of a source cache is a row (a cache whose directory was gone, on a new machine, was built"
+        " again: a second row).",
+        "",
+        "| dataset | MPNet layer | precision | documents | build (s) | bytes/token | MPNet tokens per MiniLM token "
+        "| align (ms/doc, once) | average a batch of 32 (ms, per step) |",
+        "|---|---|---|---|---|---|---|---|---|",
         *[
-            f"| {c['dataset']} | {c['layer']} | {c['documents']} | {c['build_seconds']:.0f} | "
+            f"| {c['dataset']} | {c['layer']} | {c.get('precision', '-')} | {c['documents']} | "
+            f"{c['build_seconds']:.0f} | "
             f"{c['bytes_per_token']:.0f} | {c['source_tokens_per_consumer_token']:.2f} | "
             f"{c['align_ms_per_doc']:.3f} | {c['aligned_batch_ms']:.2f} |"
             for c in caches
