@@ -23,13 +23,12 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import paper_datasets  # noqa: E402
-from embrecycle.bench import environment  # noqa: E402
+from embrecycle.bench.results import machine_identity  # noqa: E402
 from embrecycle.offline_models import minilm_l6_path, mpnet_base_path  # noqa: E402
 from embrecycle.training import TrainConfig, train  # noqa: E402
 from kept_rows import KeptRows  # noqa: E402
@@ -41,13 +40,8 @@ MODELS = {"minilm-l6": (minilm_l6_path, 3, 256), "mpnet-base": (mpnet_base_path,
 VARIANTS = [(method, precision) for method in ("full-finetune", "recycle") for precision in ("fp32", "bf16")]
 
 
-def _machine() -> dict[str, Any]:
-    env = environment()
-    return {k: env[k] for k in ("cpu", "cpus", "threads", "cpu_bf16_units", "machine", "torch")}
-
-
 def measure(models: list[str]) -> None:
-    machine = _machine()
+    machine = machine_identity("machine", "torch")
     done = {(r["model"], r["cpu"], tuple(r["cpu_bf16_units"])) for r in RUNS.rows()}
     rows = [json.loads(line) for line in (paper_datasets.DATA_DIR / "sci-cite" / "train.jsonl").open()]
     with tempfile.TemporaryDirectory(prefix="embrecycle-bf16-") as tmp:

@@ -270,3 +270,12 @@ def test_retention_has_an_interval_and_no_ratio_to_a_reference_at_chance() -> No
     at_chance = [{**r, "dev_score": 0.27} if r["method"] == "full-finetune" else r for r in rows]
     table = headline_table(summarize(at_chance))
     assert "n/a: reference near chance" in table and "(near chance)" in table
+
+
+def test_machine_identity_is_the_environment_s_machine_keys() -> None:
+    from embrecycle.bench.results import MACHINE_KEYS, environment, machine_identity
+
+    env = environment()
+    assert machine_identity() == {k: env[k] for k in MACHINE_KEYS}
+    assert set(machine_identity("torch")) == {*MACHINE_KEYS, "torch"}
+    assert machine_identity()["cpu"] and machine_identity()["threads"] >= 1

@@ -16,7 +16,7 @@ import transformers
 from .._version import __version__
 from ..hardware import cpu_bf16_units
 
-__all__ = ["cpu_model", "environment", "write_results"]
+__all__ = ["MACHINE_KEYS", "cpu_model", "environment", "machine_identity", "write_results"]
 
 
 def cpu_model() -> str:
@@ -48,6 +48,17 @@ def environment() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "embrecycle": __version__,
     }
+
+
+MACHINE_KEYS = ("cpu", "cpus", "threads", "cpu_bf16_units")
+"""What identifies the machine a timing was taken on (a timing is comparable only to one taken on the same)."""
+
+
+def machine_identity(*extra: str) -> dict[str, Any]:
+    """The :data:`MACHINE_KEYS` of :func:`environment` (and ``extra`` keys of it): the key a kept timing row is
+    matched on, so that a resumed benchmark re-measures on another machine and keeps what it measured here."""
+    env = environment()
+    return {k: env[k] for k in (*MACHINE_KEYS, *extra)}
 
 
 def write_results(result: dict[str, Any], out: Path, stem: str, report: str | None = None) -> Path:
