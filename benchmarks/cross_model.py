@@ -438,7 +438,12 @@ def _verdict(dataset: str, found: dict[tuple[str, str], dict[str, Any]]) -> dict
         seeds = "" if d["seeds"] >= len(SEEDS) else f" ({d['seeds']} of {len(SEEDS)} seeds)"
         parts.append(
             f"(d) {d['test']:.4f}{seeds}: "
-            + (f"{out['recovered']:.0%} of the gap recovered" if out["recovered"] is not None else "no gap to close")
+            + (
+                "no gap to close"
+                if out["recovered"] is None
+                else f"{out['recovered']:.0%} of the gap recovered"
+                + (" ((b) scored below (a))" if out["recovered"] < 0 else "")
+            )
         )
     else:
         parts.append("(d) not measured yet")
@@ -475,6 +480,14 @@ def _overall(verdicts: list[dict[str, Any]]) -> str:
     )
 
 
+def _short(role: str) -> str:
+    """``(b) MiniLM-L6 + MPNet L6, mlp fusion`` -> ``(b) L6 mlp``: a point's label on the plot."""
+    if not role.startswith("(b)"):
+        return role.split(" ", 1)[0]
+    layer = role.split("MPNet ", 1)[1].split()[0].rstrip(",")
+    return f"(b) {layer}" + (" mlp" if "mlp" in role else "")
+
+
 def _plot(rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -488,11 +501,11 @@ def _plot(rows: list[dict[str, Any]]) -> None:
     for ax, dataset in zip(axes[0], datasets, strict=True):
         for r in (r for r in rows if r["dataset"] == dataset):
             ax.errorbar(1e3 / r["train_eps"], r["test"], yerr=r["test_std"] or 0, fmt="o", capsize=3)
-            ax.annotate(r["role"].split(" ", 1)[0] + (" mlp" if "mlp" in r["role"] else "")
-                        + (" L6" if "L6" in r["role"] else ""), (1e3 / r["train_eps"], r["test"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
+            below = "mlp" in r["role"]  # it sits on (b)'s own point when it scores alike
+            ax.annotate(f"{_short(r['role'])} ({r['precision']})", (1e3 / r["train_eps"], r["test"]),
+                        textcoords="offset points", xytext=(4, -10 if below else 4), fontsize=8)  # fmt: skip
         ax.set_xscale("log")
-        ax.set_xlabel("training ms per example (log)")
+        ax.set_xlabel("training ms per example (median of runs, log)")
         ax.set_ylabel("test score")
         ax.set_title(dataset)
     fig.tight_layout()
