@@ -43,7 +43,7 @@ import paper_datasets  # noqa: E402
 from embrecycle import BuildConfig, build_cache, convert_cache, load, open_cache  # noqa: E402
 from embrecycle.bench.config import BenchConfig  # noqa: E402
 from embrecycle.bench.report import retention_interval  # noqa: E402
-from embrecycle.bench.results import environment  # noqa: E402
+from embrecycle.bench.results import cpu_model, environment  # noqa: E402
 from embrecycle.bench.runner import prepare_data, resolve_model  # noqa: E402
 from embrecycle.cache.codecs import CODECS  # noqa: E402
 from embrecycle.data.readers import read_examples  # noqa: E402
@@ -131,7 +131,8 @@ def measure(model_name: str, datasets: list[str], precision: str, dtypes: list[s
                        "metric": ds.metric, "dev": result.best[ds.metric], "test": scores[ds.metric],
                        "test_cache_hits": scores["cache_hits"], "train_seconds": result.train_seconds,
                        "read_seconds": result.read_seconds, "step_seconds": step,
-                       "read_batch_seconds": _read_batch_seconds(caches[dt])})  # fmt: skip
+                       "read_batch_seconds": _read_batch_seconds(caches[dt]),
+                       "precision": result.precision, "cpu": cpu_model()})  # fmt: skip
 
 
 def _sizes(path: Path) -> dict[str, Any]:
@@ -187,9 +188,14 @@ def report() -> None:
         "interval over seeds. Bytes per token: the whole cache on disk (states, tokens, index) and the states "
         "alone.",
         "",
-        "| model | dataset | dtype | bytes/token (states) | vs float16 | build / convert (s) | read + dequantise "
-        "32 docs (ms) | share of a training step | test (mean ± std) | retention vs float16 [90%] | targets |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Precision: each training run's (bf16 where the CPU runs it natively, else fp32); the MiniLM-L6 rows "
+        "predate its recording (`-`): they ran in a session whose CPU had AVX512-BF16, under `--precision auto`: bf16. "
+        "A training step in fp32 takes longer, so the same read is a smaller share of it.",
+        "",
+        "| model | dataset | dtype | precision | bytes/token (states) | vs float16 | build / convert (s) | read + "
+        "dequantise 32 docs (ms) | share of a training step | test (mean ± std) | retention vs float16 [90%] | "
+        "targets |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     pairs = sorted({(r["model"], r["dataset"]) for r in rows})
     summary = []
@@ -210,7 +216,8 @@ def report() -> None:
             summary.append({"model": model, "dataset": dataset, "dtype": dt, "size": size, "read_ms": read_ms,
                             "share": share, "tests": tests, "retention": ret, "verdict": verdict})  # fmt: skip
             lines.append(
-                f"| {model} | {dataset} | {dt} | {c['bytes_per_token']:.0f} ({c['state_bytes_per_token']}) | "
+                f"| {model} | {dataset} | {dt} | {'+'.join(sorted({r.get('precision') or '-' for r in ts})) or '-'} | "
+                f"{c['bytes_per_token']:.0f} ({c['state_bytes_per_token']}) | "
                 f"{'-' if size is None else f'{size:.1%}'} | {c['seconds']:.1f} | "
                 f"{'-' if read_ms is None else f'{read_ms:.2f}'} | {'-' if share is None else f'{share:.2%}'} | "
                 + (f"{np.mean(tests):.4f} ± {np.std(tests, ddof=1) if len(tests) > 1 else 0:.4f}" if tests else "-")
