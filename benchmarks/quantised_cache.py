@@ -220,9 +220,9 @@ def report() -> None:
                 f"{c['bytes_per_token']:.0f} ({c['state_bytes_per_token']}) | "
                 f"{'-' if size is None else f'{size:.1%}'} | {c['seconds']:.1f} | "
                 f"{'-' if read_ms is None else f'{read_ms:.2f}'} | {'-' if share is None else f'{share:.2%}'} | "
-                + (f"{np.mean(tests):.4f} ± {np.std(tests, ddof=1) if len(tests) > 1 else 0:.4f}" if tests else "-")
+                + _score_cell(tests)
                 + " | "
-                + (f"{ret[0]:.1%} [{ret[1]:.1%}, {ret[2]:.1%}]" if ret else "-")
+                + _retention_cell(ret, len(tests) > 1 and len(ref) > 1)
                 + f" | {verdict} |"
             )
     lines += ["", "## Outlier channels (float16 cache, largest |value| per channel over 500 documents)", ""]
@@ -235,6 +235,18 @@ def report() -> None:
     (RESULTS / "quantised_cache.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (RESULTS / "quantised_cache.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n")
     print("\n".join(lines))
+
+
+def _score_cell(tests: list[float]) -> str:
+    if not tests:
+        return "-"
+    return f"{np.mean(tests):.4f}" + (f" ± {np.std(tests, ddof=1):.4f}" if len(tests) > 1 else " (1 seed)")
+
+
+def _retention_cell(ret: tuple[float, float, float] | None, interval: bool) -> str:
+    if ret is None:
+        return "-"
+    return f"{ret[0]:.1%} [{ret[1]:.1%}, {ret[2]:.1%}]" if interval else f"{ret[0]:.1%} (no interval yet)"
 
 
 def _verdict(dtype: str, size: float | None, tests: list[float], ref: list[float], share: float | None) -> str:
