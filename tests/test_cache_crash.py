@@ -82,3 +82,34 @@ def test_two_writers_build_disjoint_shards_of_one_cache(tiny_bert_dir: str, text
     assert cache.shards == ["worker-a", "worker-b"]
     assert len(cache) == len(set(texts)) and all(t in cache for t in texts)
     assert cache.manifest["stats"]["documents"] == len(set(texts))
+
+
+def test_kill_while_a_new_shard_writes_its_header_leaves_no_damage(
+    tiny_bert_dir: str, texts: list[str], tmp_path: Path, monkeypatch
+):
+    """A kill between creating a shard's index and writing its header (CI caught one in `cache convert`) must
+    leave the cache readable: the header is written beside the index and renamed into place."""
+    import pytest
+
+    from embrecycle import convert_cache
+    from embrecycle.cache import shard as shard_mod
+
+    source = tmp_path / "source"
+    build_cache(texts, source, BuildConfig(model=tiny_bert_dir, layer=2, batch_size=4), progress=False)
+    real_fsync = os.fsync
+
+    def killed_fsync(fd: int) -> None:
+        if ".index" in os.readlink(f"/proc/self/fd/{fd}"):  # a shard index's header is being written
+            raise KeyboardInterrupt  # the process dies with the header not yet in place
+        real_fsync(fd)
+
+    monkeypatch.setattr(shard_mod.os, "fsync", killed_fsync)
+    out = tmp_path / "converted"
+    with pytest.raises(KeyboardInterrupt):
+        convert_cache(source, out, "int8-token", progress=False)
+    monkeypatch.setattr(shard_mod.os, "fsync", real_fsync)
+
+    partial = open_cache(out)
+    assert not partial.damage and len(partial) == 0
+    summary = convert_cache(source, out, "int8-token", progress=False)
+    assert summary.converted == len(open_cache(source)) and open_cache(out).verify().ok

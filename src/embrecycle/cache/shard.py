@@ -211,7 +211,14 @@ class ShardWriter:
         """Cut every file back to the last complete, checksummed record."""
         idx = self.paths["index"]
         if not idx.exists() or idx.stat().st_size < HEADER_SIZE:
-            idx.write_bytes(make_header(self.hidden_size, self.dtype))
+            # Written beside it and renamed: a kill mid-write must not leave a headerless index, which a reader
+            # (rightly) reports as damage.
+            tmp = idx.with_name(idx.name + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(make_header(self.hidden_size, self.dtype))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, idx)
             records = np.empty(0, RECORD_DTYPE)
         else:
             records, torn = read_index(idx, self.hidden_size, self.dtype)
