@@ -56,7 +56,7 @@ from embrecycle import BuildConfig, build_cache, load, open_cache  # noqa: E402
 from embrecycle.align import align, aligned_states  # noqa: E402
 from embrecycle.bench.config import BenchConfig  # noqa: E402
 from embrecycle.bench.report import summarize  # noqa: E402
-from embrecycle.bench.results import environment, machine_identity  # noqa: E402
+from embrecycle.bench.results import cpu_model, environment, machine_identity  # noqa: E402
 from embrecycle.bench.runner import prepare_data, resolve_model  # noqa: E402
 from embrecycle.data.readers import read_examples  # noqa: E402
 from embrecycle.data.writers import serialise_examples  # noqa: E402
@@ -121,9 +121,8 @@ def measure(datasets: list[str], precision: str, timing: bool = True) -> None:
                 seconds = time.perf_counter() - t0
                 opened = open_cache(cache)
                 stats = opened.stats()
-                env = environment()
                 RUNS.keep({"kind": "cache", "dataset": name, "layer": layer, "build_seconds": seconds,
-                       "precision": opened.settings.precision, "cpu": env["cpu"],
+                       "precision": opened.settings.precision, "cpu": cpu_model(),
                        "rebuilt": layer in built,  # its directory was gone (a new machine): built again
                        "documents": summary.computed + summary.reused, "tokens": stats["tokens"],
                        "bytes": stats["bytes"], "bytes_per_token": stats["bytes"] / stats["tokens"],
@@ -295,14 +294,14 @@ def _bench_rows(model: str, dataset: str) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*-seed*.json"))]
 
 
-ROLES = [
-    ("(a) MiniLM-L6 fine-tuned", CONSUMER, "full-finetune"),
-    ("(b) MiniLM-L6 + MPNet L12 states", CONSUMER, "fused-mpnet-L12"),
-    ("(b) MiniLM-L6 + MPNet L6 states", CONSUMER, "fused-mpnet-L6"),
-    ("(b) MiniLM-L6 + MPNet L12, mlp fusion", CONSUMER, "fused-mpnet-L12-mlp"),
-    ("(b) MiniLM-L6 + MPNet L6, mlp fusion", CONSUMER, "fused-mpnet-L6-mlp"),
-    ("(c) MPNet-base recycled at 50%", SOURCE, "recycle-50"),
-    ("(d) MPNet-base fine-tuned", SOURCE, "full-finetune"),
+ROLES = [  # (the report's role, the plot's label, model, method)
+    ("(a) MiniLM-L6 fine-tuned", "(a)", CONSUMER, "full-finetune"),
+    ("(b) MiniLM-L6 + MPNet L12 states", "(b) L12", CONSUMER, "fused-mpnet-L12"),
+    ("(b) MiniLM-L6 + MPNet L6 states", "(b) L6", CONSUMER, "fused-mpnet-L6"),
+    ("(b) MiniLM-L6 + MPNet L12, mlp fusion", "(b) L12 mlp", CONSUMER, "fused-mpnet-L12-mlp"),
+    ("(b) MiniLM-L6 + MPNet L6, mlp fusion", "(b) L6 mlp", CONSUMER, "fused-mpnet-L6-mlp"),
+    ("(c) MPNet-base recycled at 50%", "(c)", SOURCE, "recycle-50"),
+    ("(d) MPNet-base fine-tuned", "(d)", SOURCE, "full-finetune"),
 ]
 
 
@@ -331,7 +330,7 @@ def report() -> None:
         if not rows:
             continue
         found = {(s["model"], s["method"]): s for s in summarize(rows)}
-        for role, model, method in ROLES:
+        for role, label, model, method in ROLES:
             s = found.get((model, method))
             if s is None and method.endswith("-mlp") and any(k[1].endswith("-mlp") for k in found):
                 continue  # the mlp fusion runs with the better source layer only
@@ -339,7 +338,7 @@ def report() -> None:
                 lines.append(f"| {dataset} | {role} | - | 0 | - | not measured yet | - | - | - |")
                 continue
             used = sorted({str(r.get("precision")) for r in rows if r["model"] == model and r["method"] == method})
-            summary_rows.append({"dataset": dataset, "role": role, **s, "precision": "+".join(used)})
+            summary_rows.append({"dataset": dataset, "role": role, "label": label, **s, "precision": "+".join(used)})
             sd = f" ± {s['test_std']:.4f}" if s["seeds"] > 1 else ""
             lines.append(
                 f"| {dataset} | {role} | {s['lr']:g} | {s['seeds']} | {'+'.join(used)} | {s['test']:.4f}{sd} | "
@@ -480,14 +479,6 @@ def _overall(verdicts: list[dict[str, Any]]) -> str:
     )
 
 
-def _short(role: str) -> str:
-    """``(b) MiniLM-L6 + MPNet L6, mlp fusion`` -> ``(b) L6 mlp``: a point's label on the plot."""
-    if not role.startswith("(b)"):
-        return role.split(" ", 1)[0]
-    layer = role.split("MPNet ", 1)[1].split()[0].rstrip(",")
-    return f"(b) {layer}" + (" mlp" if "mlp" in role else "")
-
-
 def _plot(rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -502,7 +493,7 @@ def _plot(rows: list[dict[str, Any]]) -> None:
         for r in (r for r in rows if r["dataset"] == dataset):
             ax.errorbar(1e3 / r["train_eps"], r["test"], yerr=r["test_std"] or 0, fmt="o", capsize=3)
             below = "mlp" in r["role"]  # it sits on (b)'s own point when it scores alike
-            ax.annotate(f"{_short(r['role'])} ({r['precision']})", (1e3 / r["train_eps"], r["test"]),
+            ax.annotate(f"{r['label']} ({r['precision']})", (1e3 / r["train_eps"], r["test"]),
                         textcoords="offset points", xytext=(4, -10 if below else 4), fontsize=8)  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("training ms per example (median of runs, log)")
