@@ -12,7 +12,7 @@ examples, seeded), cut at k = N/2:
 4. reading: a random batch of 32 documents read and dequantised, as a share of one training step;
 5. outliers: each channel's largest absolute value over the cached tokens (the channels per-token scales fail on).
 
-Retention of each dtype is its mean test score over float16's, with a 90% interval over the seeds
+Retention of each dtype is its mean test score over float16's on the same seeds, with a 90% interval over them
 (``embrecycle.bench.report.retention_interval``). Targets (issue 21): int8 at most 52% of float16's bytes with
 retention within 0.3 points of float16 (or the seed spread, whichever is larger); int4 at most 27% and within 1
 point; dequantisation under 5% of a training step.
@@ -184,9 +184,9 @@ def report() -> None:
         f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} by `benchmarks/quantised_cache.py` on "
         f"{environment()['machine']}. The benchmark's subsets (2,000 training / 1,000 dev / 1,000 test, seeded), "
         f"cut at k = N/2, max length 128, {EPOCHS} epochs, seeds {SEEDS}; every dtype trained and tested from its "
-        "own cache (float16 built, the others converted from it). Retention: mean test score over float16's, 90% "
-        "interval over seeds. Bytes per token: the whole cache on disk (states, tokens, index) and the states "
-        "alone.",
+        "own cache (float16 built, the others converted from it). Retention: mean test score over float16's on the "
+        "same seeds (a dtype with fewer seeds so far is compared on those), 90% interval over seeds. Bytes per "
+        "token: the whole cache on disk (states, tokens, index) and the states alone.",
         "",
         "Precision: each training run's (bf16 where the CPU runs it natively, else fp32); the MiniLM-L6 rows "
         "predate its recording (`-`): they ran in a session whose CPU had AVX512-BF16, under `--precision auto`: bf16. "
@@ -202,12 +202,13 @@ def report() -> None:
     for model, dataset in pairs:
         caches = {r["dtype"]: r for r in rows if (r["model"], r["dataset"], r["kind"]) == (model, dataset, "cache")}
         trains = [r for r in rows if (r["model"], r["dataset"], r["kind"]) == (model, dataset, "train")]
-        ref = [r["test"] for r in sorted(trains, key=lambda r: r["seed"]) if r["dtype"] == "float16"]
+        ref_by_seed = {r["seed"]: r["test"] for r in trains if r["dtype"] == "float16"}
         for dt in DTYPES:
             c, ts = caches.get(dt), sorted([r for r in trains if r["dtype"] == dt], key=lambda r: r["seed"])
             if c is None:
                 continue
             tests = [r["test"] for r in ts]
+            ref = [ref_by_seed[r["seed"]] for r in ts if r["seed"] in ref_by_seed]  # float16 on the same seeds
             size = c["bytes_per_token"] / caches["float16"]["bytes_per_token"] if "float16" in caches else None
             read_ms = float(np.median([r["read_batch_seconds"] for r in ts])) * 1e3 if ts else None
             share = float(np.median([r["read_batch_seconds"] / r["step_seconds"] for r in ts])) if ts else None
