@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from embrecycle import BuildConfig, build_cache, open_cache
 from embrecycle.cache.format import HEADER_SIZE, RECORD_SIZE
@@ -89,8 +90,6 @@ def test_kill_while_a_new_shard_writes_its_header_leaves_no_damage(
 ):
     """A kill between creating a shard's index and writing its header (CI caught one in `cache convert`) must
     leave the cache readable: the header is written beside the index and renamed into place."""
-    import pytest
-
     from embrecycle import convert_cache
     from embrecycle.cache import shard as shard_mod
 

@@ -155,6 +155,21 @@ def read_index(path: Path, hidden_size: int, dtype: str) -> tuple[np.ndarray, in
     return records, torn
 
 
+def replace_index(path: Path, data: bytes) -> None:
+    """Make ``data`` (a header and its records) the index at ``path``, all or nothing.
+
+    Written beside it as ``<index>.tmp``, flushed to disk and renamed into place: a kill mid-write leaves
+    the old index (or none) and a stray ``.tmp`` that ``gc`` removes, never a headerless or half-written
+    index, which a reader (rightly) reports as damage.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class ShardWriter:
     """The single writer of one shard; holds an exclusive lock on it.
 
@@ -211,14 +226,7 @@ class ShardWriter:
         """Cut every file back to the last complete, checksummed record."""
         idx = self.paths["index"]
         if not idx.exists() or idx.stat().st_size < HEADER_SIZE:
-            # Written beside it and renamed: a kill mid-write must not leave a headerless index, which a reader
-            # (rightly) reports as damage.
-            tmp = idx.with_name(idx.name + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(make_header(self.hidden_size, self.dtype))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, idx)
+            replace_index(idx, make_header(self.hidden_size, self.dtype))
             records = np.empty(0, RECORD_DTYPE)
         else:
             records, torn = read_index(idx, self.hidden_size, self.dtype)

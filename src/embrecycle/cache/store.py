@@ -52,6 +52,7 @@ from .shard import (
     header_problem,
     list_shards,
     repair_hint,
+    replace_index,
     scan_index,
     shard_paths,
     split_index,
@@ -800,12 +801,7 @@ class Cache:
                     f"`embrecycle cache verify --repair {self.location}` when that build has finished"
                 )
                 return False
-            tmp = paths["index"].with_name(paths["index"].name + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(make_header(s.hidden_size, s.dtype) + keep.tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, paths["index"])
+            replace_index(paths["index"], make_header(s.hidden_size, s.dtype) + keep.tobytes())
         if self.remote is not None:
             self.remote.push(f"{SHARD_DIR}/{name}.index")
         return True
