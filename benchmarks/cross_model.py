@@ -123,7 +123,6 @@ def measure(datasets: list[str], precision: str, timing: bool = True) -> None:
                 stats = opened.stats()
                 RUNS.keep({"kind": "cache", "dataset": name, "layer": layer, "build_seconds": seconds,
                        "precision": opened.settings.precision, "cpu": cpu_model(),
-                       "rebuilt": layer in built,  # its directory was gone (a new machine): built again
                        "documents": summary.computed + summary.reused, "tokens": stats["tokens"],
                        "bytes": stats["bytes"], "bytes_per_token": stats["bytes"] / stats["tokens"],
                        **_alignment_cost(consumer, cache, docs, words)})  # fmt: skip
