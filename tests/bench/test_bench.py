@@ -270,6 +270,9 @@ def test_retention_has_an_interval_and_no_ratio_to_a_reference_at_chance() -> No
     at_chance = [{**r, "dev_score": 0.27} if r["method"] == "full-finetune" else r for r in rows]
     table = headline_table(summarize(at_chance))
     assert "n/a: reference near chance" in table and "(near chance)" in table
+    # one seed so far (a benchmark still under way): no spread to show, and the cell says so
+    one_seed = headline_table(summarize([r for r in rows if r["seed"] == 1]))
+    assert "0.8100 (1 seed)" in one_seed and "± 0.0000" not in one_seed
 
 
 def test_machine_identity_is_the_environment_s_machine_keys() -> None:

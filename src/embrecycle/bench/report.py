@@ -215,6 +215,11 @@ def _retention_cell(s: dict[str, Any]) -> str:
     return f"{s['retention']:.1%}"
 
 
+def _mean_cell(mean: float, std: float, seeds: int) -> str:
+    """``mean ± std`` over seeds; one seed has no spread, so it says so instead of printing ``± 0.0000``."""
+    return f"{mean:.4f} ± {std:.4f}" if seeds > 1 else f"{mean:.4f} (1 seed)"
+
+
 def headline_table(summary: list[dict[str, Any]]) -> str:
     """Test score, retention and speed-ups per (model, dataset, method)."""
     header = ["model", "dataset", "method", "k/N", "lr", "test score (mean ± std)", "retention [90% interval]"]
@@ -231,7 +236,7 @@ def headline_table(summary: list[dict[str, Any]]) -> str:
                 s["method"],
                 kn,
                 f"{s['lr']:g}",
-                f"{s['test']:.4f} ± {s['test_std']:.4f}" + (" (near chance)" if s["near_chance"] else ""),
+                _mean_cell(s["test"], s["test_std"], s["seeds"]) + (" (near chance)" if s["near_chance"] else ""),
                 _retention_cell(s),
                 _fmt(s["train_speedup"], ".2f", "x") + ceiling,
                 _fmt(s["infer_cached_speedup"], ".2f", "x"),
@@ -466,8 +471,8 @@ def _per_method_table(summary: list[dict[str, Any]]) -> list[str]:
             s["model"],
             s["dataset"],
             s["method"],
-            f"{s['dev']:.4f} ± {s['dev_std']:.4f}",
-            f"{s['test']:.4f} ± {s['test_std']:.4f}",
+            _mean_cell(s["dev"], s["dev_std"], s["seeds"]),
+            _mean_cell(s["test"], s["test_std"], s["seeds"]),
             f"{s['train_eps']:.1f}",
             f"{s['train_seconds']:.1f}",
             f"{s['infer_cached_dps']:.1f}",
