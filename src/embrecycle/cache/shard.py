@@ -159,8 +159,9 @@ def replace_index(path: Path, data: bytes) -> None:
     """Make ``data`` (a header and its records) the index at ``path``, all or nothing.
 
     Written beside it as ``<index>.tmp``, flushed to disk and renamed into place: a kill mid-write leaves
-    the old index (or none) and a stray ``.tmp`` that ``gc`` removes, never a headerless or half-written
-    index, which a reader (rightly) reports as damage.
+    the old index (or none) and a stray ``.tmp``, never a headerless or half-written index, which a reader
+    (rightly) reports as damage. The shard's next index write overwrites the stray file; ``gc`` deletes it
+    only with a shard whose index never landed.
     """
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
