@@ -275,6 +275,27 @@ def test_retention_has_an_interval_and_no_ratio_to_a_reference_at_chance() -> No
     assert "0.8100 (1 seed)" in one_seed and "± 0.0000" not in one_seed
 
 
+def test_speed_ups_compare_runs_at_one_precision() -> None:
+    from embrecycle.bench.report import headline_table
+
+    def run(method: str, seed: int, eps: float, precision: str) -> dict[str, object]:
+        return _row(method, seed, 1e-4, 0.8, 0.8, train_examples_per_second=eps, precision=precision, threads=2)
+
+    # seed 1 ran in bf16 on one CPU, seeds 2-3 in fp32 on another: recycling is 2x faster at either precision
+    rows = [run("full-finetune", 1, 8.0, "bf16"), run("full-finetune", 2, 4.0, "fp32")]
+    rows += [run("full-finetune", 3, 4.0, "fp32")]
+    rows += [run("recycle-50", 1, 16.0, "bf16"), run("recycle-50", 2, 8.0, "fp32")]
+    rec = {s["method"]: s for s in summarize(rows)}["recycle-50"]
+    # the medians over seeds (12 and 4 ex/s) would say 3x
+    assert rec["train_speedup"] == pytest.approx(2.0) and rec["speedup_basis"] == "bf16 cpu, fp32 cpu"
+    # no setting in common: the ratio of the medians, and the basis says so
+    mixed = [r for r in rows if not (r["method"] == "recycle-50" and r["precision"] == "fp32")]
+    mixed = [r for r in mixed if not (r["method"] == "full-finetune" and r["precision"] == "bf16")]
+    rec = {s["method"]: s for s in summarize(mixed)}["recycle-50"]
+    assert rec["train_speedup"] == pytest.approx(4.0) and rec["speedup_basis"] == "mixed settings"
+    assert "4.00x (2.00x) (precisions differ)" in headline_table(summarize(mixed))
+
+
 def test_machine_identity_is_the_environment_s_machine_keys() -> None:
     from embrecycle.bench.results import MACHINE_KEYS, environment, machine_identity
 

@@ -182,15 +182,45 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
     for s in out:
         ref = _reference(out, s)
+        ref_runs = groups.get((s["model"], s["dataset"], REFERENCE), [])
+        runs = groups[(s["model"], s["dataset"], s["method"])]
+        s["train_speedup"], s["speedup_basis"] = _matched_ratio(runs, ref_runs, "train_examples_per_second")
+        s["infer_cached_speedup"], _ = _matched_ratio(runs, ref_runs, "infer_cached_docs_per_second")
         interval = retention_interval(s["test_scores"], ref["test_scores"]) if ref else None
         s["retention"] = interval[0] if interval else None
         s["retention_low"], s["retention_high"] = (interval[1], interval[2]) if interval else (None, None)
         s["reference_near_chance"] = _reference_useless(ref)
         s["dev_retention"] = s["dev"] / ref["dev"] if ref and ref["dev"] else None
-        s["train_speedup"] = s["train_eps"] / ref["train_eps"] if ref else None
-        s["infer_cached_speedup"] = s["infer_cached_dps"] / ref["infer_cached_dps"] if ref else None
     order = {m: i for i, m in enumerate(METHODS)}
     return sorted(out, key=lambda s: (s["model"], s["dataset"], order.get(s["method"], 99)))
+
+
+def _run_setting(r: dict[str, Any]) -> tuple[str, str, int]:
+    """What a run's speed depends on besides the method: device, precision and thread count."""
+    return (str(r.get("device", "cpu")), str(r.get("precision", "fp32")), int(r.get("threads") or 0))
+
+
+def _matched_ratio(runs: list[dict[str, Any]], ref_runs: list[dict[str, Any]], field: str) -> tuple[float | None, str]:
+    """A method's speed over the reference's, comparing only runs made at one device, precision and thread count.
+
+    Seeds of one benchmark may run on different machines (a resumed run): a bf16 run of one method over an
+    fp32 run of another measures the precision, not the method. Per setting that both have, the ratio of the
+    medians; the figure is the median of those ratios. Returns ``(ratio, basis)``, where the basis names the
+    settings compared, or says ``"mixed settings"`` when no setting has both (ratio of the overall medians).
+    """
+    if not runs or not ref_runs:
+        return None, "no reference"
+    by: dict[tuple[str, str, int], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for r in runs:
+        by[_run_setting(r)][0].append(float(r[field]))
+    for r in ref_runs:
+        by[_run_setting(r)][1].append(float(r[field]))
+    matched = {k: float(np.median(a) / np.median(b)) for k, (a, b) in by.items() if a and b and np.median(b) > 0}
+    if matched:
+        basis = ", ".join(f"{p} {d}" for d, p, _ in sorted(matched))
+        return float(np.median(list(matched.values()))), basis
+    ref = float(np.median([r[field] for r in ref_runs]))
+    return (float(np.median([r[field] for r in runs])) / ref if ref > 0 else None), "mixed settings"
 
 
 def _reference_useless(ref: dict[str, Any] | None) -> bool:
@@ -227,6 +257,7 @@ def headline_table(summary: list[dict[str, Any]]) -> str:
     rows = []
     for s in summary:
         ceiling = f" ({s['ceiling']:.2f}x)" if s["ceiling"] else ""
+        mixed = " (precisions differ)" if s.get("speedup_basis") == "mixed settings" else ""
         method = METHODS.get(s["method"])
         kn = f"{s['layer']}/{s['num_layers']}" if method is None or method.recycles else "-"
         rows.append(
@@ -238,8 +269,8 @@ def headline_table(summary: list[dict[str, Any]]) -> str:
                 f"{s['lr']:g}",
                 _mean_cell(s["test"], s["test_std"], s["seeds"]) + (" (near chance)" if s["near_chance"] else ""),
                 _retention_cell(s),
-                _fmt(s["train_speedup"], ".2f", "x") + ceiling,
-                _fmt(s["infer_cached_speedup"], ".2f", "x"),
+                _fmt(s["train_speedup"], ".2f", "x") + ceiling + mixed,
+                _fmt(s["infer_cached_speedup"], ".2f", "x") + mixed,
                 f"{s['trainable_parameters']:,}",
             ]
         )
@@ -423,7 +454,9 @@ def render_report(result: dict[str, Any], out: Path, stem: str) -> str:
         "",
         *_per_method_table(summary),
         "",
-        "Speeds are medians over seeds. Peak memory: the kernel's resident-set high-water mark of a fresh process "
+        "Speeds are medians over seeds. A speed-up compares only runs made at one device, precision and thread "
+        "count (the ratio of their medians; the median of those ratios where seeds ran at several). "
+        "Peak memory: the kernel's resident-set high-water mark of a fresh process "
         "training the method for two batches (after a first pass that built its cache and loaded every library; "
         "Python, torch and the tokenizer included), first seed only.",
         "",
