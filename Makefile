@@ -76,7 +76,8 @@ bench-bc5cdr: $(ASSETS)  ## bc5cdr's retention hypotheses (the head's learning r
 
 bench-report: $(STAMP)  ## Re-render the benchmark report, plots and README table from the kept results
 	$(BIN)/embrecycle bench $(foreach m,minilm-l6 mpnet-base,$(if $(wildcard $(BENCH_RUNS)/$(m)/bench*.json),\
-		--from-results $(firstword $(wildcard $(BENCH_RUNS)/$(m)/bench.json $(BENCH_RUNS)/$(m)/bench.partial.json)))) --out benchmarks/results --readme README.md
+		--from-results $(firstword $(shell ls -t $(wildcard $(BENCH_RUNS)/$(m)/bench.json $(BENCH_RUNS)/$(m)/bench.partial.json))))) \
+		--out benchmarks/results --readme README.md
 
 bench-quick: $(ASSETS)  ## The benchmark's smoke run (tiny subsets, under 2 minutes)
 	$(BIN)/embrecycle bench --quick $$($(PAPER) sci-cite bc5cdr) --out benchmarks/results
