@@ -296,6 +296,29 @@ def test_speed_ups_compare_runs_at_one_precision() -> None:
     assert "4.00x (2.00x) (precisions differ)" in headline_table(summarize(mixed))
 
 
+def test_speed_ups_and_amortisation_compare_runs_on_one_processor() -> None:
+    from embrecycle.bench.report import _amortisation
+
+    def run(method: str, seed: int, seconds: float, cpu: str) -> dict[str, object]:
+        extra = {"train_seconds": seconds, "train_examples_per_second": 100 / seconds, "cache_build_seconds": 5.0}
+        return _row(method, seed, 1e-4, 0.8, 0.8, precision="fp32", threads=2, cpu=cpu, **extra)  # type: ignore[arg-type]
+
+    # full fine-tuning's seeds ran twice on a fast CPU and once on a slow one, recycling's on the slow one only
+    rows = [run("full-finetune", 1, 10.0, "fast"), run("full-finetune", 2, 10.0, "fast")]
+    rows += [run("full-finetune", 3, 40.0, "slow")]
+    rows += [run("recycle-50", 1, 20.0, "slow"), run("recycle-50", 2, 20.0, "slow")]
+    rec = {s["method"]: s for s in summarize(rows)}["recycle-50"]
+    # the medians over machines (20 s against 10 s) would call recycling 2x slower; on the slow CPU it is 2x faster
+    assert rec["train_speedup"] == pytest.approx(2.0) and rec["speedup_basis"] == "fp32 cpu"
+    (amort,) = _amortisation(summarize(rows))
+    assert amort["per_run"] == (20.0, 40.0) and amort["crossover"] == 1 and amort["basis"] == "fp32 cpu"
+    # recycling on the fast CPU only, full fine-tuning on the slow one: no shared setting, so no amortisation row
+    fast = [run("full-finetune", 3, 40.0, "slow"), run("recycle-50", 1, 5.0, "fast")]
+    rec = {s["method"]: s for s in summarize(fast)}["recycle-50"]
+    assert rec["speedup_basis"] == "mixed settings"
+    assert _amortisation(summarize(fast)) == []
+
+
 def test_machine_identity_is_the_environment_s_machine_keys() -> None:
     from embrecycle.bench.results import MACHINE_KEYS, environment, machine_identity
 

@@ -186,6 +186,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         runs = groups[(s["model"], s["dataset"], s["method"])]
         s["train_speedup"], s["speedup_basis"] = _matched_ratio(runs, ref_runs, "train_examples_per_second")
         s["infer_cached_speedup"], _ = _matched_ratio(runs, ref_runs, "infer_cached_docs_per_second")
+        s["matched_train_seconds"] = _matched_seconds(runs, ref_runs)
         interval = retention_interval(s["test_scores"], ref["test_scores"]) if ref else None
         s["retention"] = interval[0] if interval else None
         s["retention_low"], s["retention_high"] = (interval[1], interval[2]) if interval else (None, None)
@@ -195,13 +196,38 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda s: (s["model"], s["dataset"], order.get(s["method"], 99)))
 
 
-def _run_setting(r: dict[str, Any]) -> tuple[str, str, int]:
-    """What a run's speed depends on besides the method: device, precision and thread count."""
-    return (str(r.get("device", "cpu")), str(r.get("precision", "fp32")), int(r.get("threads") or 0))
+def _run_setting(r: dict[str, Any]) -> tuple[str, str, int, str]:
+    """What a run's speed depends on besides the method: device, precision, thread count and processor.
+
+    Rows kept before runs recorded their processor carry none (``""``): those match each other.
+    """
+    return (
+        str(r.get("device", "cpu")),
+        str(r.get("precision", "fp32")),
+        int(r.get("threads") or 0),
+        str(r.get("cpu") or ""),
+    )
+
+
+def _matched_medians(
+    runs: list[dict[str, Any]], ref_runs: list[dict[str, Any]], field: str
+) -> dict[tuple[str, str, int, str], tuple[float, float, int]]:
+    """Per setting that both a method and the reference ran at: the two medians of ``field`` and the run count."""
+    by: dict[tuple[str, str, int, str], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for r in runs:
+        by[_run_setting(r)][0].append(float(r[field]))
+    for r in ref_runs:
+        by[_run_setting(r)][1].append(float(r[field]))
+    return {k: (float(np.median(a)), float(np.median(b)), len(a) + len(b)) for k, (a, b) in by.items() if a and b}
+
+
+def _basis(settings: list[tuple[str, str, int, str]]) -> str:
+    return ", ".join(f"{p} {d}" for d, p, _, _ in sorted(settings))
 
 
 def _matched_ratio(runs: list[dict[str, Any]], ref_runs: list[dict[str, Any]], field: str) -> tuple[float | None, str]:
-    """A method's speed over the reference's, comparing only runs made at one device, precision and thread count.
+    """A method's speed over the reference's, comparing only runs made at one device, precision, thread count
+    and processor.
 
     Seeds of one benchmark may run on different machines (a resumed run): a bf16 run of one method over an
     fp32 run of another measures the precision, not the method. Per setting that both have, the ratio of the
@@ -210,17 +236,24 @@ def _matched_ratio(runs: list[dict[str, Any]], ref_runs: list[dict[str, Any]], f
     """
     if not runs or not ref_runs:
         return None, "no reference"
-    by: dict[tuple[str, str, int], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
-    for r in runs:
-        by[_run_setting(r)][0].append(float(r[field]))
-    for r in ref_runs:
-        by[_run_setting(r)][1].append(float(r[field]))
-    matched = {k: float(np.median(a) / np.median(b)) for k, (a, b) in by.items() if a and b and np.median(b) > 0}
+    matched = {k: a / b for k, (a, b, _) in _matched_medians(runs, ref_runs, field).items() if b > 0}
     if matched:
-        basis = ", ".join(f"{p} {d}" for d, p, _ in sorted(matched))
-        return float(np.median(list(matched.values()))), basis
+        return float(np.median(list(matched.values()))), _basis(list(matched))
     ref = float(np.median([r[field] for r in ref_runs]))
     return (float(np.median([r[field] for r in runs])) / ref if ref > 0 else None), "mixed settings"
+
+
+def _matched_seconds(runs: list[dict[str, Any]], ref_runs: list[dict[str, Any]]) -> tuple[float, float, str] | None:
+    """Median training seconds of a method and of the reference at the one setting where both ran most.
+
+    ``None`` when they share no setting: then their times measure the machines, not the methods.
+    """
+    matched = _matched_medians(runs, ref_runs, "train_seconds")
+    if not matched:
+        return None
+    key = max(matched, key=lambda k: (matched[k][2], k))
+    t_rec, t_full, _ = matched[key]
+    return t_rec, t_full, _basis([key])
 
 
 def _reference_useless(ref: dict[str, Any] | None) -> bool:
@@ -283,9 +316,11 @@ def _amortisation(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if s["method"] != "recycle-50":
             continue
         ref = _reference(summary, s)
-        if ref is None:
+        matched = s.get("matched_train_seconds")
+        if ref is None or matched is None:
+            # no reference, or no setting both ran at: a time saved across machines is not a saving
             continue
-        build, t_rec, t_full = s["cache_build_seconds"], s["train_seconds"], ref["train_seconds"]
+        build, (t_rec, t_full, basis) = s["cache_build_seconds"], matched
         saving = t_full - t_rec
         out.append(
             {
@@ -295,6 +330,7 @@ def _amortisation(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "recycle": [build + n * t_rec for n in AMORTISE_RUNS],
                 "full": [n * t_full for n in AMORTISE_RUNS],
                 "per_run": (t_rec, t_full),
+                "basis": basis,
                 "crossover": math.ceil(build / saving) if saving > 0 else None,
             }
         )
@@ -544,7 +580,7 @@ def _caches_table(caches: list[dict[str, Any]]) -> list[str]:
 def _amortisation_table(amort: list[dict[str, Any]]) -> list[str]:
     header = ["model", "dataset", "cache build (s)"]
     header += [f"{n} run{'s' if n > 1 else ''}: recycle / full (s)" for n in AMORTISE_RUNS]
-    header += ["recycling cheaper from run"]
+    header += ["recycling cheaper from run", "timed at"]
     rows = [
         [
             a["model"],
@@ -552,6 +588,7 @@ def _amortisation_table(amort: list[dict[str, Any]]) -> list[str]:
             f"{a['build']:.1f}",
             *(f"{r:.0f} / {f:.0f}" for r, f in zip(a["recycle"], a["full"], strict=True)),
             a["crossover"] if a["crossover"] else "never",
+            a["basis"],
         ]
         for a in amort
     ]

@@ -36,7 +36,7 @@ from ..tokenization import is_empty
 from ..training import TrainConfig, read_split, train
 from .config import METHODS, SPLITS, BenchConfig, BenchDataset, Method, lr_grid
 from .report import chosen_lrs
-from .results import environment, write_results
+from .results import cpu_model, environment, write_results
 
 __all__ = ["BenchData", "environment", "prepare_data", "resolve_model", "run_bench", "write_results"]
 
@@ -402,6 +402,7 @@ def _train_run(
         "device": result.device,
         "precision": result.precision,
         "threads": result.threads,
+        "cpu": cpu_model(),
         "dev_score": result.best[metric],
         "dev_constant_score": result.constant_score,
         "dev_chance_score": result.chance_score,
