@@ -315,10 +315,10 @@ def _amortisation(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for s in summary:
         if s["method"] != "recycle-50":
             continue
-        ref = _reference(summary, s)
         matched = s.get("matched_train_seconds")
-        if ref is None or matched is None:
-            # no reference, or no setting both ran at: a time saved across machines is not a saving
+        if matched is None:
+            # no full fine-tuning runs, or none at a setting recycling ran at: a time saved across machines
+            # is not a saving
             continue
         build, (t_rec, t_full, basis) = s["cache_build_seconds"], matched
         saving = t_full - t_rec
